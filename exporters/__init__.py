@@ -1,0 +1,1 @@
+"""embslim exporters: torch -> ONNX, graph optimisation, quantization, mobile format."""

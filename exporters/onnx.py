@@ -1,0 +1,157 @@
+"""torch -> ONNX for a (pruned) sequence classifier, validated against PyTorch.
+
+The exported graph's contract is data (`OnnxContract`): it takes the ORIGINAL tokenizer's
+`input_ids`, `attention_mask` and, for families that use them, `token_type_ids` (int64,
+[batch, sequence], both axes dynamic), and returns `logits` [batch, labels]. The DEP remap is an
+int32 Gather inside the graph. After export the graph is validated on shapes that differ from
+the tracing input: names, then shapes, then values; every failure is collected and one
+`OnnxValidationError` is raised, so a bad export never becomes a bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+class OnnxValidationError(ValueError):
+    """The exported graph disagrees with PyTorch (names, shapes or values)."""
+
+
+@dataclass(frozen=True)
+class OnnxContract:
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...] = ("logits",)
+    opset: int = 17
+    atol: float = 1e-4                 # max |logit difference| vs PyTorch
+    # Shapes checked after export; both differ from the (2, 8) tracing input.
+    validation_shapes: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
+
+    def __post_init__(self) -> None:
+        if "input_ids" not in self.input_names:
+            raise ValueError(f"input_names must include 'input_ids', got {self.input_names}")
+        if self.opset < 14:
+            raise ValueError(f"opset {self.opset} is too old for these models; use 14 or newer (17 is the default)")
+
+
+@dataclass
+class ValidationReport:
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    max_abs_diff: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+    def add(self, what: str, ok: bool, detail: str = "") -> None:
+        self.checks.append((what, ok, detail))
+        log.info("\t-[%s] %s%s", "✓" if ok else "x", what, f" ({detail})" if detail else "")
+
+
+def _logits_module(model: "PreTrainedModel", input_names: Sequence[str]) -> "torch.nn.Module":
+    """Positional-argument wrapper so torch.onnx names the inputs in the contract's order."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(input_names, args))).logits
+
+    return Logits()
+
+
+def _dummy_inputs(shape: tuple[int, int], input_names: Sequence[str], vocab_size: int, *, seed: int) -> dict[str, np.ndarray]:
+    """Random ids with ragged padding, so masks and type ids are exercised."""
+    rng = np.random.default_rng(seed)
+    batch, seq = shape
+    ids = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
+    mask = np.ones(shape, dtype=np.int64)
+    for b in range(1, batch):
+        mask[b, max(1, seq - b * max(1, seq // (2 * batch))):] = 0
+    ids[mask == 0] = 0
+    types = np.zeros(shape, dtype=np.int64)
+    types[:, seq // 2:] = 1
+    types[mask == 0] = 0
+    values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {n: values[n] for n in input_names}
+
+
+def export_onnx(model: "PreTrainedModel", out_path: str | Path, *, contract: OnnxContract) -> Path:
+    """Export `model` to `out_path` (fp32, weights inside the file) and return the path."""
+    import torch
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    # A new wrapper is in training mode, and torch.onnx restores that mode on everything under it
+    # after export: set eval first, or the caller's model comes back with dropout on.
+    wrapper = _logits_module(model, contract.input_names).eval()
+    vocab = int(model.config.vocab_size)
+    dummy = _dummy_inputs((2, 8), contract.input_names, vocab, seed=0)
+    args = tuple(torch.from_numpy(dummy[n]) for n in contract.input_names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in contract.input_names} | {"logits": {0: "batch"}}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        torch.onnx.export(wrapper, args, str(out_path), input_names=list(contract.input_names),
+                          output_names=list(contract.output_names), dynamic_axes=axes,
+                          opset_version=contract.opset, dynamo=False, do_constant_folding=True)
+    log.info("exported %s (%.1f MB) in %.1f s", out_path.name, out_path.stat().st_size / 1e6, time.perf_counter() - t0)
+    return out_path
+
+
+def validate_onnx(model: "PreTrainedModel", onnx_path: str | Path, *, contract: OnnxContract,
+                  max_length: int | None = None) -> ValidationReport:
+    """Compare ONNX Runtime with PyTorch on shapes other than the tracing input; raise on any failure."""
+    import onnxruntime as ort
+    import torch
+
+    report = ValidationReport()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got_in = tuple(i.name for i in session.get_inputs())
+    got_out = tuple(o.name for o in session.get_outputs())
+    report.add("input names", set(got_in) == set(contract.input_names), f"expected {contract.input_names}, got {got_in}")
+    report.add("output names", got_out == contract.output_names, f"expected {contract.output_names}, got {got_out}")
+    if report.ok:
+        shapes = [(b, max_length if (s == 128 and max_length) else s) for b, s in contract.validation_shapes]
+        for i, shape in enumerate(shapes):
+            feed = _dummy_inputs(shape, contract.input_names, int(model.config.vocab_size), seed=i + 1)
+            (onnx_logits,) = session.run(["logits"], feed)
+            with torch.inference_mode():
+                ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
+            if onnx_logits.shape != ref.shape:
+                report.add(f"shape at {shape}", False, f"expected {ref.shape}, got {onnx_logits.shape}")
+                continue
+            diff = float(np.abs(onnx_logits - ref).max())
+            report.max_abs_diff = max(report.max_abs_diff, diff)
+            report.add(f"values at {shape}", diff <= contract.atol, f"max |diff| {diff:.2e}, atol {contract.atol:g}")
+    if not report.ok:
+        failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
+        raise OnnxValidationError(f"ONNX export of {Path(onnx_path).name} does not match PyTorch: {failed}")
+    return report
+
+
+def embedding_bytes(onnx_path: str | Path, *, rows: Sequence[int]) -> int:
+    """Bytes of the initializers that belong to the word embedding: the tables whose first
+    dimension is one of `rows` (kept rows, original vocabulary) plus the int32 remap."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        if init.dims and int(init.dims[0]) in rows:
+            total += len(init.raw_data) if init.raw_data else int(np.prod(init.dims)) * 4
+    return total

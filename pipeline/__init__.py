@@ -1,0 +1,1 @@
+"""embslim pipeline: prune, compress, fine-tune, export, validate."""

@@ -1,0 +1,388 @@
+"""Task data: load a labelled text (or text-pair) classification task into plain tuples.
+
+One verb, ``load_task(cfg)``, reads TSV/CSV/JSONL/JSON files, the CLINC150 ``data_full.json`` layout, a
+generated sentiment task, or (when ``datasets`` is installed) a Hugging Face dataset, and returns a
+:class:`TaskData` whose labels are indices into ``label_names``. Every bad-input problem raises
+:class:`DataError` with one line naming the file, the line and the fix. Standard library only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "tsv", "csv", "jsonl", "json", "clinc150")
+_EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+_INT = re.compile(r"[+-]?\d+")
+SYNTHETIC = "synthetic-sentiment"
+
+
+class DataError(ValueError):
+    """The task data or its configuration is unusable; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the task data comes from and which columns hold text, pair text and label."""
+
+    train: str | None = None  # train file (TSV/CSV/JSONL/JSON) or CLINC150 data_full.json
+    eval: str | None = None  # None -> a seeded split of train, so a single file is enough to start
+    dataset: str | None = None  # "synthetic-sentiment" or a Hugging Face name ("glue/sst2", "glue:sst2")
+    format: Literal["auto", "tsv", "csv", "jsonl", "json", "clinc150"] = "auto"  # auto: by extension
+    text_column: str = "sentence"  # GLUE's name for single-sentence tasks
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    eval_fraction: float = 0.1  # only when eval is None; 10% keeps most data for training
+    seed: int = 0
+    clinc_eval_split: Literal["val", "test"] = "val"  # val by default so test stays untouched while tuning
+    name: str | None = None  # None -> the file's parent directory name, or the dataset name
+
+    def __post_init__(self) -> None:
+        if (self.train is None) == (self.dataset is None):
+            raise DataError(
+                f"expected exactly one of train (a file) or dataset (a name), got train={self.train!r} and "
+                f"dataset={self.dataset!r}; pass --train FILE or --dataset {SYNTHETIC}"
+            )
+        if self.eval is not None and self.train is None:
+            raise DataError(f"eval={self.eval!r} needs a train file; drop --eval when using --dataset")
+        if self.format not in FORMATS:
+            raise DataError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise DataError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}; e.g. 0.1")
+        if self.clinc_eval_split not in ("val", "test"):
+            raise DataError(f"clinc_eval_split must be 'val' or 'test', got {self.clinc_eval_split!r}")
+        columns = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        if not all(columns) or len(set(columns)) != len(columns):
+            raise DataError(
+                f"text, pair and label columns must be non-empty and distinct, got {columns}; "
+                "check --text-column / --text-pair-column / --label-column"
+            )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: texts, optional pair texts and label indices, all the same length."""
+
+    texts: tuple[str, ...]
+    pairs: tuple[str, ...] | None
+    labels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels) or (self.pairs is not None and len(self.pairs) != len(self.texts)):
+            raise DataError(
+                f"a Split needs equally long texts/pairs/labels, got {len(self.texts)}/"
+                f"{None if self.pairs is None else len(self.pairs)}/{len(self.labels)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A loaded task: train and eval splits sharing one label vocabulary."""
+
+    name: str
+    train: Split
+    eval: Split
+    label_names: tuple[str, ...]
+    is_pair: bool
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able overview for reports: sizes and per-split label counts by name."""
+
+        def counts(split: Split) -> dict[str, int]:
+            c = Counter(split.labels)
+            return {name: c.get(i, 0) for i, name in enumerate(self.label_names)}
+
+        return {
+            "name": self.name, "is_pair": self.is_pair, "n_train": len(self.train), "n_eval": len(self.eval),
+            "n_labels": len(self.label_names), "label_names": list(self.label_names),
+            "label_counts": {"train": counts(self.train), "eval": counts(self.eval)},
+        }
+
+
+# A raw row before labels are indexed: (text, pair or None, label string, "file:line" for messages).
+_Row = tuple[str, str | None, str, str]
+
+
+def load_task(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
+    """Load the task ``cfg`` describes; relative paths are tried under ``data_root`` first, then the cwd."""
+    if cfg.dataset is not None:
+        if cfg.dataset == SYNTHETIC:
+            task = synthetic_sentiment(seed=cfg.seed)
+            return task if cfg.name is None else TaskData(cfg.name, task.train, task.eval, task.label_names, False)
+        return _load_hf(cfg)
+    assert cfg.train is not None  # guaranteed by DataConfig
+    train_path = _resolve(cfg.train, data_root)
+    train_fmt = _detect(train_path, cfg.format)
+    name = cfg.name or train_path.resolve().parent.name or "task"
+    if train_fmt == "clinc150":
+        if cfg.eval is not None:
+            raise DataError(f"{train_path} is a CLINC150 file with its own eval splits; drop --eval and use "
+                            "--clinc-eval-split val|test")
+        train_rows, eval_rows = _read_clinc(train_path, cfg.clinc_eval_split)
+        eval_src = f"{train_path} ({cfg.clinc_eval_split}+oos_{cfg.clinc_eval_split})"
+    else:
+        train_rows = _read_rows(train_path, train_fmt, cfg)
+        if cfg.eval is not None:
+            eval_path = _resolve(cfg.eval, data_root)
+            eval_fmt = _detect(eval_path, cfg.format)
+            if eval_fmt == "clinc150":
+                raise DataError(f"{eval_path} is a CLINC150 file; pass it as --train, not --eval")
+            eval_rows, eval_src = _read_rows(eval_path, eval_fmt, cfg), str(eval_path)
+        else:
+            train_rows, eval_rows = _seeded_split(train_rows, cfg.eval_fraction, seed=cfg.seed, source=train_path)
+            eval_src = f"{train_path} (seeded {cfg.eval_fraction:.0%} split)"
+    return _build(name, train_rows, eval_rows, train_src=str(train_path), eval_src=eval_src, cfg=cfg)
+
+
+def subsample(split: Split, n: int | None, *, seed: int) -> Split:
+    """Seeded random subset of ``n`` rows in original order; ``None`` or ``n >= len(split)`` returns it as is."""
+    if n is None or n >= len(split):
+        return split
+    if n <= 0:
+        raise DataError(f"subsample size must be a positive int or None, got {n}")
+    keep = sorted(random.Random(seed).sample(range(len(split)), n))
+    pairs = None if split.pairs is None else tuple(split.pairs[i] for i in keep)
+    return Split(tuple(split.texts[i] for i in keep), pairs, tuple(split.labels[i] for i in keep))
+
+
+_OPENERS = ("the movie was|this film is|i found the plot|honestly the acting was|the soundtrack felt|overall the "
+            "story is|my friends said it was|the ending was|the dialogue sounded|for me the pacing was").split("|")
+_POSITIVE = "good great wonderful delightful brilliant moving charming excellent enjoyable fantastic clever".split()
+_NEGATIVE = "bad awful boring dull terrible clumsy tedious disappointing painful weak forgettable annoying".split()
+_INTENSIFIERS = ("", "", "really ", "very ", "truly ")
+_CLOSERS = ("", "", ".", " , i think.", " from start to finish.", " in every scene.")
+
+
+def synthetic_sentiment(n_train: int = 2000, n_eval: int = 400, *, seed: int = 0) -> TaskData:
+    """Generated English sentiment task (templates x sentiment words, ~20% negated); deterministic per seed."""
+    if n_train < 1 or n_eval < 1:
+        raise DataError(f"synthetic_sentiment needs n_train >= 1 and n_eval >= 1, got {n_train} and {n_eval}")
+    rng = random.Random(seed)
+
+    def make(n: int) -> Split:
+        texts, labels = [], []
+        for _ in range(n):
+            positive = rng.random() < 0.5
+            negated = rng.random() < 0.2  # "not good" is negative: the model must read more than one word
+            word = rng.choice(_POSITIVE if positive != negated else _NEGATIVE)
+            opener, closer = rng.choice(_OPENERS), rng.choice(_CLOSERS)
+            middle = "not " if negated else rng.choice(_INTENSIFIERS)
+            texts.append(f"{opener} {middle}{word}{closer}")
+            labels.append(int(positive))
+        return Split(tuple(texts), None, tuple(labels))
+
+    return TaskData(SYNTHETIC, make(n_train), make(n_eval), ("negative", "positive"), False)
+
+
+def _resolve(path: str, data_root: str | None) -> Path:
+    p = Path(path).expanduser()
+    tried = [p]
+    if data_root is not None and not p.is_absolute():
+        rooted = Path(data_root).expanduser() / p
+        if rooted.is_file():
+            return rooted
+        tried.insert(0, rooted)
+    if not p.is_file():
+        raise DataError(f"data file not found: {' or '.join(map(str, tried))}; check the path (or --data-root)")
+    return p
+
+
+def _detect(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    ext = _EXTENSIONS.get(path.suffix.lower())
+    if ext is None:
+        raise DataError(f"cannot tell the format of {path} from its extension {path.suffix!r}; expected one of "
+                        f"{', '.join(sorted(_EXTENSIONS))} or pass --format {'|'.join(FORMATS[1:])}")
+    if ext == "json":
+        top = _load_json(path)
+        if isinstance(top, dict) and "train" in top and "oos_train" in top:
+            return "clinc150"
+    return ext
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} is not valid UTF-8; re-save the file as "
+                        "UTF-8") from e
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(_decode(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file or pass the right --format") from e
+
+
+def _read_rows(path: Path, fmt: str, cfg: DataConfig) -> list[_Row]:
+    if fmt in ("tsv", "csv"):
+        records: Iterable[tuple[str, dict[str, Any]]] = _delimited(path, fmt)
+    elif fmt == "jsonl":
+        records = _jsonl(path)
+    else:
+        top = _load_json(path)
+        if not isinstance(top, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got a {type(top).__name__}; use JSONL, a "
+                            "list of {column: value} objects, or --format clinc150 for CLINC150 data_full.json")
+        records = ((f"{path} record {i}", r) for i, r in enumerate(top, start=1))
+    rows = [_to_row(rec, where, cfg) for where, rec in records]
+    if not rows:
+        raise DataError(f"{path}: no data rows; expected at least one labelled example")
+    return rows
+
+
+def _delimited(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    text = _decode(path)
+    if fmt == "tsv":  # GLUE TSVs hold bare '"' characters, so no quoting at all
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty; expected a header line and data rows")
+        for row in reader:
+            if not row:
+                continue  # blank line
+            if len(row) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} {fmt.upper()} fields like the "
+                                f"header, got {len(row)}; fix the row (a stray tab, comma or quote?)")
+            yield f"{path}:{reader.line_num}", dict(zip(header, row))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({e}); fix the quoting") from e
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for n, line in enumerate(_decode(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); expected one object per line") from e
+
+
+def _to_row(rec: Any, where: str, cfg: DataConfig) -> _Row:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected an object of columns, got a {type(rec).__name__}")
+    flags = (("--text-column", cfg.text_column), ("--text-pair-column", cfg.text_pair_column),
+             ("--label-column", cfg.label_column))
+    for flag, column in flags:
+        if column is not None and column not in rec:
+            raise DataError(f"{where}: no column {column!r}; columns are {list(rec)}; set {flag}")
+    text = _text(rec[cfg.text_column], where, cfg.text_column)
+    pair = None if cfg.text_pair_column is None else _text(rec[cfg.text_pair_column], where, cfg.text_pair_column)
+    label = rec[cfg.label_column]
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise DataError(f"{where}: label must be an int or a string, got {label!r}; check --label-column")
+    label = str(label).strip()
+    if not label:
+        raise DataError(f"{where}: empty label in column {cfg.label_column!r}; fill it in or drop the row")
+    return text, pair, label, where
+
+
+def _text(value: Any, where: str, column: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: column {column!r} must be non-empty text, got {value!r}; fix or drop the row")
+    return value.strip()
+
+
+def _read_clinc(path: Path, eval_split: str) -> tuple[list[_Row], list[_Row]]:
+    top = _load_json(path)
+    if not isinstance(top, dict):
+        raise DataError(f"{path}: expected the CLINC150 object {{'train': [...], 'oos_train': [...], ...}}, got a "
+                        f"{type(top).__name__}; use --format json or jsonl for record lists")
+
+    def rows(key: str) -> list[_Row]:
+        if not isinstance(top.get(key), list) or not top[key]:
+            raise DataError(f"{path}: CLINC150 split {key!r} is missing or empty; expected a list of [text, intent]")
+        out: list[_Row] = []
+        for i, item in enumerate(top[key], start=1):
+            where = f"{path} {key}[{i}]"
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise DataError(f"{where}: expected [text, intent] strings, got {item!r}")
+            out.append((_text(item[0], where, "text"), None, _text(item[1], where, "intent"), where))
+        return out
+
+    return rows("train") + rows("oos_train"), rows(eval_split) + rows(f"oos_{eval_split}")
+
+
+def _seeded_split(rows: list[_Row], fraction: float, *, seed: int, source: Path) -> tuple[list[_Row], list[_Row]]:
+    if len(rows) < 2:
+        raise DataError(f"{source}: {len(rows)} row(s) cannot be split into train and eval; add data or pass --eval")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
+    eval_idx = set(order[:n_eval])
+    return ([r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx])
+
+
+def _build(name: str, train_rows: list[_Row], eval_rows: list[_Row], *, train_src: str, eval_src: str,
+           cfg: DataConfig) -> TaskData:
+    if not eval_rows:
+        raise DataError(f"{eval_src}: eval split has no rows; expected at least one labelled example")
+    raw = {r[2] for r in train_rows}
+    as_int = all(_INT.fullmatch(x) for x in raw)
+    key = (lambda s: int(s) if _INT.fullmatch(s) else s) if as_int else (lambda s: s)
+    names = tuple(str(k) for k in sorted({key(x) for x in raw}))
+    index = {k: i for i, k in enumerate(sorted({key(x) for x in raw}))}
+    unseen = sorted({r[2] for r in eval_rows if key(r[2]) not in index})
+    if unseen:
+        raise DataError(f"{eval_src}: eval label(s) {unseen[:5]}{' ...' if len(unseen) > 5 else ''} never occur in "
+                        f"training data {train_src}; fix the data or check --label-column ({cfg.label_column!r})")
+    is_pair = train_rows[0][1] is not None
+
+    def split(rows: list[_Row], which: str, src: str) -> Split:
+        s = Split(tuple(r[0] for r in rows), tuple(r[1] or "" for r in rows) if is_pair else None,
+                  tuple(index[key(r[2])] for r in rows))
+        logger.info("%s %s: %d rows, %d labels (%s)", name, which, len(s), len(set(s.labels)), src)
+        return s
+
+    return TaskData(name, split(train_rows, "train", train_src), split(eval_rows, "eval", eval_src), names, is_pair)
+
+
+def _load_hf(cfg: DataConfig) -> TaskData:
+    name = cfg.dataset or ""
+    try:
+        import datasets  # optional: only this path needs it
+    except ImportError as e:
+        raise DataError(f"dataset {name!r} is not built in (known: {SYNTHETIC}); loading it from Hugging Face needs "
+                        "`pip install datasets`, or pass --train/--eval files") from e
+    path, sep, config = name.partition(":")
+    if not sep and path.count("/") == 1:  # "glue/sst2" -> ("glue", "sst2")
+        path, config = path.split("/")
+    try:
+        ds = datasets.load_dataset(path, config or None)
+    except Exception as e:  # network, unknown name, missing config: all one user-facing problem
+        raise DataError(f"could not load Hugging Face dataset {name!r} ({e}); check the name, e.g. glue:sst2") from e
+    if "train" not in ds:
+        raise DataError(f"Hugging Face dataset {name!r} has no 'train' split, only {list(ds)}")
+
+    def rows(split: str) -> list[_Row]:
+        return [_to_row(rec, f"{name}[{split}] row {i}", cfg) for i, rec in enumerate(ds[split], start=1)]
+
+    train_rows = rows("train")
+    eval_name = next((s for s in ("validation", "test") if s in ds), None)
+    if eval_name is None:
+        train_rows, eval_rows = _seeded_split(train_rows, cfg.eval_fraction, seed=cfg.seed, source=Path(name))
+        eval_src = f"{name}[train] (seeded {cfg.eval_fraction:.0%} split)"
+    else:
+        eval_rows, eval_src = rows(eval_name), f"{name}[{eval_name}]"
+    task_name = cfg.name or re.split(r"[/:]", name)[-1]
+    return _build(task_name, train_rows, eval_rows, train_src=f"{name}[train]", eval_src=eval_src, cfg=cfg)

@@ -1,0 +1,123 @@
+"""The word-embedding module that replaces a model's own: remap original ids, then look up rows.
+
+`RemappedEmbedding` keeps `remap` (int32, one entry per ORIGINAL token id) as a buffer, so the
+model, and the ONNX graph exported from it, takes the stock tokenizer's ids and remaps them
+itself (Gather on an int32 initializer). `inner` maps new ids to vectors: a plain table after
+DEP, a compressor's module later.
+
+A fine-tuned model is saved as a checkpoint folder: `config.json` (the Hugging Face config,
+original vocabulary size), `model.safetensors` (the state dict), `embslim_embedding.json` (how
+to rebuild the embedding module: plain data, never a class path) and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from pipeline.model import get_word_embeddings, set_word_embeddings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from pipeline.vocab import PrunedVocab
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "embslim_embedding.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing files or does not match its spec."""
+
+
+class RemappedEmbedding(nn.Module):
+    """ids of the original vocabulary -> `remap` -> rows of `inner`."""
+
+    def __init__(self, remap: torch.Tensor, inner: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("remap", remap.to(torch.int32))
+        self.inner = inner
+        # Attributes some transformers code reads from an input embedding.
+        self.num_embeddings = int(remap.shape[0])
+        self.embedding_dim = int(inner.embedding_dim)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Indexing an int32 buffer exports as one Gather; torch and ONNX Runtime both take int32 indices.
+        return self.inner(self.remap[input_ids])
+
+
+def embedding_params(model: nn.Module) -> int:
+    """Trainable parameters of the word embedding (the remap is an index table, not a parameter)."""
+    return sum(p.numel() for p in get_word_embeddings(model).parameters())
+
+
+def apply_pruning(model: "PreTrainedModel", vocab: "PrunedVocab") -> None:
+    """Replace the word embedding with its kept rows behind the DEP remap (in place)."""
+    old = get_word_embeddings(model)
+    if not isinstance(old, nn.Embedding):
+        raise CheckpointError(f"expected an nn.Embedding to prune, found {type(old).__name__}; prune before compressing")
+    if old.num_embeddings != vocab.original_size:
+        raise CheckpointError(f"vocabulary was built for {vocab.original_size} ids but the model has {old.num_embeddings} rows")
+    kept = torch.as_tensor(vocab.kept_ids, dtype=torch.long)
+    table = nn.Embedding(len(kept), old.embedding_dim)
+    with torch.no_grad():
+        table.weight.copy_(old.weight[kept])
+    set_word_embeddings(model, RemappedEmbedding(torch.as_tensor(vocab.remap), table))
+
+
+def embedding_spec(model: nn.Module) -> dict:
+    emb = get_word_embeddings(model)
+    if isinstance(emb, nn.Embedding):
+        return {"remap": None, "inner": {"type": "table", "rows": emb.num_embeddings, "dim": emb.embedding_dim}}
+    if isinstance(emb, RemappedEmbedding) and isinstance(emb.inner, nn.Embedding):
+        return {"remap": emb.num_embeddings,
+                "inner": {"type": "table", "rows": emb.inner.num_embeddings, "dim": emb.inner.embedding_dim}}
+    raise CheckpointError(f"no checkpoint spec for embedding module {type(emb).__name__}")
+
+
+def _module_from_spec(spec: dict) -> nn.Module:
+    inner_spec = spec["inner"]
+    if inner_spec.get("type") != "table":
+        raise CheckpointError(f"unknown embedding type {inner_spec.get('type')!r} in {SPEC_FILE}; known: table")
+    inner = nn.Embedding(int(inner_spec["rows"]), int(inner_spec["dim"]))
+    if spec.get("remap") is None:
+        return inner
+    return RemappedEmbedding(torch.zeros(int(spec["remap"]), dtype=torch.int32), inner)
+
+
+def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / SPEC_FILE).write_text(json.dumps(embedding_spec(model), indent=2))
+    return folder
+
+
+def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors", SPEC_FILE):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder / name} is missing; pass a folder written by `embslim finetune`")
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_config(config)
+    set_word_embeddings(model, _module_from_spec(json.loads((folder / SPEC_FILE).read_text())))
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{folder}/model.safetensors does not match {SPEC_FILE}: {str(e).splitlines()[0]}") from e
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(folder, use_fast=True)

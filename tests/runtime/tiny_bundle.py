@@ -1,0 +1,165 @@
+"""Build a tiny, complete embslim bundle on disk: no network, no torch.
+
+`make_tiny_bundle(path)` writes:
+- tokenizer.json: a 32-token BERT-style WordPiece tokenizer built in memory, saved with
+  FIXED padding to 16 and truncation at 16 switched on, like the real all-MiniLM-L6-v2
+  tokenizer.json (padding to 128), so tests prove the runtime overrides both;
+- model.onnx: a small fp32 classifier built with onnx.helper that uses all three inputs:
+  mean over unmasked positions of (word_emb[input_ids] + type_emb[token_type_ids]),
+  then a linear head -> "logits" [batch, n_labels];
+- config.json and manifest.json (schema_version 1) with correct sizes and sha256s.
+
+`tiny_logits(bundle, ids, type_ids)` recomputes the same graph in numpy for one unpadded
+example, from the initializers stored in model.onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] the a movie film plot acting is was it this "
+    "great good love fun bad awful boring hate not very and but i ##s ##ly ##ing . ! ,"
+).split()
+PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 1, 2, 3
+HIDDEN = 4
+FILE_PADDING = 16  # what the tokenizer FILE asks for; the runtime must ignore it
+
+
+def make_tiny_bundle(
+    path: str | Path,
+    *,
+    pair: bool = False,
+    labels: Sequence[str] = ("neg", "pos"),
+    max_length: int = 12,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny bundle into `path` (created if needed) and return it."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer().save(str(out / "tokenizer.json"))
+    _save_model(out / "model.onnx", n_labels=len(labels), seed=seed)
+    config = {
+        "architectures": ["TinyForSequenceClassification"],
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "vocab_size": len(VOCAB),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    manifest = {
+        "schema_version": 1,
+        "task": {
+            "name": "tiny-pair" if pair else "tiny",
+            "labels": list(labels),
+            "pair": pair,
+            "max_length": max_length,
+        },
+        "source_model": {"name": "tiny-random", "sha256": "0" * 64},
+        "tokenizer": {"file": "tokenizer.json", "pad_id": PAD_ID},
+        "artifacts": [
+            artifact_entry(out, "model.onnx", variant="fp32"),
+            artifact_entry(out, "tokenizer.json", variant="tokenizer"),
+            artifact_entry(out, "config.json", variant="config"),
+        ],
+    }
+    write_manifest(out, manifest)
+    return out
+
+
+def artifact_entry(bundle: Path, file: str, *, variant: str, target: str = "any") -> dict:
+    """A manifest artifact entry for a file already in `bundle`."""
+    data = (bundle / file).read_bytes()
+    return {
+        "file": file,
+        "variant": variant,
+        "target": target,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def read_manifest_json(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+
+
+def write_manifest(bundle: Path, manifest: dict) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def build_tokenizer():
+    """The in-memory WordPiece tokenizer, with fixed padding and truncation switched ON."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A:0 [SEP]:0",
+        pair="[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
+    tok.decoder = decoders.WordPiece()
+    tok.enable_padding(length=FILE_PADDING, pad_id=PAD_ID, pad_token="[PAD]")
+    tok.enable_truncation(FILE_PADDING)
+    return tok
+
+
+def _weights(n_labels: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "word_emb": rng.normal(size=(len(VOCAB), HIDDEN)).astype(np.float32),
+        "type_emb": rng.normal(size=(2, HIDDEN)).astype(np.float32),
+        "head_w": rng.normal(size=(HIDDEN, n_labels)).astype(np.float32),
+        "head_b": rng.normal(size=(n_labels,)).astype(np.float32),
+    }
+
+
+def _save_model(path: Path, *, n_labels: int, seed: int) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = _weights(n_labels, seed)
+    inits = [numpy_helper.from_array(v, name=k) for k, v in w.items()]
+    inits += [
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), name="axis_last"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), name="axis_seq"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["word_emb", "input_ids"], ["words"]),
+        helper.make_node("Gather", ["type_emb", "token_type_ids"], ["types"]),
+        helper.make_node("Add", ["words", "types"], ["hidden"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axis_last"], ["mask_3d"]),
+        helper.make_node("Mul", ["hidden", "mask_3d"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis_seq"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask_3d", "axis_seq"], ["count"], keepdims=0),
+        helper.make_node("Div", ["summed", "count"], ["pooled"]),
+        helper.make_node("MatMul", ["pooled", "head_w"], ["scores"]),
+        helper.make_node("Add", ["scores", "head_b"], ["logits"]),
+    ]
+    ints = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_labels])
+    graph = helper.make_graph(nodes, "tiny_classifier", ints, [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def tiny_logits(bundle: Path, ids: Sequence[int], type_ids: Sequence[int]) -> np.ndarray:
+    """Numpy re-computation of model.onnx for ONE unpadded example: float64 [n_labels]."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(Path(bundle) / "model.onnx"))
+    w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    hidden = w["word_emb"][np.asarray(ids)] + w["type_emb"][np.asarray(type_ids)]
+    return hidden.mean(axis=0) @ w["head_w"] + w["head_b"]
