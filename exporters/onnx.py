@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -105,7 +106,9 @@ def export_onnx(model: "PreTrainedModel", out_path: str | Path, *, contract: Onn
     args = tuple(torch.from_numpy(dummy[n]) for n in contract.input_names)
     axes = {n: {0: "batch", 1: "sequence"} for n in contract.input_names} | {"logits": {0: "batch"}}
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The tracer warns about constants in transformers' mask code; validation below is the real check.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(wrapper, args, str(out_path), input_names=list(contract.input_names),
                           output_names=list(contract.output_names), dynamic_axes=axes,
                           opset_version=contract.opset, dynamo=False, do_constant_folding=True)

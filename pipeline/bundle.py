@@ -15,13 +15,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from runtime.manifest import SCHEMA_VERSION, sha256_file
 
 if TYPE_CHECKING:
-    from pipeline.data import TaskData
-    from pipeline.model import LoadedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,35 @@ def staged_bundle(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     log.info("bundle written to %s", out)
 
 
-def write_tokenizer_and_config(loaded: "LoadedModel", folder: Path) -> None:
+@dataclass(frozen=True)
+class BundleMeta:
+    """What a bundle says about its task and source, besides the models themselves."""
+
+    task_name: str
+    labels: tuple[str, ...]
+    is_pair: bool
+    max_length: int
+    source: dict                      # name, family, weights_sha256
+    input_names: tuple[str, ...]
+    tokenizer_json: str | None = None  # the source's original tokenizer.json, copied unchanged
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BundleMeta":
+        return cls(**{**data, "labels": tuple(data["labels"]), "input_names": tuple(data["input_names"])})
+
+
+def write_tokenizer_and_config(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path,
+                               *, meta: BundleMeta) -> None:
     """The ORIGINAL tokenizer.json (unchanged; the graph remaps ids itself) and the HF config
     with id2label, which Optimum's ORTModelForSequenceClassification needs to load the folder."""
-    loaded.tokenizer.save_pretrained(folder)   # tokenizer_config.json etc. for AutoTokenizer users
-    original = Path(loaded.path) / "tokenizer.json"
-    if original.is_file():
-        shutil.copyfile(original, folder / "tokenizer.json")
-    loaded.model.config.save_pretrained(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)   # tokenizer_config.json etc. for AutoTokenizer users
+    if meta.tokenizer_json and Path(meta.tokenizer_json).is_file():
+        shutil.copyfile(meta.tokenizer_json, folder / "tokenizer.json")
+    model.config.save_pretrained(folder)
 
 
 def artifact_entry(folder: Path, file: str, *, variant: str, target: str = "any") -> dict:
@@ -70,16 +91,15 @@ def artifact_entry(folder: Path, file: str, *, variant: str, target: str = "any"
     return {"file": file, "variant": variant, "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def write_manifest(folder: Path, *, loaded: "LoadedModel", task: "TaskData", max_length: int,
-                   artifacts: list[dict], stages: dict, metrics: dict) -> dict:
-    tok = loaded.tokenizer
+def write_manifest(folder: Path, *, meta: BundleMeta, pad_id: int, artifacts: list[dict], stages: dict,
+                   metrics: dict) -> dict:
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "task": {"name": task.name, "labels": list(task.label_names), "pair": task.is_pair, "max_length": max_length},
-        "source_model": {"name": loaded.name, "family": loaded.model.config.model_type, "weights_sha256": loaded.weights_sha256},
+        "task": {"name": meta.task_name, "labels": list(meta.labels), "pair": meta.is_pair, "max_length": meta.max_length},
+        "source_model": meta.source,
         "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(folder / "tokenizer.json"),
-                      "pad_id": tok.pad_token_id, "input_names": list(loaded.input_names)},
+                      "pad_id": pad_id, "input_names": list(meta.input_names)},
         "stages": stages,
         "artifacts": artifacts,
         "metrics": metrics,
@@ -88,4 +108,39 @@ def write_manifest(folder: Path, *, loaded: "LoadedModel", task: "TaskData", max
     with os.fdopen(fd, "w") as fh:
         json.dump(manifest, fh, indent=2)
     os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def export_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path, *,
+                 meta: BundleMeta, opset: int = 17, atol: float = 1e-4, stages: dict | None = None) -> list[dict]:
+    """Write tokenizer, config and a validated fp32 model.onnx into `folder`, plus a manifest
+    without metrics. Raises OnnxValidationError (and writes no manifest) if parity fails."""
+    from exporters.onnx import OnnxContract, export_onnx, validate_onnx
+
+    folder = Path(folder)
+    write_tokenizer_and_config(model, tokenizer, folder, meta=meta)
+    contract = OnnxContract(input_names=meta.input_names, opset=opset, atol=atol)
+    export_onnx(model, folder / "model.onnx", contract=contract)
+    validate_onnx(model, folder / "model.onnx", contract=contract, max_length=meta.max_length)
+    artifacts = [artifact_entry(folder, f, variant=v) for f, v in
+                 (("model.onnx", "fp32"), ("tokenizer.json", "tokenizer"), ("config.json", "config"))]
+    write_manifest(folder, meta=meta, pad_id=int(tokenizer.pad_token_id or 0), artifacts=artifacts,
+                   stages=stages or {}, metrics={})
+    return artifacts
+
+
+def add_artifacts(folder: str | Path, entries: list[dict]) -> dict:
+    """List more files (e.g. quantized variants, `artifact_entry(...)`) in an existing bundle's
+    manifest, replacing entries for the same file; the manifest is rewritten atomically."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; export the bundle first (pipeline.bundle.export_model)")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    files = {e["file"] for e in entries}
+    manifest["artifacts"] = [e for e in manifest.get("artifacts", []) if e.get("file") not in files] + list(entries)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    os.replace(tmp, path)
     return manifest

@@ -41,14 +41,14 @@ def _data_overrides(a: argparse.Namespace) -> dict:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML or YAML file with the same options (flags override it)")
-    p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
-    _add_data_args(p)
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DEP vocabulary pruning")
     g.add_argument("--fallback", choices=["nearest", "unk"], help="where ids unseen in training go (default nearest)")
     g.add_argument("--keep-top", type=int, help="also keep the N first general tokens of the vocabulary")
     g.add_argument("--keep-text", action="append", help="text file whose tokens are kept too (repeatable)")
+
+
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--epochs", type=float)
     g.add_argument("--max-steps", type=int)
@@ -57,12 +57,34 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int)
     g.add_argument("--max-train-samples", type=int)
     g.add_argument("--seed", type=int)
+
+
+def _add_validate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation")
     g.add_argument("--latency-seq-len", type=int)
     g.add_argument("--latency-runs", type=int)
     g.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None, help="latency and RSS probes")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML or YAML file with the same options (flags override it)")
+    p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
+    _add_data_args(p)
+    _add_prune_args(p)
+    _add_finetune_args(p)
+    _add_validate_args(p)
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune and validate the unpruned model for comparison (default on)")
+
+
+def _section(a: argparse.Namespace, section: str) -> dict:
+    """The flags of one config section that were given on the command line."""
+    names = {
+        "prune": {"fallback": "fallback", "keep_top": "keep_top", "keep_text": "keep_text"},
+        "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "max_length", "max_train_samples", "seed")},
+        "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
+    }[section]
+    return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 
 
 def _merge(raw: dict, a: argparse.Namespace) -> dict:
@@ -70,14 +92,8 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     for section in ("data", "prune", "finetune", "validate"):
         raw.setdefault(section, {})
     raw["data"].update(_data_overrides(a))
-    sections = {
-        "prune": {"fallback": a.fallback, "keep_top": a.keep_top, "keep_text": a.keep_text},
-        "finetune": {"epochs": a.epochs, "max_steps": a.max_steps, "batch_size": a.batch_size, "learning_rate": a.learning_rate,
-                     "max_length": a.max_length, "max_train_samples": a.max_train_samples, "seed": a.seed},
-        "validate": {"latency_seq_len": a.latency_seq_len, "latency_runs": a.latency_runs, "measure": a.measure},
-    }
-    for section, values in sections.items():
-        raw[section].update({k: v for k, v in values.items() if v is not None})
+    for section in ("prune", "finetune", "validate"):
+        raw[section].update(_section(a, section))
     for key in ("model", "baseline"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
@@ -98,20 +114,79 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_prune(a: argparse.Namespace) -> int:
+def _load_task_and_model(a: argparse.Namespace):
     from pipeline.data import DataConfig, load_task
-    from pipeline.model import get_word_embeddings, load_classifier
-    from pipeline.vocab import PruneConfig, oov_stats, prune
+    from pipeline.model import load_classifier
 
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
-    loaded = load_classifier(a.model or "default", labels=task.label_names)
+    return task, load_classifier(a.model or "default", labels=task.label_names)
+
+
+def _cmd_prune(a: argparse.Namespace) -> int:
+    from pipeline.model import get_word_embeddings
+    from pipeline.vocab import PruneConfig, oov_stats, prune
+
+    task, loaded = _load_task_and_model(a)
     emb = get_word_embeddings(loaded.model)
     vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=emb.weight.detach().numpy(),
-                  cfg=PruneConfig(fallback=a.fallback or "nearest", keep_top=a.keep_top or 0, keep_text=tuple(a.keep_text or ())))
+                  cfg=PruneConfig(**_section(a, "prune")))
     vocab.save(a.out)
     stats = vocab.stats(emb.embedding_dim) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
     (Path(a.out) / "stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats, indent=2))
+    return 0
+
+
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    from pipeline.embedding import apply_pruning, save_checkpoint
+    from pipeline.finetune import FinetuneConfig, finetune
+    from pipeline.run import bundle_meta
+    from pipeline.vocab import PrunedVocab
+
+    task, loaded = _load_task_and_model(a)
+    if a.vocab:
+        apply_pruning(loaded.model, PrunedVocab.load(a.vocab))
+    cfg = FinetuneConfig(**_section(a, "finetune"))
+    summary = finetune(loaded.model, loaded.tokenizer, task.train, task.eval, cfg=cfg, name=Path(a.out).name)
+    save_checkpoint(loaded.model, loaded.tokenizer, a.out, meta=bundle_meta(loaded, task, max_length=cfg.max_length).to_json())
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from pipeline.bundle import BundleMeta, export_model, staged_bundle
+    from pipeline.embedding import CheckpointError, load_checkpoint
+
+    model, tokenizer, meta = load_checkpoint(a.checkpoint)
+    if meta is None:
+        raise CheckpointError(f"{a.checkpoint} has no embslim_meta.json (task labels, max length); "
+                              "write it with `embslim finetune` or use `embslim run`")
+    with staged_bundle(a.out, force=a.force) as folder:
+        export_model(model, tokenizer, folder, meta=BundleMeta.from_json(meta), opset=a.opset, atol=a.atol)
+    print(f"bundle: {Path(a.out).resolve()}")
+    return 0
+
+
+def _cmd_validate(a: argparse.Namespace) -> int:
+    from pipeline.data import DataConfig, load_task
+    from pipeline.validate import ValidateConfig, check_parity, validate_artifact
+
+    task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
+    cfg = ValidateConfig(**_section(a, "validate"))
+    torch_logits = None
+    if a.checkpoint:
+        from pipeline.embedding import load_checkpoint
+        from pipeline.finetune import predict_logits
+        from runtime.manifest import read_manifest
+
+        model, tokenizer, _ = load_checkpoint(a.checkpoint)
+        torch_logits = predict_logits(model, tokenizer, task.eval.texts, task.eval.pairs,
+                                      max_length=read_manifest(a.bundle)["task"]["max_length"], batch_size=cfg.batch_size)
+    metrics, _ = validate_artifact(a.bundle, a.file, task.eval, n_labels=len(task.label_names), cfg=cfg, torch_logits=torch_logits)
+    print(json.dumps(metrics, indent=2))
+    if a.json:
+        Path(a.json).write_text(json.dumps(metrics, indent=2))
+    check_parity(a.file, metrics, cfg=cfg)
     return 0
 
 
@@ -160,14 +235,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace --out if it exists")
     r.set_defaults(func=_cmd_run)
 
-    pr = sub.add_parser("prune", help="DEP only: count the training vocabulary and write vocab.json + stats.json")
+    pr = sub.add_parser("prune", help="DEP only: count the training vocabulary, write vocab.json + stats.json")
     pr.add_argument("--model")
     _add_data_args(pr)
-    pr.add_argument("--fallback", choices=["nearest", "unk"])
-    pr.add_argument("--keep-top", type=int)
-    pr.add_argument("--keep-text", action="append")
-    pr.add_argument("--out", required=True)
+    _add_prune_args(pr)
+    pr.add_argument("--out", required=True, help="folder for vocab.json and stats.json")
     pr.set_defaults(func=_cmd_prune)
+
+    ft = sub.add_parser("finetune", help="fine-tune (optionally pruned with --vocab) and write a checkpoint folder")
+    ft.add_argument("--model")
+    ft.add_argument("--vocab", help="folder written by `embslim prune`")
+    _add_data_args(ft)
+    _add_finetune_args(ft)
+    ft.add_argument("--out", required=True, help="checkpoint folder")
+    ft.set_defaults(func=_cmd_finetune)
+
+    ex = sub.add_parser("export", help="checkpoint -> bundle with a validated fp32 model.onnx")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--force", action="store_true")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| vs PyTorch")
+    ex.set_defaults(func=_cmd_export)
+
+    va = sub.add_parser("validate", help="accuracy, parity, latency and memory of a bundle's model under ONNX Runtime")
+    va.add_argument("bundle")
+    va.add_argument("--file", default="model.onnx", help="artifact to validate (default model.onnx)")
+    va.add_argument("--checkpoint", help="PyTorch checkpoint to check parity against")
+    _add_data_args(va)
+    _add_validate_args(va)
+    va.add_argument("--json", help="also write the metrics to this file")
+    va.set_defaults(func=_cmd_validate)
 
     i = sub.add_parser("inspect", help="verify a bundle's checksums and summarise it")
     i.add_argument("bundle")

@@ -57,6 +57,15 @@ def embedding_params(model: nn.Module) -> int:
     return sum(p.numel() for p in get_word_embeddings(model).parameters())
 
 
+def replace_inner(model: "PreTrainedModel", inner: nn.Module) -> None:
+    """Swap the table behind the remap for a compressor's module (in place)."""
+    emb = get_word_embeddings(model)
+    if not isinstance(emb, RemappedEmbedding):
+        raise CheckpointError("compress after pruning: the model's embedding has no remap yet")
+    emb.inner = inner
+    emb.embedding_dim = int(inner.embedding_dim)
+
+
 def apply_pruning(model: "PreTrainedModel", vocab: "PrunedVocab") -> None:
     """Replace the word embedding with its kept rows behind the DEP remap (in place)."""
     old = get_word_embeddings(model)
@@ -78,20 +87,34 @@ def embedding_spec(model: nn.Module) -> dict:
     if isinstance(emb, RemappedEmbedding) and isinstance(emb.inner, nn.Embedding):
         return {"remap": emb.num_embeddings,
                 "inner": {"type": "table", "rows": emb.inner.num_embeddings, "dim": emb.inner.embedding_dim}}
+    if isinstance(emb, RemappedEmbedding) and isinstance(getattr(emb.inner, "spec", None), dict):
+        return {"remap": emb.num_embeddings, "inner": emb.inner.spec}
     raise CheckpointError(f"no checkpoint spec for embedding module {type(emb).__name__}")
 
 
 def _module_from_spec(spec: dict) -> nn.Module:
+    from pipeline.compress import COMPRESSORS, get
+
     inner_spec = spec["inner"]
-    if inner_spec.get("type") != "table":
-        raise CheckpointError(f"unknown embedding type {inner_spec.get('type')!r} in {SPEC_FILE}; known: table")
-    inner = nn.Embedding(int(inner_spec["rows"]), int(inner_spec["dim"]))
+    kind = inner_spec.get("type")
+    if kind == "table":
+        inner = nn.Embedding(int(inner_spec["rows"]), int(inner_spec["dim"]))
+    elif kind in COMPRESSORS:
+        inner = get(kind).from_spec(inner_spec)
+    else:
+        raise CheckpointError(f"unknown embedding type {kind!r} in {SPEC_FILE}; known: table, {', '.join(COMPRESSORS)}")
     if spec.get("remap") is None:
         return inner
     return RemappedEmbedding(torch.zeros(int(spec["remap"]), dtype=torch.int32), inner)
 
 
-def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path) -> Path:
+META_FILE = "embslim_meta.json"
+
+
+def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path,
+                    *, meta: dict | None = None) -> Path:
+    """`meta` (task labels, max length, source model; see pipeline.bundle.BundleMeta) lets
+    `embslim export` build a bundle from the checkpoint alone."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -101,10 +124,13 @@ def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBas
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / SPEC_FILE).write_text(json.dumps(embedding_spec(model), indent=2))
+    if meta is not None:
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     return folder
 
 
-def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", dict | None]:
+    """Model, tokenizer and the saved bundle metadata (None if the checkpoint has none)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -120,4 +146,5 @@ def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedT
     except RuntimeError as e:
         raise CheckpointError(f"{folder}/model.safetensors does not match {SPEC_FILE}: {str(e).splitlines()[0]}") from e
     model.eval()
-    return model, AutoTokenizer.from_pretrained(folder, use_fast=True)
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else None
+    return model, AutoTokenizer.from_pretrained(folder, use_fast=True), meta

@@ -13,15 +13,15 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.data import Split, subsample
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class FinetuneConfig:
 class _Encoded:
     """A torch-style dataset of tokenized examples (lists of ids; the collator pads per batch)."""
 
-    def __init__(self, tokenizer: "PreTrainedTokenizerBase", split: Split, max_length: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int) -> None:
         enc = tokenizer(list(split.texts), list(split.pairs) if split.pairs is not None else None,
                         truncation=True, max_length=max_length, padding=False)
         self.features = [{k: enc[k][i] for k in enc} | {"labels": split.labels[i]} for i in range(len(split))]
@@ -76,7 +76,7 @@ def _accuracy(eval_pred) -> dict:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
-def finetune(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", train: Split, eval_split: Split,
+def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Split, eval_split: Split,
              *, cfg: FinetuneConfig, name: str = "model", work_dir: str | None = None) -> dict:
     """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy)."""
     import torch
@@ -139,7 +139,7 @@ def finetune(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", tra
             "seconds": round(seconds, 1), "train_loss": result.training_loss, "eval_per_epoch": epochs}
 
 
-def predict_logits(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                    pairs: Sequence[str] | None = None, *, max_length: int, batch_size: int = 32) -> np.ndarray:
     """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks)."""
     import torch

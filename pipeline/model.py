@@ -151,7 +151,8 @@ def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected here
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+            path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            ignore_mismatched_sizes=True,  # a classifier trained for other labels gets a fresh head
         )
     except (OSError, ValueError) as e:
         raise ModelError(_not_found(name, path, e)) from e

@@ -14,12 +14,16 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from pipeline.data import DataConfig, TaskData, load_task
 from pipeline.finetune import FinetuneConfig
 from pipeline.validate import ValidateConfig
 from pipeline.vocab import PruneConfig
+
+if TYPE_CHECKING:
+    from pipeline.bundle import BundleMeta
+    from pipeline.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +99,19 @@ def stage(n: int, total: int, what: str) -> Iterator[None]:
     log.info("[%d/%d] %s done in %.1f s", n, total, what, time.perf_counter() - t0)
 
 
+def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "BundleMeta":
+    from pipeline.bundle import BundleMeta
+
+    return BundleMeta(task_name=task.name, labels=tuple(task.label_names), is_pair=task.is_pair, max_length=max_length,
+                      source={"name": loaded.name, "family": loaded.model.config.model_type, "weights_sha256": loaded.weights_sha256},
+                      input_names=loaded.input_names, tokenizer_json=str(Path(loaded.path) / "tokenizer.json"))
+
+
 def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str | None = None,
         task: TaskData | None = None) -> Path:
     """Run every stage and write the bundle to `out`. Returns the bundle path."""
-    import numpy as np
-
-    from exporters.onnx import OnnxContract, embedding_bytes, export_onnx, validate_onnx
-    from pipeline.bundle import BundleExistsError, artifact_entry, staged_bundle, write_manifest, write_tokenizer_and_config
+    from exporters.onnx import embedding_bytes
+    from pipeline.bundle import BundleExistsError, export_model, staged_bundle, write_manifest
     from pipeline.embedding import apply_pruning, embedding_params, save_checkpoint
     from pipeline.finetune import finetune, predict_logits
     from pipeline.model import get_word_embeddings, load_classifier
@@ -120,12 +130,12 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     with stage(1, total, "load task data and model"):
         task = task or load_task(cfg.data, data_root=data_root)
         loaded = load_classifier(cfg.model, labels=task.label_names)
-        contract = OnnxContract(input_names=loaded.input_names, opset=cfg.opset, atol=cfg.validate.parity_atol)
         max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
         ft_cfg = replace(cfg.finetune, max_length=max_length)
         hidden = int(get_word_embeddings(loaded.model).embedding_dim)
         params_before = sum(p.numel() for p in loaded.model.parameters())
         baseline_model = copy.deepcopy(loaded.model) if cfg.baseline else None
+        meta = bundle_meta(loaded, task, max_length=max_length)
 
     with stage(2, total, "prune the vocabulary (DEP)"):
         weight = get_word_embeddings(loaded.model).weight.detach().numpy()
@@ -143,56 +153,41 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     with stage(3, total, f"fine-tune ({', '.join(models)})"):
         for name, model in models.items():
             finetuned[name] = finetune(model, loaded.tokenizer, task.train, task.eval, cfg=ft_cfg, name=name, work_dir=str(work))
-            save_checkpoint(model, loaded.tokenizer, work / f"checkpoint-{name}")
+            save_checkpoint(model, loaded.tokenizer, work / f"checkpoint-{name}", meta=meta.to_json())
 
+    stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
+              "finetune": finetuned, "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
     with staged_bundle(out, force=force) as bundle:
-        write_tokenizer_and_config(loaded, bundle)
-        baseline_dir = work / "unpruned"
+        folders = {"dep": bundle} | ({"unpruned": work / "unpruned"} if baseline_model is not None else {})
         with stage(4, total, "export to ONNX and check parity with PyTorch"):
-            exported = {"dep": bundle / "model.onnx"}
-            if baseline_model is not None:
-                baseline_dir.mkdir(exist_ok=True)
-                write_tokenizer_and_config(loaded, baseline_dir)
-                exported["unpruned"] = baseline_dir / "model.onnx"
-            for name, path in exported.items():
-                export_onnx(models[name], path, contract=contract)
-                validate_onnx(models[name], path, contract=contract, max_length=max_length)
+            artifacts = {name: export_model(models[name], loaded.tokenizer, folder, meta=meta, opset=cfg.opset,
+                                            atol=cfg.validate.parity_atol, stages=stages)
+                         for name, folder in folders.items()}
 
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
-            stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
-                      "finetune": finetuned, "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
-            manifest_args = dict(loaded=loaded, task=task, max_length=max_length, stages=stages)
-            artifacts = [artifact_entry(bundle, "model.onnx", variant="fp32"),
-                         artifact_entry(bundle, "tokenizer.json", variant="tokenizer"),
-                         artifact_entry(bundle, "config.json", variant="config")]
-            write_manifest(bundle, artifacts=artifacts, metrics={}, **manifest_args)
-            if baseline_model is not None:
-                write_manifest(baseline_dir, artifacts=[artifact_entry(baseline_dir, f, variant=v) for f, v in
-                                                        (("model.onnx", "fp32"), ("tokenizer.json", "tokenizer"), ("config.json", "config"))],
-                               metrics={}, **manifest_args)
             variants = []
             for name in ("unpruned", "dep"):
                 if name not in models:
                     continue
-                folder = bundle if name == "dep" else baseline_dir
+                folder = folders[name]
                 torch_logits = predict_logits(models[name], loaded.tokenizer, task.eval.texts, task.eval.pairs,
                                               max_length=max_length, batch_size=cfg.validate.batch_size)
                 metrics, _ = validate_artifact(folder, "model.onnx", task.eval, n_labels=len(task.label_names),
                                                cfg=cfg.validate, torch_logits=torch_logits)
                 check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate)
-                rows = {vocab.size, vocab.original_size}
                 variants.append(metrics | {
                     "name": name, "precision": "fp32",
                     "description": "same fine-tune, full vocabulary" if name == "unpruned" else "DEP: training-text vocabulary, remap in graph",
-                    "file": "model.onnx" if name == "dep" else str(baseline_dir / "model.onnx"),
+                    "file": "model.onnx" if name == "dep" else str(folder / "model.onnx"),
                     "total_params": sum(p.numel() for p in models[name].parameters()),
                     "embedding_params": embedding_params(models[name]),
-                    "onnx_embedding_bytes": embedding_bytes(folder / "model.onnx", rows=sorted(rows)),
+                    "onnx_embedding_bytes": embedding_bytes(folder / "model.onnx", rows=sorted({vocab.size, vocab.original_size})),
                 })
 
         with stage(6, total, "write manifest and report"):
             metrics_by_name = {v["name"]: v for v in variants}
-            write_manifest(bundle, artifacts=artifacts, metrics=metrics_by_name, **manifest_args)
+            write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts["dep"],
+                           stages=stages, metrics=metrics_by_name)
             report = {
                 "title": f"embslim footprint report: {task.name}",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,0 +1,135 @@
+"""Compare two ONNX files of the same classifier on random inputs: values, SNR and labels.
+
+Graph rewrites (fusion, quantization, ORT format) must keep the exported contract: the same
+inputs (the ORIGINAL tokenizer's int64 `input_ids` etc., `[batch, sequence]`) and `logits`
+`[batch, labels]`. `compare_onnx` feeds both files the same random batches, on shapes that differ
+from the (2, 8) tracing input, and reports names, shapes, max |difference|, the signal-to-noise
+ratio of the new logits against the reference and how often the argmax agrees. It never raises on
+values: the caller decides what is acceptable (an atol for fusion; SNR and task accuracy for
+lossy steps, which random logits alone cannot judge).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from exporters.onnx import _dummy_inputs
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
+
+# Both differ from the (2, 8) tracing input; the second is replaced by (1, max_length) by callers
+# that know the bundle's max_length (validate on the longest input the bundle accepts).
+DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
+
+
+@dataclass
+class Comparison:
+    """What `compare_onnx` found; `checks` holds (what, ok, detail) for names and shapes."""
+
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    max_abs_diff: float = 0.0
+    snr_db: float = float("inf")      # 10 log10(sum ref^2 / sum (ref - new)^2) over every batch
+    agreement: float = 1.0            # share of rows whose argmax is the same
+    n_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+    def add(self, what: str, ok: bool, detail: str = "") -> None:
+        self.checks.append((what, ok, detail))
+        log.info("\t-[%s] %s%s", "✓" if ok else "x", what, f" ({detail})" if detail else "")
+
+    def failures(self) -> str:
+        return "; ".join(f"{what}: {detail}" for what, ok, detail in self.checks if not ok)
+
+    def to_json(self) -> dict:
+        return {"max_abs_diff": self.max_abs_diff, "snr_db": self.snr_db, "agreement": self.agreement,
+                "n_rows": self.n_rows, "checks": [list(c) for c in self.checks]}
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """Signal-to-noise ratio in dB of `other` against `reference` (inf when they are equal)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((ref - np.asarray(other, dtype=np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-30) / noise))
+
+
+def input_vocab_size(model: "onnx.ModelProto", *, default: int | None = None) -> int:
+    """How many token ids the graph accepts: rows of the table the `input_ids` Gather reads
+    (the int32 remap after DEP, the embedding itself otherwise)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) > 1 and node.input[1] == "input_ids":
+            table = inits.get(node.input[0])
+            if table is not None and table.dims:
+                return int(table.dims[0])
+        if node.op_type == "EmbedLayerNormalization" and node.input and node.input[0] == "input_ids":
+            table = inits.get(node.input[2]) if len(node.input) > 2 else None
+            if table is not None and table.dims:
+                return int(table.dims[0])
+    if default is None:
+        raise ValueError("cannot tell the vocabulary size from the graph (no Gather reads 'input_ids' from an "
+                         "initializer); pass vocab_size=")
+    return default
+
+
+def _session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def compare_onnx(reference: str | Path, candidate: str | Path, *,
+                 shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES, vocab_size: int | None = None,
+                 seed: int = 1) -> Comparison:
+    """Run both files on the same random batches (ragged right padding, both token types)."""
+    import onnx
+
+    reference, candidate = Path(reference), Path(candidate)
+    out = Comparison()
+    ref_sess, new_sess = _session(reference), _session(candidate)
+    ref_in = tuple(i.name for i in ref_sess.get_inputs())
+    new_in = tuple(i.name for i in new_sess.get_inputs())
+    out.add("input names", set(ref_in) == set(new_in), f"expected {ref_in}, got {new_in}")
+    ref_out = tuple(o.name for o in ref_sess.get_outputs())
+    new_out = tuple(o.name for o in new_sess.get_outputs())
+    out.add("output names", ref_out == new_out, f"expected {ref_out}, got {new_out}")
+    if not out.ok:
+        return out
+    if vocab_size is None and reference.suffix == ".onnx":
+        vocab_size = input_vocab_size(onnx.load(str(reference), load_external_data=False))
+    if vocab_size is None:
+        raise ValueError(f"pass vocab_size= to compare {reference.name}: only .onnx files say it themselves")
+    refs, news = [], []
+    for i, shape in enumerate(shapes):
+        feed = _dummy_inputs(tuple(shape), ref_in, vocab_size, seed=seed + i)
+        ref = ref_sess.run([ref_out[0]], feed)[0]
+        new = new_sess.run([new_out[0]], feed)[0]
+        if ref.shape != new.shape:
+            out.add(f"shape at {tuple(shape)}", False, f"expected {ref.shape}, got {new.shape}")
+            continue
+        out.add(f"shape at {tuple(shape)}", True, f"{new.shape}")
+        out.max_abs_diff = max(out.max_abs_diff, float(np.abs(ref - new).max()))
+        refs.append(ref.reshape(ref.shape[0], -1))
+        news.append(new.reshape(new.shape[0], -1))
+    if refs:
+        ref_all, new_all = np.concatenate(refs), np.concatenate(news)
+        out.snr_db = snr_db(ref_all, new_all)
+        out.agreement = float((ref_all.argmax(-1) == new_all.argmax(-1)).mean())
+        out.n_rows = int(ref_all.shape[0])
+    return out

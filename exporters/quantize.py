@@ -1,0 +1,393 @@
+"""Weight quantization of an exported (optionally fused) classifier: int8 per target, or 4-bit.
+
+One verb, `quantize(model_in, model_out, cfg=QuantizeConfig(target="arm64"))`:
+
+- bits=8: ONNX Runtime dynamic quantization (`quantize_dynamic`), weights per channel, with the
+  weight type and range that Optimum's `AutoQuantizationConfig.<target>(is_static=False)` uses
+  (`TARGETS` below). Float embedding tables (Gather) are quantized too unless
+  `include_embeddings=False`.
+- bits=4: `MatMulNBitsQuantizer` turns MatMul weights into 4-bit blocks (MatMulNBits) and float
+  Gather tables into GatherBlockQuantized; what 4-bit cannot take (a fused Attention's weights, the
+  pooler and classifier Gemms) falls back to the int8 settings of `target`.
+
+Integer index tables (the DEP remap, cluster ids, k-sub indices: any integer initializer that is
+a Gather's data) are NEVER quantized: their Gathers are excluded by name, and after quantization
+each table is checked to be byte-for-byte the same integer tensor behind a plain Gather.
+
+Quantization is lossy, so values are not held to an atol: `QuantizeResult` records the SNR and
+argmax agreement of the logits against `model_in` on random inputs (a diagnostic), and
+`check_quantized` judges the task: accuracy and agreement with fp32 on the eval split through
+`runtime.Classifier`, raising `QuantizationAccuracyError` when accuracy drops more than allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+    from pipeline.data import Split
+
+log = logging.getLogger(__name__)
+
+Target = Literal["arm64", "avx2", "avx512-vnni"]
+
+
+class QuantizationError(ValueError):
+    """Quantization could not run, or its output broke an invariant (an index table was touched)."""
+
+
+class QuantizationAccuracyError(ValueError):
+    """The quantized model's task accuracy dropped more than allowed below fp32."""
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    weight_type: Literal["QInt8", "QUInt8"]
+    reduce_range: bool
+
+
+# Dynamic int8 per target, as Optimum's AutoQuantizationConfig.<target>(is_static=False) sets it:
+# u8 activations always; s8 weights on ARM64 (faster than u8/u8 on small cores, equal on big ones)
+# and on AVX512-VNNI (VPDPBUSD computes u8 x s8 without saturating); u8 weights on AVX2, whose
+# u8 x s8 instruction (VPMADDUBSW) can saturate. Full 8-bit range everywhere (reduce_range=False):
+# only AVX512 without VNNI needs 7-bit weights, and that is not a target here.
+TARGETS: dict[str, Int8Settings] = {
+    "arm64": Int8Settings("QInt8", reduce_range=False),
+    "avx2": Int8Settings("QUInt8", reduce_range=False),
+    "avx512-vnni": Int8Settings("QInt8", reduce_range=False),
+}
+
+# Ops whose float weights the two quantizers rewrite (Gemm is split into MatMul + Add by ORT).
+_WEIGHT_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+_GATHERS = ("Gather", "GatherElements", "GatherND")
+_INT_TYPES = frozenset({2, 3, 4, 5, 6, 7, 12, 13})   # onnx.TensorProto UINT8..INT64, UINT32, UINT64
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})             # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    target: Target
+    bits: Literal[8, 4] = 8
+    # Per-tensor int8 costs MiniLM accuracy (sentence cosine vs fp32 0.958, min 0.900; per-channel
+    # 0.991, min 0.982: DESIGN.md) for a few KB of scales.
+    per_channel: bool = True
+    # Quantize float Gather tables (the word, position and token-type embeddings). Optimum does;
+    # without it a pruned 12k x 384 table stays fp32 (18 MB).
+    include_embeddings: bool = True
+    # 4-bit block length along the reduction (MatMul) or hidden (Gather) axis. 32 costs one fp32
+    # scale per 32 weights (+1 bit per weight); ORT needs a power of two >= 16.
+    block_size: int = 32
+    # MatMulNBits compute precision: 0 = ORT's default (dequantize to fp32), 4 = int8 activations
+    # (faster on CPUs with int8 dot products, slightly less accurate).
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 0
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}; "
+                             "pick the CPU the bundle will run on (arm64 for phones and ARM boards)")
+        if isinstance(self.bits, bool) or self.bits not in (8, 4):
+            raise ValueError(f"bits must be 8 or 4, got {self.bits!r}")
+        for name in ("per_channel", "include_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        b = self.block_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
+            raise ValueError(f"block_size must be a power of two >= 16 (ORT's MatMulNBits and "
+                             f"GatherBlockQuantized), got {b!r}; 32 is the default")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {self.accuracy_level!r}")
+
+    @property
+    def variant(self) -> str:
+        """The manifest's variant: "int8" or "int4" (the target goes in its own field)."""
+        return f"int{self.bits}"
+
+    @property
+    def file_name(self) -> str:
+        """The bundle's file for this config, e.g. model.int8-arm64.onnx."""
+        return f"model.int{self.bits}-{self.target}.onnx"
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    path: Path
+    target: str
+    bits: int
+    bytes_in: int
+    bytes_out: int
+    quantized: dict[str, int]          # original op type -> nodes whose float weights were quantized
+    int4_nodes: dict[str, int]         # MatMulNBits / GatherBlockQuantized nodes (4-bit only)
+    float_weights_left: dict[str, int]  # op type -> nodes that still carry float weights
+    index_tables: dict[str, str]       # Gather node -> integer table it reads (never quantized)
+    excluded_nodes: tuple[str, ...]    # every node kept out of quantization, by name
+    initializer_bytes: dict[str, int]  # data type -> bytes of initializers of that type
+    snr_db: float                      # logits vs model_in on random inputs (diagnostic)
+    agreement: float                   # argmax agreement with model_in on random inputs
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"file": self.path.name, "target": self.target, "bits": self.bits, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "quantized": dict(self.quantized), "int4_nodes": dict(self.int4_nodes),
+                "float_weights_left": dict(self.float_weights_left), "index_tables": dict(self.index_tables),
+                "excluded_nodes": list(self.excluded_nodes), "initializer_bytes": dict(self.initializer_bytes),
+                "snr_db": round(self.snr_db, 2), "agreement": self.agreement, "seconds": round(self.seconds, 2)}
+
+
+# -- graph inspection -------------------------------------------------------------------------
+
+def _name_nodes(model: "onnx.ModelProto") -> None:
+    """Give unnamed nodes a unique name: exclusion lists work by name."""
+    seen = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_embslim_{i}"
+            while name in seen:
+                name += "_"
+            node.name = name
+            seen.add(name)
+
+
+def index_tables(model: "onnx.ModelProto") -> dict[str, str]:
+    """Gather node name -> name of the integer table (initializer or Constant) that is its data."""
+    int_tensors = {i.name for i in model.graph.initializer if i.data_type in _INT_TYPES}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type in _INT_TYPES and len(attr.t.dims) >= 1:
+                    int_tensors.add(node.output[0])
+    return {n.name: n.input[0] for n in model.graph.node
+            if n.op_type in _GATHERS and n.input and n.input[0] in int_tensors}
+
+
+def _float_weight_nodes(model: "onnx.ModelProto") -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Node name -> (op type, float initializers of rank >= 2 it reads): what could be quantized."""
+    floats = {i.name for i in model.graph.initializer if i.data_type in _FLOAT_TYPES and len(i.dims) >= 2}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in _WEIGHT_OPS:
+            weights = tuple(x for x in node.input if x in floats)
+            if weights:
+                out[node.name] = (node.op_type, weights)
+    return out
+
+
+def _tensor_bytes(init: "onnx.TensorProto") -> int:
+    from onnx import numpy_helper
+
+    if init.raw_data:
+        return len(init.raw_data)
+    return int(numpy_helper.to_array(init).nbytes)
+
+
+def initializer_bytes(model: "onnx.ModelProto") -> dict[str, int]:
+    import onnx
+
+    out: Counter[str] = Counter()
+    for init in model.graph.initializer:
+        out[onnx.TensorProto.DataType.Name(init.data_type).lower()] += _tensor_bytes(init)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _table_fingerprint(model: "onnx.ModelProto", name: str) -> tuple[int, tuple[int, ...], bytes] | None:
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes()
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            t = next(a.t for a in node.attribute if a.name == "value")
+            return t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()
+    return None
+
+
+def _check_index_tables(before: "onnx.ModelProto", after: "onnx.ModelProto", tables: dict[str, str]) -> list[str]:
+    problems = []
+    readers: dict[str, set[str]] = {}
+    for n in after.graph.node:
+        for x in n.input:
+            readers.setdefault(x, set()).add(n.op_type)
+    for node_name, table in tables.items():
+        old = _table_fingerprint(before, table)
+        new = _table_fingerprint(after, table)
+        if new is None:
+            problems.append(f"index table {table!r} (read by {node_name}) is gone from the quantized graph")
+        elif new != old:
+            problems.append(f"index table {table!r} (read by {node_name}) changed type, shape or values")
+        elif not readers.get(table, set()) <= set(_GATHERS):
+            problems.append(f"index table {table!r} is now read by {sorted(readers[table])}, not only by Gathers")
+    return problems
+
+
+# -- quantization -----------------------------------------------------------------------------
+
+def _int8_extra_options() -> dict:
+    import onnx
+
+    # DefaultTensorType: ORT's type inference cannot see through fused contrib ops (Attention,
+    # SkipLayerNormalization); without it a fused graph fails to quantize. Symmetric weights,
+    # asymmetric activations: Optimum's defaults.
+    return {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True, "ActivationSymmetric": False,
+            "MatMulConstBOnly": True}
+
+
+def _quantize_int8(model: "onnx.ModelProto", out: Path, *, cfg: QuantizeConfig, exclude: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = TARGETS[cfg.target]
+    op_types = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if cfg.include_embeddings else [])
+    quantize_dynamic(model, out, op_types_to_quantize=op_types, per_channel=cfg.per_channel,
+                     reduce_range=settings.reduce_range, weight_type=QuantType[settings.weight_type],
+                     nodes_to_exclude=exclude, extra_options=_int8_extra_options())
+
+
+def _quantize_int4(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str]) -> "onnx.ModelProto":
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    op_types = ("MatMul", "Gather") if cfg.include_embeddings else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=True,
+                                     accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(exclude),
+                                     op_types_to_quantize=op_types)
+    with np.errstate(divide="ignore", invalid="ignore"):   # all-zero blocks (the [PAD] row) get scale 0
+        quantizer.process()
+    return quantizer.model.model
+
+
+def _load(path: Path) -> "onnx.ModelProto":
+    import onnx
+
+    model = onnx.load(str(path))
+    # dynamo exports carry value_info that the int8 quantizer's shape inference trips over
+    # (DESIGN.md); the quantizers infer what they need themselves.
+    del model.graph.value_info[:]
+    _name_nodes(model)
+    return model
+
+
+def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig) -> QuantizeResult:
+    """Quantize `model_in` into `model_out` (weights inside the file); see the module docstring."""
+    import onnx
+    import onnxruntime as ort
+
+    from exporters.compare import compare_onnx
+
+    model_in, model_out = Path(model_in), Path(model_out)
+    if not model_in.is_file():
+        raise QuantizationError(f"{model_in} not found; pass an exported (or fused) model.onnx")
+    if model_in.resolve() == model_out.resolve():
+        raise QuantizationError(f"model_out must differ from model_in ({model_in}); e.g. {cfg.file_name}")
+    t0 = time.perf_counter()
+    original = _load(model_in)
+    tables = index_tables(original)
+    excluded = sorted(tables)
+    if not cfg.include_embeddings:
+        excluded += sorted(n.name for n in original.graph.node if n.op_type in _GATHERS and n.name not in tables)
+    candidates = _float_weight_nodes(original)
+    log.info("quantizing %s to %d bits for %s; index tables kept as they are: %s", model_in.name, cfg.bits,
+             cfg.target, ", ".join(f"{t} ({n})" for n, t in tables.items()) or "none")
+
+    model_out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=model_out.parent, prefix=f".{model_out.name}.", suffix=".onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            work = onnx.ModelProto()
+            work.CopyFrom(original)
+            if cfg.bits == 4:
+                work = _quantize_int4(work, cfg=cfg, exclude=excluded)
+            # int8: everything; 4-bit: the fallback for what MatMulNBits cannot take (fused Attention,
+            # Gemm, tables it skipped). Nodes already 4-bit are no longer MatMul/Gather, so untouched.
+            _quantize_int8(work, tmp, cfg=cfg, exclude=excluded)
+        except Exception as e:
+            raise QuantizationError(f"quantizing {model_in.name} ({cfg.bits}-bit, {cfg.target}) failed: "
+                                    f"{type(e).__name__}: {e}") from e
+        result_model = onnx.load(str(tmp))
+        problems = _check_index_tables(original, result_model, tables)
+        if problems:
+            raise QuantizationError(f"quantized {model_in.name} broke an integer index table: {'; '.join(problems)}; "
+                                    "this is a bug in the exclusion list, please report it with the model")
+        try:
+            ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise QuantizationError(f"ONNX Runtime {ort.__version__} cannot load the quantized {model_in.name}: {e}; "
+                                    "try bits=8, or include_embeddings=False") from e
+        os.replace(tmp, model_out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    left = _float_weight_nodes(result_model)
+    left_weights = {w for _, ws in left.values() for w in ws}
+    quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in left_weights for w in ws))
+    int4 = Counter(n.op_type for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
+    try:
+        comparison = compare_onnx(model_in, model_out)
+        snr, agreement = comparison.snr_db, comparison.agreement
+    except ValueError as e:   # a graph whose vocabulary size cannot be read: the SNR is only a diagnostic
+        log.warning("no random-input comparison for %s: %s", model_out.name, e)
+        snr, agreement = float("nan"), float("nan")
+    seconds = time.perf_counter() - t0
+    result = QuantizeResult(
+        path=model_out, target=cfg.target, bits=cfg.bits, bytes_in=model_in.stat().st_size,
+        bytes_out=model_out.stat().st_size, quantized=dict(quantized), int4_nodes=dict(int4),
+        float_weights_left=dict(Counter(op for op, _ in left.values())), index_tables=tables,
+        excluded_nodes=tuple(excluded), initializer_bytes=initializer_bytes(result_model),
+        snr_db=snr, agreement=agreement, seconds=seconds)
+    log.info("%s: %.2f MB -> %.2f MB (%.2fx) in %.1f s; quantized %s; logit SNR vs input %.1f dB on random ids",
+             model_out.name, result.bytes_in / 1e6, result.bytes_out / 1e6, result.bytes_out / result.bytes_in,
+             seconds, dict(quantized), snr)
+    return result
+
+
+# -- task-level check -------------------------------------------------------------------------
+
+def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labels: int,
+                    fp32_file: str = "model.onnx", max_drop: float = 0.01, allow_drop: bool = False,
+                    batch_size: int = 32) -> dict:
+    """Accuracy of `file` vs `fp32_file` on `split`, both through `runtime.Classifier` with the same
+    batching; both must be listed in the bundle's manifest. Raises QuantizationAccuracyError when
+    accuracy drops more than `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`, in which
+    case the returned dict says "flagged": True."""
+    from pipeline.validate import task_metrics
+    from runtime import Classifier
+
+    if not 0.0 <= max_drop <= 1.0:
+        raise ValueError(f"max_drop is a share of examples in [0, 1] (0.01 = 1 point), got {max_drop}")
+    texts = list(split.texts)
+    pairs = list(split.pairs) if split.pairs is not None else None
+    logits = {}
+    for name in (fp32_file, file):
+        clf = Classifier.from_bundle(bundle_dir, file=name, threads=None)
+        logits[name] = clf.logits(texts, pairs, batch_size=batch_size)
+    ref = task_metrics(logits[fp32_file], split.labels, n_labels=n_labels)
+    got = task_metrics(logits[file], split.labels, n_labels=n_labels)
+    drop = ref["accuracy"] - got["accuracy"]
+    agreement = float((logits[file].argmax(-1) == logits[fp32_file].argmax(-1)).mean())
+    report = {"file": file, "fp32_file": fp32_file, "accuracy": got["accuracy"], "fp32_accuracy": ref["accuracy"],
+              "drop": drop, "agreement": agreement, "snr_db": _snr(logits[fp32_file], logits[file]),
+              "n_eval": got["n_eval"], "batch_size": batch_size, "max_drop": max_drop, "flagged": drop > max_drop}
+    log.info("%s: accuracy %.2f%% vs fp32 %.2f%% (%+.2f pts), agreement %.2f%%", file, 100 * got["accuracy"],
+             100 * ref["accuracy"], -100 * drop, 100 * agreement)
+    if drop > max_drop and not allow_drop:
+        raise QuantizationAccuracyError(
+            f"{file}: accuracy {100 * got['accuracy']:.2f}% is {100 * drop:.2f} points below {fp32_file} "
+            f"({100 * ref['accuracy']:.2f}%) on {got['n_eval']} examples; at most {100 * max_drop:.2f} allowed. "
+            "Try per_channel=True, include_embeddings=False or bits=8, or pass allow_drop=True to keep it flagged")
+    return report
+
+
+def _snr(reference: np.ndarray, other: np.ndarray) -> float:
+    from exporters.compare import snr_db
+
+    return snr_db(reference, other)

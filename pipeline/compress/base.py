@@ -1,0 +1,137 @@
+"""The contract every compressor meets.
+
+A compressor replaces the `inner` table of `pipeline.embedding.RemappedEmbedding`: its module
+takes NEW ids (int32 or int64 tensors of any shape, values in [0, N)) and returns [..., d]
+float32 vectors. It is written with ops that export to plain ONNX (Gather via F.embedding,
+MatMul, Concat, Sin/Cos...) and that int8 quantization handles; integer index tables are
+registered as buffers (int32 or int64), float tables as parameters (they fine-tune).
+
+Every compressor module also has two attributes: `embedding_dim` (int) and `spec` (the same
+JSON-able dict as `Fitted.spec`), which checkpoints store to rebuild the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+
+class CompressError(ValueError):
+    """A compressor option cannot work for this matrix; the message says what would."""
+
+
+@dataclass
+class Fitted:
+    module: nn.Module                 # new ids -> vectors; has an int attribute `embedding_dim`
+    spec: dict[str, Any]              # JSON-able; {"type": <registry name>, ...} rebuilds an empty module via from_spec
+    params: int                       # learned floats in the module (index buffers excluded)
+    reconstruction_error: float       # ||E - E_hat||_F / ||E||_F of the fitted module, before fine-tuning
+    fit_seconds: float
+    info: dict[str, Any] = field(default_factory=dict)   # method-specific figures for the report
+
+
+@dataclass(frozen=True)
+class Compressor:
+    name: str
+    config: type                                   # frozen dataclass of options, validated in __post_init__
+    fit: Callable[..., Fitted]                     # fit(weight: np.ndarray [N, d], cfg, *, counts: np.ndarray | None) -> Fitted
+    from_spec: Callable[[dict[str, Any]], nn.Module]
+
+
+def relative_error(weight: np.ndarray, module: nn.Module) -> float:
+    """||E - module(arange(N))||_F / ||E||_F."""
+    import torch
+
+    with torch.no_grad():
+        approx = module(torch.arange(weight.shape[0])).float().numpy()
+    return float(np.linalg.norm(weight - approx) / max(np.linalg.norm(weight), 1e-12))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers the compressors share (numpy only; torch stays inside the modules).
+
+def as_matrix(weight: np.ndarray, *, method: str) -> np.ndarray:
+    """The pretrained [N, d] matrix as C-contiguous float32, or a CompressError saying what came."""
+    w = np.asarray(weight)
+    if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
+        raise CompressError(f"{method}: expected the embedding matrix as a 2-D array [rows, dim], got shape {w.shape}")
+    if not np.issubdtype(w.dtype, np.floating):
+        raise CompressError(f"{method}: expected a float matrix, got dtype {w.dtype}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise CompressError(f"{method}: the matrix has NaN or infinite entries; fix the checkpoint before compressing")
+    return w
+
+
+def check_counts(counts: np.ndarray | None, rows: int, *, method: str) -> np.ndarray | None:
+    """`counts` (training frequency per new id) must have one entry per row when given."""
+    if counts is None:
+        return None
+    c = np.asarray(counts)
+    if c.shape != (rows,):
+        raise CompressError(f"{method}: counts must have one entry per row ({rows},), got shape {c.shape}")
+    return c
+
+
+def rank_for_share(rows: int, dim: int, *, share: float, k: int = 1) -> int:
+    """Largest rank j with rows*j + k*j*dim <= share*rows*dim: the factorisation (coefficients
+    [rows, j] plus k bases [j, dim]) keeps at most `share` of the matrix's parameters."""
+    budget = share * rows * dim
+    j = min(int(budget // (rows + k * dim)), dim)
+    if j < 1:
+        smallest = (rows + k * dim) / (rows * dim)
+        raise CompressError(f"compression={share} leaves less than rank 1 for a {rows} x {dim} matrix with k={k}; "
+                            f"use compression >= {smallest:.4g} or give the rank explicitly")
+    return j
+
+
+def lloyd_kmeans(points: np.ndarray, n_clusters: int, *, iterations: int, seed: int,
+                 init_sample: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (Lloyd) on float32 rows: returns (centers [n_clusters, p], labels [n]).
+
+    Seeded by scikit-learn's k-means++ on a random sample of at most max(init_sample, 8 * n_clusters)
+    rows; the iterations are a few BLAS calls each. (scikit-learn's own KMeans is much slower on a
+    busy machine with few cores: its OpenMP threads spin; this stays within the 60 s budget.)
+    Empty clusters are re-seeded with the rows farthest from their centers.
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    x = np.ascontiguousarray(points, dtype=np.float32)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    if n <= n_clusters:
+        # Every row is its own cluster; the spare centers repeat rows (they attract nothing new).
+        centers = x[np.resize(np.arange(n), n_clusters)].copy()
+        return centers, np.arange(n)
+    sample = x if n <= max(init_sample, 8 * n_clusters) else x[rng.choice(n, max(init_sample, 8 * n_clusters), replace=False)]
+    centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(2**31 - 1)))
+    centers = centers.astype(np.float32)
+    labels = np.full(n, -1)
+    x2 = np.einsum("ij,ij->i", x, x)
+    for _ in range(max(iterations, 1)):
+        dist = (centers * centers).sum(1)[None, :] - 2.0 * (x @ centers.T)
+        new = dist.argmin(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=n_clusters)
+        sums = cluster_sums(x, labels, n_clusters)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+        if not filled.all():
+            err = x2 + dist[np.arange(n), labels]
+            far = np.argsort(err)[::-1][: int((~filled).sum())]
+            centers[~filled] = x[far]
+    return centers, labels
+
+
+def cluster_sums(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """[n_clusters, p]: the sum of the rows of x in each cluster (a sparse one-hot product, O(n p))."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))),
+                        shape=(n_clusters, len(labels)))
+    return np.asarray(onehot @ x, dtype=np.float32)

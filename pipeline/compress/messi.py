@@ -1,0 +1,207 @@
+"""MESSI: the rows of the embedding matrix clustered onto k subspaces of dimension j (projective clustering).
+
+Maalouf et al., "Deep learning meets projective clustering" (ICLR 2021), steps 1-4:
+  1. (k, j)-projective clustering by EM: assign each row x to the subspace c with the smallest
+     residual ||x - x V_c^T V_c||^2 (V_c: j orthonormal rows), refit each V_c to its rows by their
+     top-j right singular vectors; repeat until the assignment stops changing. Several restarts,
+     each from a k-means clustering of the rows; the lowest total residual wins.
+  2-3. Per cluster, the rank-j factorisation: coefficients x V_c^T (one j-vector per token) and V_c.
+  4. The module: per-token coefficients C [N, j] (float parameter), per-token cluster ids [N]
+     (int32 buffer), bases B [k, j, d] (float parameter): E_hat[t] = C[t] @ B[cluster[t]].
+
+The forward is the paper's appendix A (a sparse U [N, k*j] times V [k*j, d]) without storing the
+zeros: gather the token's j coefficients, place them in its cluster's block of a k*j vector
+(Equal/Cast/Mul against the cluster id), one MatMul with B viewed as [k*j, d]. It exports as
+Gather, Equal, Cast, Mul, Reshape and MatMul, and int8 dynamic quantization takes the Gather on C
+and the MatMul on B. It costs k*j*d multiply-adds per token (~1% of MiniLM's body at k=5, j=64).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.compress.base import (CompressError, Compressor, Fitted, as_matrix, check_counts, lloyd_kmeans,
+                                    rank_for_share, relative_error)
+from pipeline.compress.svd import DEFAULT_SHARE, basis_from_gram
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    # 5 subspaces: the MESSI paper's RoBERTa MNLI point (k=5) and the DESIGN's measured k=5/k=10 points.
+    k: int = 5
+    j: int | None = None              # subspace dimension; give this or `compression`, not both
+    compression: float | None = None  # share of the N x d parameters to keep (0.4 keeps 40%); picks the largest j
+                                      # with N*j + k*j*d within it. Neither given: svd.DEFAULT_SHARE (0.4).
+    # EM is a local search: a few k-means-seeded restarts cost seconds and the best one is kept.
+    restarts: int = 3
+    # EM usually stops on its own (assignment unchanged, or the residual improves by < tol) in 10-30 steps.
+    iterations: int = 50
+    tol: float = 1e-4                 # stop when the total residual improves by less than this share
+    kmeans_iterations: int = 20       # Lloyd steps of each restart's k-means start
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise CompressError(f"messi: k (number of subspaces) must be an int >= 1, got {self.k!r}; k=1 is plain SVD")
+        if self.j is not None and self.compression is not None:
+            raise CompressError(f"messi: give j ({self.j}) or compression ({self.compression}), not both; "
+                                "set one of them to None")
+        if self.j is not None and (not isinstance(self.j, int) or self.j < 1):
+            raise CompressError(f"messi: j (subspace dimension) must be a positive int, got {self.j!r}")
+        if self.compression is not None and not 0.0 < self.compression <= 1.0:
+            raise CompressError(f"messi: compression is the share of parameters kept, in (0, 1]; got {self.compression} "
+                                "(0.4 keeps 40% of the matrix)")
+        if self.restarts < 1 or self.iterations < 1 or self.kmeans_iterations < 1:
+            raise CompressError(f"messi: restarts, iterations and kmeans_iterations must be >= 1, got "
+                                f"{self.restarts}, {self.iterations}, {self.kmeans_iterations}")
+        if not 0.0 <= self.tol < 1.0:
+            raise CompressError(f"messi: tol is a relative improvement in [0, 1), got {self.tol}")
+
+    def j_for(self, rows: int, dim: int) -> int:
+        if self.k > rows:
+            raise CompressError(f"messi: k={self.k} subspaces for only {rows} rows; use k <= {rows}")
+        if self.j is not None:
+            if self.j > dim:
+                raise CompressError(f"messi: j={self.j} exceeds the embedding dimension {dim}; use j <= {dim}")
+            return self.j
+        share = DEFAULT_SHARE if self.compression is None else self.compression
+        return rank_for_share(rows, dim, share=share, k=self.k)
+
+
+class MessiEmbedding(nn.Module):
+    """new ids -> coeff[ids] @ basis[cluster[ids]], written as one MatMul with the stacked bases."""
+
+    def __init__(self, rows: int, dim: int, k: int, j: int) -> None:
+        super().__init__()
+        self.coeff = nn.Parameter(torch.zeros(rows, j))
+        self.basis = nn.Parameter(torch.zeros(k, j, dim))
+        self.register_buffer("cluster", torch.zeros(rows, dtype=torch.int32))
+        # Not saved: rebuilt from k. Compared with each token's cluster id to place its coefficients.
+        self.register_buffer("cluster_ids", torch.arange(k, dtype=torch.int32), persistent=False)
+        self.embedding_dim = dim
+        self.spec: dict[str, Any] = {"type": "messi", "rows": rows, "dim": dim, "k": k, "j": j}
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        coeff = F.embedding(ids, self.coeff)                                        # [..., j]
+        onehot = (self.cluster[ids].unsqueeze(-1) == self.cluster_ids).to(coeff.dtype)  # [..., k]
+        spread = (onehot.unsqueeze(-1) * coeff.unsqueeze(-2)).flatten(-2)           # [..., k*j], one block nonzero
+        return spread @ self.basis.reshape(-1, self.embedding_dim)                  # [..., d]
+
+
+def _grams(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """[k, d, d] float64: X_c^T X_c of each cluster's rows (the M-step only needs these)."""
+    grams = np.zeros((k, x.shape[1], x.shape[1]))
+    for c in range(k):
+        rows = x[labels == c]
+        grams[c] = rows.T @ rows
+    return grams
+
+
+def _bases(grams: np.ndarray, j: int) -> np.ndarray:
+    """M-step: [k, j, d], the best j-subspace of each cluster (zeros for an empty one)."""
+    return np.stack([basis_from_gram(g, j) for g in grams])
+
+
+def _residuals(x: np.ndarray, x2: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """[N, k] squared distance of every row to every subspace: ||x||^2 - ||x V_c^T||^2, one BLAS call."""
+    k, j, d = bases.shape
+    proj = (x @ bases.reshape(k * j, d).T).reshape(len(x), k, j)
+    return np.maximum(x2[:, None] - np.einsum("nkj,nkj->nk", proj, proj), 0.0)
+
+
+def _em(x: np.ndarray, x2: np.ndarray, labels: np.ndarray, cfg: Config, j: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """EM from an initial assignment: (labels, bases, total residual, steps).
+
+    The Gram matrices are updated with only the rows that changed cluster, so after the first steps an
+    M-step costs k small eigendecompositions and the E-step (one [N, d] x [d, k*j] product) dominates."""
+    k = cfg.k
+    grams = _grams(x, labels, k)
+    total_prev = np.inf
+    steps = 0
+    for steps in range(1, cfg.iterations + 1):
+        bases = _bases(grams, j)
+        res = _residuals(x, x2, bases)
+        new = res.argmin(1)
+        best = res[np.arange(len(x)), new]
+        empty = np.flatnonzero(np.bincount(new, minlength=k) == 0)
+        if len(empty):
+            # An emptied subspace restarts from the worst-fitted rows, j of them per subspace.
+            worst = np.argsort(best)[::-1][: len(empty) * j]
+            new[worst] = np.repeat(empty, j)[: len(worst)]
+        total = float(best.sum())
+        moved = np.flatnonzero(new != labels)
+        if len(moved) > len(x) // 3:
+            grams = _grams(x, new, k)
+        else:
+            for c in range(k):
+                rows_in, rows_out = x[moved[new[moved] == c]], x[moved[labels[moved] == c]]
+                grams[c] += rows_in.T @ rows_in - rows_out.T @ rows_out
+        improved = total_prev - total if np.isfinite(total_prev) else np.inf
+        log.debug("messi EM step %d: residual %.6g, %d rows moved", steps, total, len(moved))
+        labels, total_prev = new, total
+        if not len(empty) and (len(moved) == 0 or improved <= cfg.tol * total):
+            break
+    bases = _bases(grams, j)  # final M-step: the bases of the kept assignment
+    res = _residuals(x, x2, bases)
+    return labels, bases, float(res[np.arange(len(x)), labels].sum()), steps
+
+
+def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
+    """(k, j)-projective clustering of the rows, then per-cluster rank-j SVD. `counts` is accepted for
+    the common signature and not used (every kept row is fitted with equal weight)."""
+    start = time.perf_counter()
+    x = as_matrix(weight, method="messi")
+    check_counts(counts, x.shape[0], method="messi")
+    rows, dim = x.shape
+    j = cfg.j_for(rows, dim)
+    x2 = np.einsum("ij,ij->i", x, x)
+    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    runs = []
+    for r in range(cfg.restarts):
+        _, init = lloyd_kmeans(x, cfg.k, iterations=cfg.kmeans_iterations, seed=cfg.seed + r)
+        labels, bases, total, steps = _em(x, x2, init, cfg, j)
+        runs.append({"residual": total, "em_steps": steps})
+        if best is None or total < best[2]:
+            best = (labels, bases, total)
+    labels, bases, _ = best
+    coeff = np.zeros((rows, j), np.float32)
+    for c in range(cfg.k):
+        mine = labels == c
+        coeff[mine] = x[mine] @ bases[c].T
+    module = MessiEmbedding(rows, dim, cfg.k, j)
+    with torch.no_grad():
+        module.coeff.copy_(torch.from_numpy(coeff))
+        module.basis.copy_(torch.from_numpy(bases))
+        module.cluster.copy_(torch.from_numpy(labels.astype(np.int32)))
+    params = rows * j + cfg.k * j * dim
+    err = relative_error(x, module)
+    seconds = time.perf_counter() - start
+    log.info("messi k=%d j=%d: %d params (%.1f%% of the matrix), reconstruction error %.4f, %.1f s (%d restarts)",
+             cfg.k, j, params, 100 * params / (rows * dim), err, seconds, cfg.restarts)
+    norm2 = float(x2.sum()) or 1.0
+    info = {"k": cfg.k, "j": j, "share": params / (rows * dim),
+            "cluster_sizes": np.bincount(labels, minlength=cfg.k).tolist(),
+            "restarts": [{"error": float(np.sqrt(run["residual"] / norm2)), "em_steps": run["em_steps"]} for run in runs]}
+    return Fitted(module=module, spec=dict(module.spec), params=params, reconstruction_error=err,
+                  fit_seconds=seconds, info=info)
+
+
+def from_spec(spec: dict[str, Any]) -> nn.Module:
+    missing = {"rows", "dim", "k", "j"} - set(spec)
+    if spec.get("type") != "messi" or missing:
+        raise CompressError(f"messi: expected a spec {{'type': 'messi', 'rows', 'dim', 'k', 'j'}}, got {spec!r}"
+                            + (f" (missing {sorted(missing)})" if missing else ""))
+    return MessiEmbedding(int(spec["rows"]), int(spec["dim"]), int(spec["k"]), int(spec["j"]))
+
+
+COMPRESSOR = Compressor("messi", Config, fit, from_spec)

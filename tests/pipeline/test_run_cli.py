@@ -1,0 +1,180 @@
+"""`embslim` end to end on a tiny model: the run command, the stage commands, bundle integrity,
+runtime and Optimum agreement, and one-line errors for bad input (in process via main())."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from runtime import BundleError, Classifier
+from runtime.manifest import read_manifest, sha256_file
+
+FAST = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--latency-runs", "3"]
+
+
+def _write_task(folder: Path, task) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train.tsv", task.train), ("dev.tsv", task.eval)):
+        rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return folder / "train.tsv", folder / "dev.tsv"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir, tiny_task):
+    root = tmp_path_factory.mktemp("run")
+    train, dev = _write_task(root / "data", tiny_task)
+    out = root / "bundle"
+    code = main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out), *FAST])
+    assert code == 0
+    return out, train, dev
+
+
+def test_run_writes_a_complete_verified_bundle(tiny_run):
+    out, _, _ = tiny_run
+    names = {p.name for p in out.iterdir()}
+    assert {"manifest.json", "model.onnx", "tokenizer.json", "config.json", "report.json", "report.md", "report.html", "plots"} <= names
+    manifest = read_manifest(out)
+    for entry in manifest["artifacts"]:
+        assert sha256_file(out / entry["file"]) == entry["sha256"]
+        assert (out / entry["file"]).stat().st_size == entry["bytes"]
+    assert manifest["task"]["labels"] == ["negative", "positive"] and manifest["task"]["max_length"] == 32
+    assert set(manifest["metrics"]) == {"dep", "unpruned"}
+    dep = manifest["metrics"]["dep"]
+    assert dep["agreement"] == 1.0 and dep["max_logit_diff"] <= 1e-4
+    assert dep["latency_ms_p50"] > 0 and dep["peak_rss_mb"] > 10
+    report = json.loads((out / "report.json").read_text())
+    vocab = report["vocab"]
+    assert vocab["kept_rows"] < vocab["original_rows"] and 0 <= vocab["eval_oov_rate"] < 1
+    assert report["variants"][1]["onnx_bytes"] < report["variants"][0]["onnx_bytes"]
+    assert "Kept rows" in (out / "report.md").read_text()
+    assert not list(out.parent.glob(".bundle.partial-*")), "no staging folder left behind"
+
+
+def test_runtime_and_optimum_predict_the_same_from_the_bundle(tiny_run, tiny_task):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    out, _, _ = tiny_run
+    texts = list(tiny_task.eval.texts[:12])
+    clf = Classifier.from_bundle(out)
+    ours = clf.logits(texts)
+    ort_model = ORTModelForSequenceClassification.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="np")
+    theirs = ort_model(**enc).logits
+    np.testing.assert_allclose(np.asarray(theirs), ours, atol=1e-5)
+    assert [p.label for p in clf.predict(texts)] == [ort_model.config.id2label[int(i)] for i in np.argmax(theirs, -1)]
+
+
+def test_stage_commands_compose_to_a_bundle(tmp_path, tiny_model_dir, tiny_run, capsys):
+    _, train, dev = tiny_run
+    data = ["--train", str(train), "--eval", str(dev)]
+    assert main(["prune", "--model", str(tiny_model_dir), *data, "--out", str(tmp_path / "vocab")]) == 0
+    stats = json.loads((tmp_path / "vocab" / "stats.json").read_text())
+    assert stats["kept_rows"] < stats["original_rows"]
+    assert main(["finetune", "--model", str(tiny_model_dir), "--vocab", str(tmp_path / "vocab"), *data,
+                 "--max-steps", "2", "--max-length", "32", "--out", str(tmp_path / "ckpt")]) == 0
+    assert main(["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b")]) == 0
+    assert main(["validate", str(tmp_path / "b"), *data, "--checkpoint", str(tmp_path / "ckpt"), "--no-measure",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["agreement"] == 1.0 and metrics["max_logit_diff"] <= 1e-4
+    assert main(["inspect", str(tmp_path / "b")]) == 0
+    assert "sha256 ok" in capsys.readouterr().out
+
+
+def test_compare_and_report_commands(tmp_path, tiny_run):
+    import shutil
+
+    out, _, _ = tiny_run
+    shutil.copytree(out, tmp_path / "other")
+    assert main(["compare", str(out), str(tmp_path / "other"), "--out", str(tmp_path / "cmp")]) == 0
+    merged = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert [v["name"] for v in merged["variants"]] == ["bundle/unpruned", "bundle/dep", "other/unpruned", "other/dep"]
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train", "missing.tsv"], r"missing\.tsv.*check the path"),
+    (["--text-column", "text"], r"no column 'text'; columns are \['sentence', 'label'\]; set --text-column"),
+    (["--model", "/nonexistent/model"], r"model folder '/nonexistent/model' does not exist"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, tiny_model_dir, tiny_run, capsys, args, message):
+    _, train, dev = tiny_run
+    base = {"--model": str(tiny_model_dir), "--train": str(train), "--eval": str(dev)}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["run", *[x for kv in base.items() for x in kv], "--out", str(tmp_path / "b"), *FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("embslim run: error: ") and len(err.splitlines()) == 1
+    import re
+    assert re.search(message, err), err
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_output_needs_force(tmp_path, tiny_model_dir, tiny_run, capsys):
+    _, train, dev = tiny_run
+    (tmp_path / "b").mkdir()
+    assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev),
+                 "--out", str(tmp_path / "b"), *FAST]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+
+
+def test_failed_parity_leaves_no_bundle(tmp_path, tiny_model_dir, tiny_run, capsys, monkeypatch):
+    """A validation failure inside the staged bundle: exit 3, no bundle, no staging folder."""
+    import pipeline.validate as validate
+
+    _, train, dev = tiny_run
+    monkeypatch.setattr(validate.ValidateConfig, "__post_init__", lambda self: None)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'model = "{tiny_model_dir}"\n[data]\ntrain = "{train}"\neval = "{dev}"\n'
+                   '[finetune]\nmax_steps = 2\nmax_length = 32\n[validate]\nparity_atol = -1.0\nmeasure = false\n')
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "b")]) == 3
+    assert "validation failed" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
+
+
+def test_tampered_bundle_is_refused(tmp_path, tiny_run):
+    import shutil
+
+    out, _, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        Classifier.from_bundle(copy)
+    assert main(["inspect", str(copy)]) == 2
+
+
+def test_help_is_fast_in_a_real_subprocess():
+    import time
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "embslim" in proc.stdout
+    assert time.perf_counter() - t0 < 5, "--help must not import torch/transformers"
+    proc = subprocess.run([sys.executable, "-c", "import pipeline.cli, sys; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False"
+
+
+def test_unknown_hub_id_offline_is_one_clear_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "prune", "--model", "no-such-org/no-such-model",
+                           "--dataset", "synthetic-sentiment", "--out", str(tmp_path / "v")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2
+    assert "could not load model 'no-such-org/no-such-model': it is not a local folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,76 @@
+"""Tiny models and tokenizers built in memory for tests (no network); importable as `tiny_models`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("the a an and or but not no very really quite so too movie film story plot acting actors music "
+         "good great fine fun funny charming lovely brilliant moving warm best bad awful dull boring poor "
+         "weak worst mess flat slow tedious it is was are be this that with of to in for on as at by "
+         "what how when where who can could would i you we they he she my your our play set alarm "
+         "weather rain sun call mom transfer money bank card balance paris london song ##s ##ing ##ed ##ly "
+         # the generated sentiment task's words (pipeline.data.synthetic_sentiment)
+         "wonderful delightful excellent enjoyable fantastic clever terrible clumsy disappointing painful "
+         "forgettable annoying dialogue ending every felt finish found friends from honestly me overall "
+         "pacing said scene sounded soundtrack start think truly").split()
+
+
+def build_wordpiece(path: Path, *, extra: tuple[str, ...] = ()) -> Path:
+    """A BERT-style tokenizer.json: [PAD]=0, lower-casing, WordPiece, [CLS] x [SEP] y [SEP] templates."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-")
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + chars + [f"##{c}" for c in chars[:26]] + list(WORDS) + list(extra)))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    # Like all-MiniLM-L6-v2's tokenizer.json: fixed padding and truncation switched on.
+    tok.enable_padding(length=32, pad_id=0, pad_token="[PAD]")
+    tok.enable_truncation(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def make_tiny_model_dir(folder: Path, *, family: str = "bert", num_labels: int = 2, seed: int = 0) -> Path:
+    """Save a tiny random encoder of `family` with the tiny WordPiece tokenizer into `folder`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    build_wordpiece(folder / "tokenizer.json")
+    if family == "bert":
+        from transformers import BertConfig as Config
+
+        tokenizer = BertTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+        extra = {"type_vocab_size": 2}
+    elif family == "distilbert":
+        from transformers import DistilBertConfig as Config
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), model_input_names=["input_ids", "attention_mask"])
+        extra = {}
+    elif family == "roberta":
+        from transformers import RobertaConfig as Config
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), model_input_names=["input_ids", "attention_mask"])
+        extra = {"type_vocab_size": 1, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
+    else:
+        raise ValueError(family)
+    tokenizer.add_special_tokens({"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                                  "sep_token": "[SEP]", "mask_token": "[MASK]"})
+    vocab_size = len(tokenizer)
+    if family == "distilbert":
+        config = Config(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=num_labels, **extra)
+    else:
+        config = Config(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels, **extra)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    build_wordpiece(folder / "tokenizer.json")  # keep the original file (fixed padding on), as a real model ships it
+    return folder
