@@ -145,16 +145,3 @@ def validate_onnx(model: "PreTrainedModel", onnx_path: str | Path, *, contract: 
         failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
         raise OnnxValidationError(f"ONNX export of {Path(onnx_path).name} does not match PyTorch: {failed}")
     return report
-
-
-def embedding_bytes(onnx_path: str | Path, *, rows: Sequence[int]) -> int:
-    """Bytes of the initializers that belong to the word embedding: the tables whose first
-    dimension is one of `rows` (kept rows, original vocabulary) plus the int32 remap."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    total = 0
-    for init in model.graph.initializer:
-        if init.dims and int(init.dims[0]) in rows:
-            total += len(init.raw_data) if init.raw_data else int(np.prod(init.dims)) * 4
-    return total

@@ -32,6 +32,15 @@ class BundleExistsError(FileExistsError):
     """The destination exists and --force was not given."""
 
 
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.chmod(tmp, 0o644)   # mkstemp makes 0600; a bundle is meant to be read by others
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def staged_bundle(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces `out`, on failure it is deleted."""
@@ -104,10 +113,7 @@ def write_manifest(folder: Path, *, meta: BundleMeta, pad_id: int, artifacts: li
         "artifacts": artifacts,
         "metrics": metrics,
     }
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    os.replace(tmp, folder / MANIFEST)
+    write_json_atomic(folder / MANIFEST, manifest)
     return manifest
 
 
@@ -139,8 +145,5 @@ def add_artifacts(folder: str | Path, entries: list[dict]) -> dict:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     files = {e["file"] for e in entries}
     manifest["artifacts"] = [e for e in manifest.get("artifacts", []) if e.get("file") not in files] + list(entries)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, manifest)
     return manifest

@@ -75,6 +75,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_validate_args(p)
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune and validate the unpruned model for comparison (default on)")
+    p.add_argument("--variant", action="append", metavar="METHOD[:k=v,...]",
+                   help="a model to build and compare (repeatable): dep, svd, messi, subembed, fourier, with options, "
+                        "e.g. messi:k=5,compression=0.4 or subembed:assignment=kmeans,k=2; append +distill to the "
+                        "method to distil from the fine-tuned dep model. Default: dep")
+    p.add_argument("--bundle-variant", help="which variant becomes the bundle's model.onnx (default: the first)")
 
 
 def _section(a: argparse.Namespace, section: str) -> dict:
@@ -94,9 +99,13 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw["data"].update(_data_overrides(a))
     for section in ("prune", "finetune", "validate"):
         raw[section].update(_section(a, section))
-    for key in ("model", "baseline"):
+    for key in ("model", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
+    if a.variant:
+        from pipeline.run import parse_variant
+
+        raw["variants"] = [vars(parse_variant(text)) for text in a.variant]
     return raw
 
 

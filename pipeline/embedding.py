@@ -52,6 +52,13 @@ class RemappedEmbedding(nn.Module):
         return self.inner(self.remap[input_ids])
 
 
+def embedding_bytes(model: nn.Module) -> int:
+    """Bytes the word embedding takes in an fp32 export: its parameters and index buffers
+    (remap, cluster ids, ...), each of which becomes one initializer."""
+    emb = get_word_embeddings(model)
+    return sum(t.numel() * t.element_size() for t in [*emb.parameters(), *emb.buffers()])
+
+
 def embedding_params(model: nn.Module) -> int:
     """Trainable parameters of the word embedding (the remap is an index table, not a parameter)."""
     return sum(p.numel() for p in get_word_embeddings(model).parameters())

@@ -43,6 +43,10 @@ class FinetuneConfig:
     max_train_samples: int | None = None   # seeded subsample for quick runs
     seed: int = 42
     evaluate_each_epoch: bool = True  # and keep the best epoch's weights
+    # Distillation (variants with distill=true): loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student),
+    # Hinton et al.'s form; T=2 softens the teacher's near-one-hot logits enough to carry its ranking.
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.max_steps <= 0:
@@ -52,6 +56,8 @@ class FinetuneConfig:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.learning_rate < 1:
             raise FinetuneError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
+            raise FinetuneError("distill_alpha must be in [0, 1] and distill_temperature > 0")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise FinetuneError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
 
@@ -59,10 +65,14 @@ class FinetuneConfig:
 class _Encoded:
     """A torch-style dataset of tokenized examples (lists of ids; the collator pads per batch)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int,
+                 teacher_logits: np.ndarray | None = None) -> None:
         enc = tokenizer(list(split.texts), list(split.pairs) if split.pairs is not None else None,
                         truncation=True, max_length=max_length, padding=False)
         self.features = [{k: enc[k][i] for k in enc} | {"labels": split.labels[i]} for i in range(len(split))]
+        if teacher_logits is not None:
+            for f, t in zip(self.features, teacher_logits):
+                f["teacher_logits"] = t.tolist()
 
     def __len__(self) -> int:
         return len(self.features)
@@ -76,14 +86,36 @@ def _accuracy(eval_pred) -> dict:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
+def _distill_trainer(alpha: float, temperature: float) -> type:
+    """A Trainer whose loss mixes the labels' cross-entropy with the teacher's softened logits."""
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            teacher = inputs.pop("teacher_logits")
+            outputs = model(**inputs)
+            kl = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.softmax(teacher / temperature, -1),
+                          reduction="batchmean") * temperature ** 2
+            loss = (1 - alpha) * outputs.loss + alpha * kl
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer
+
+
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Split, eval_split: Split,
-             *, cfg: FinetuneConfig, name: str = "model", work_dir: str | None = None) -> dict:
-    """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy)."""
+             *, cfg: FinetuneConfig, name: str = "model", work_dir: str | None = None,
+             teacher: PreTrainedModel | None = None) -> dict:
+    """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy).
+    With a `teacher`, its logits on the training examples join the loss (see FinetuneConfig)."""
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     train = subsample(train, cfg.max_train_samples, seed=cfg.seed)
+    teacher_logits = None
+    if teacher is not None:
+        teacher_logits = predict_logits(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length, batch_size=64)
     if len(train) == 0:
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -112,10 +144,12 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0,
             disable_tqdm=False,
+            remove_unused_columns=teacher is None,  # keep teacher_logits for the distillation loss
         )
-        trainer = Trainer(
+        trainer_cls = _distill_trainer(cfg.distill_alpha, cfg.distill_temperature) if teacher is not None else Trainer
+        trainer = trainer_cls(
             model=model, args=args,
-            train_dataset=_Encoded(tokenizer, train, cfg.max_length),
+            train_dataset=_Encoded(tokenizer, train, cfg.max_length, teacher_logits),
             eval_dataset=_Encoded(tokenizer, eval_split, cfg.max_length) if evaluate else None,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_accuracy,

@@ -22,8 +22,11 @@ from pipeline.validate import ValidateConfig
 from pipeline.vocab import PruneConfig
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from pipeline.bundle import BundleMeta
     from pipeline.model import LoadedModel
+    from pipeline.vocab import PrunedVocab
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,49 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """One model to build from the DEP-pruned encoder: the pruned table alone, or a compressor."""
+
+    name: str = "dep"
+    method: str | None = None         # a key of pipeline.compress.COMPRESSORS; None keeps the pruned table
+    options: dict = field(default_factory=dict)   # fields of that compressor's Config (it validates them)
+    distill: bool = False             # fine-tune against the fine-tuned DEP model's logits too (needs a "dep" variant)
+
+    def __post_init__(self) -> None:
+        from pipeline.compress import COMPRESSORS
+
+        if not self.name or self.name == "unpruned":
+            raise ConfigError(f"variant name {self.name!r} is reserved or empty; name it after its method, e.g. 'dep+messi'")
+        if self.method is not None and self.method not in COMPRESSORS:
+            raise ConfigError(f"variant {self.name!r}: unknown method {self.method!r}; known: {', '.join(COMPRESSORS)}")
+        if self.method is None and self.options:
+            raise ConfigError(f"variant {self.name!r} has options but no method")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: str = "default"            # bundled all-MiniLM-L6-v2; or a local folder / hub id
     data: DataConfig = field(default_factory=DataConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    variants: tuple[VariantConfig, ...] = (VariantConfig(),)
+    bundle_variant: str | None = None  # which variant becomes the bundle's model.onnx (default: the first)
     baseline: bool = True             # also fine-tune + validate the unpruned model for the report
     opset: int = 17
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"variants need distinct names, got {names}")
+        if self.bundle_variant is not None and self.bundle_variant not in names:
+            raise ConfigError(f"bundle_variant {self.bundle_variant!r} is not one of the variants {names}")
+        if any(v.distill for v in self.variants) and "dep" not in names:
+            raise ConfigError("distillation uses the fine-tuned 'dep' variant as teacher: add a variant named 'dep'")
+
+    @property
+    def chosen(self) -> str:
+        return self.bundle_variant or self.variants[0].name
 
 
 _SECTIONS = {"data": DataConfig, "prune": PruneConfig, "finetune": FinetuneConfig, "validate": ValidateConfig}
@@ -58,9 +96,40 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 
 def config_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> RunConfig:
-    top = {k: v for k, v in raw.items() if k not in _SECTIONS}
+    top = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "variants"}
     sections = {k: _build(cls, raw.get(k) or {}, f"[{k}] of {where}") for k, cls in _SECTIONS.items()}
+    if "variants" in raw:
+        sections["variants"] = tuple(_build(VariantConfig, v, f"[[variants]] #{i + 1} of {where}")
+                                     for i, v in enumerate(raw["variants"]))
     return _build(RunConfig, top | sections, where)
+
+
+def parse_variant(text: str) -> VariantConfig:
+    """`dep`, `messi`, `messi:k=5,compression=0.4`, `subembed:assignment=kmeans,k=2` -> VariantConfig
+    named `dep` or `dep+<method>` (a `+distill` suffix on the method turns distillation on)."""
+    method, _, opts = text.partition(":")
+    distill = method.endswith("+distill")
+    method = method.removesuffix("+distill")
+    options: dict[str, Any] = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"variant option {item!r} in {text!r} must be key=value")
+        options[key.strip()] = _scalar(value.strip())
+    if method in ("dep", ""):
+        return VariantConfig(name="dep", distill=distill)
+    suffix = "".join(f",{k}={v}" for k, v in options.items())
+    return VariantConfig(name=f"dep+{method}" + (f"({suffix[1:]})" if suffix else "") + ("+distill" if distill else ""),
+                         method=method, options=options, distill=distill)
+
+
+def _scalar(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(value.lower(), value)
 
 
 def load_config(path: str | Path) -> dict:
@@ -107,12 +176,47 @@ def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "B
                       input_names=loaded.input_names, tokenizer_json=str(Path(loaded.path) / "tokenizer.json"))
 
 
+def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: tuple[VariantConfig, ...]) -> dict[str, dict]:
+    """A copy of the pruned model per variant, with its compressor fitted from the pruned matrix."""
+    from pipeline.compress import CompressError, get
+    from pipeline.embedding import replace_inner
+    from pipeline.model import get_word_embeddings
+
+    weight = get_word_embeddings(pruned).inner.weight.detach().numpy()
+    built = {}
+    for v in variants:
+        model = copy.deepcopy(pruned)
+        info: dict[str, Any] = {"method": v.method or "table", "options": dict(v.options), "distill": v.distill}
+        if v.method is not None:
+            compressor = get(v.method)
+            try:
+                method_cfg = compressor.config(**v.options)
+            except TypeError as e:
+                known = ", ".join(f.name for f in fields(compressor.config))
+                raise CompressError(f"variant {v.name!r}: {e}; {v.method} options are: {known}") from e
+            fitted = compressor.fit(weight, method_cfg, counts=vocab.counts)
+            replace_inner(model, fitted.module)
+            info |= {"reconstruction_error": fitted.reconstruction_error, "fit_seconds": round(fitted.fit_seconds, 2),
+                     "fit_info": fitted.info}
+        built[v.name] = {"model": model, "config": v, "info": info}
+    return built
+
+
+def _describe(name: str, info: dict) -> str:
+    if name == "unpruned":
+        return "same fine-tune, full vocabulary"
+    if info["method"] == "table":
+        return "DEP: training-text vocabulary, remap in graph"
+    opts = ", ".join(f"{k}={v}" for k, v in info["options"].items())
+    return f"DEP + {info['method']}" + (f" ({opts})" if opts else "") + (", distilled from dep" if info["distill"] else "")
+
+
 def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str | None = None,
         task: TaskData | None = None) -> Path:
-    """Run every stage and write the bundle to `out`. Returns the bundle path."""
-    from exporters.onnx import embedding_bytes
+    """Run every stage and write the bundle to `out` (the chosen variant's model.onnx, plus a
+    report over every variant and the unpruned baseline). Returns the bundle path."""
     from pipeline.bundle import BundleExistsError, export_model, staged_bundle, write_manifest
-    from pipeline.embedding import apply_pruning, embedding_params, save_checkpoint
+    from pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint
     from pipeline.finetune import finetune, predict_logits
     from pipeline.model import get_word_embeddings, load_classifier
     from pipeline.report import write_report
@@ -137,57 +241,65 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         baseline_model = copy.deepcopy(loaded.model) if cfg.baseline else None
         meta = bundle_meta(loaded, task, max_length=max_length)
 
-    with stage(2, total, "prune the vocabulary (DEP)"):
+    with stage(2, total, "prune the vocabulary (DEP) and fit compressors"):
         weight = get_word_embeddings(loaded.model).weight.detach().numpy()
         vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=weight, cfg=cfg.prune)
         vocab.save(work)
         vocab_stats = vocab.stats(hidden) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
         vocab_stats["keep_top"] = cfg.prune.keep_top
-        apply_pruning(loaded.model, vocab)
         log.info("eval OOV rate %.2f%% (%d of %d tokens; %d of %d examples)", 100 * vocab_stats["eval_oov_rate"],
                  vocab_stats["eval_oov_tokens"], vocab_stats["eval_tokens"], vocab_stats["eval_examples_with_oov"],
                  vocab_stats["eval_examples"])
+        apply_pruning(loaded.model, vocab)
+        variants = _build_variants(loaded.model, vocab, cfg.variants)
+        if baseline_model is not None:
+            variants["unpruned"] = {"model": baseline_model, "config": None, "info": {"method": "full table"}}
 
-    models = {"dep": loaded.model} | ({"unpruned": baseline_model} if baseline_model is not None else {})
-    finetuned: dict[str, dict] = {}
-    with stage(3, total, f"fine-tune ({', '.join(models)})"):
-        for name, model in models.items():
-            finetuned[name] = finetune(model, loaded.tokenizer, task.train, task.eval, cfg=ft_cfg, name=name, work_dir=str(work))
-            save_checkpoint(model, loaded.tokenizer, work / f"checkpoint-{name}", meta=meta.to_json())
+    # The teacher for distillation is the fine-tuned "dep" variant, so it is trained first.
+    order = sorted(variants, key=lambda n: (n != "dep", variants[n]["config"] is not None and variants[n]["config"].distill))
+    with stage(3, total, f"fine-tune ({', '.join(order)})"):
+        for name in order:
+            v = variants[name]
+            teacher = variants["dep"]["model"] if v["config"] is not None and v["config"].distill else None
+            v["finetune"] = finetune(v["model"], loaded.tokenizer, task.train, task.eval, cfg=ft_cfg, name=name,
+                                     work_dir=str(work), teacher=teacher)
+            save_checkpoint(v["model"], loaded.tokenizer, work / f"checkpoint-{_slug(name)}", meta=meta.to_json())
 
     stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
-              "finetune": finetuned, "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
+              "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},
+              "finetune": {n: v["finetune"] for n, v in variants.items()},
+              "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
     with staged_bundle(out, force=force) as bundle:
-        folders = {"dep": bundle} | ({"unpruned": work / "unpruned"} if baseline_model is not None else {})
+        for name, v in variants.items():
+            v["folder"] = bundle if name == cfg.chosen else work / _slug(name)
         with stage(4, total, "export to ONNX and check parity with PyTorch"):
-            artifacts = {name: export_model(models[name], loaded.tokenizer, folder, meta=meta, opset=cfg.opset,
-                                            atol=cfg.validate.parity_atol, stages=stages)
-                         for name, folder in folders.items()}
+            for name, v in variants.items():
+                v["artifacts"] = export_model(v["model"], loaded.tokenizer, v["folder"], meta=meta, opset=cfg.opset,
+                                              atol=cfg.validate.parity_atol, stages=stages)
 
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
-            variants = []
-            for name in ("unpruned", "dep"):
-                if name not in models:
-                    continue
-                folder = folders[name]
-                torch_logits = predict_logits(models[name], loaded.tokenizer, task.eval.texts, task.eval.pairs,
+            rows = []
+            for name in (["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"]:
+                v = variants[name]
+                torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
                                               max_length=max_length, batch_size=cfg.validate.batch_size)
-                metrics, _ = validate_artifact(folder, "model.onnx", task.eval, n_labels=len(task.label_names),
+                metrics, _ = validate_artifact(v["folder"], "model.onnx", task.eval, n_labels=len(task.label_names),
                                                cfg=cfg.validate, torch_logits=torch_logits)
                 check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate)
-                variants.append(metrics | {
-                    "name": name, "precision": "fp32",
-                    "description": "same fine-tune, full vocabulary" if name == "unpruned" else "DEP: training-text vocabulary, remap in graph",
-                    "file": "model.onnx" if name == "dep" else str(folder / "model.onnx"),
-                    "total_params": sum(p.numel() for p in models[name].parameters()),
-                    "embedding_params": embedding_params(models[name]),
-                    "onnx_embedding_bytes": embedding_bytes(folder / "model.onnx", rows=sorted({vocab.size, vocab.original_size})),
+                rows.append(metrics | {
+                    "name": name, "precision": "fp32", "description": _describe(name, v["info"]),
+                    "file": "model.onnx" if v["folder"] == bundle else str(v["folder"] / "model.onnx"),
+                    "total_params": sum(p.numel() for p in v["model"].parameters()),
+                    "embedding_params": embedding_params(v["model"]),
+                    "onnx_embedding_bytes": embedding_bytes(v["model"]),
+                    "reconstruction_error": v["info"].get("reconstruction_error"),
                 })
 
         with stage(6, total, "write manifest and report"):
-            metrics_by_name = {v["name"]: v for v in variants}
-            write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts["dep"],
-                           stages=stages, metrics=metrics_by_name)
+            write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0),
+                           artifacts=variants[cfg.chosen]["artifacts"], stages=stages | {"bundle_variant": cfg.chosen},
+                           metrics={r["name"]: r for r in rows})
+            ft = variants[cfg.chosen]["finetune"]
             report = {
                 "title": f"embslim footprint report: {task.name}",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -195,19 +307,25 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                           "vocab_size": vocab.original_size, "total_params": params_before},
                 "task": {"name": task.name, "is_pair": task.is_pair, "n_labels": len(task.label_names),
                          "labels": list(task.label_names)[:20], "n_train": len(task.train),
-                         "n_train_used": finetuned["dep"]["train_examples"], "n_eval": len(task.eval)},
+                         "n_train_used": ft["train_examples"], "n_eval": len(task.eval)},
                 "vocab": vocab_stats,
                 "finetune": {"epochs": ft_cfg.epochs, "max_steps": ft_cfg.max_steps, "batch_size": ft_cfg.batch_size,
                              "learning_rate": ft_cfg.learning_rate, "max_length": max_length, "seed": ft_cfg.seed,
-                             "train_samples": finetuned["dep"]["train_examples"],
-                             "seconds": {k: v["seconds"] for k, v in finetuned.items()}},
-                "variants": variants,
-                "notes": [f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch {cfg.validate.batch_size} with per-batch padding.",
+                             "train_samples": ft["train_examples"],
+                             "seconds": {n: v["finetune"]["seconds"] for n, v in variants.items()}},
+                "variants": rows,
+                "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}.",
+                          f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch {cfg.validate.batch_size} with per-batch padding.",
                           f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
                           f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
                           "peak RSS: VmHWM of that fresh process (model load + inference).",
                           f"DEP vocabulary counted on the training split only ({len(task.train)} examples); unseen ids -> {cfg.prune.fallback}.",
+                          "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
                           f"total wall time {time.perf_counter() - t_start:.0f} s."],
             }
             write_report(report, bundle)
     return out
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-_.=" else "_" for c in name)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Literal, Sequence
@@ -85,11 +83,13 @@ class PrunedVocab:
 
     def save(self, folder: str | Path) -> None:
         """vocab.json: plain data, readable and diffable (no pickles)."""
+        from pipeline.bundle import write_json_atomic
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = {"fallback": self.fallback, "n_train_ids": self.n_train_ids,
                 "kept_ids": self.kept_ids.tolist(), "counts": self.counts.tolist(), "remap": self.remap.tolist()}
-        _write_json_atomic(folder / "vocab.json", data)
+        write_json_atomic(folder / "vocab.json", data)
 
     @classmethod
     def load(cls, folder: str | Path) -> "PrunedVocab":
@@ -99,13 +99,6 @@ class PrunedVocab:
         data = json.loads(path.read_text())
         return cls(kept_ids=np.asarray(data["kept_ids"], dtype=np.int64), counts=np.asarray(data["counts"], dtype=np.int64),
                    remap=np.asarray(data["remap"], dtype=np.int32), fallback=data["fallback"], n_train_ids=int(data["n_train_ids"]))
-
-
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
 
 
 def token_ids(tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], pairs: Sequence[str] | None = None,

@@ -18,10 +18,12 @@ Sub, Sin, Cos, MatMul and, for the hybrid, Less, Clip, Gather and Where.
 `fit` initialises the module from the pretrained rows: the exact rows are copied; the residual T
 has norm sqrt(F/2), ~14 for F = 384, against ~1 for a MiniLM row, so the MLP must first cancel
 it: the hidden layers start as orthogonal maps in GELU's near-linear range and the last layer is
-solved by ridge least squares; then Adam regresses the MLP on the MSE for a fixed number of
-epochs. Expect a high error: a pretrained row is close to noise as a function of its frequency
-rank (on MiniLM rows the best linear map of the 384 Fourier features leaves 0.965 of the norm),
-so PETE wins its accuracy back in fine-tuning, and `exact_top` keeps the frequent rows exact.
+solved by ridge least squares (with proj=True the residual P is solved jointly instead); then
+Adam regresses the MLP on the MSE for a fixed number of epochs and is kept if it helped. Expect
+a high error: a pretrained row is close to noise as a function of its frequency rank (on MiniLM
+rows the best linear map of the 384 Fourier features leaves 0.965 of the norm), so PETE must win
+its accuracy back in fine-tuning, and `exact_top` keeps the frequent rows exact. See `Config.proj`
+before quantizing: the identity residual does not survive int8.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,17 +41,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compress.base import CompressError, Compressor, Fitted, relative_error
+from pipeline.compress.base import (
+    CompressError,
+    Compressor,
+    Fitted,
+    as_matrix,
+    check_counts,
+    check_threads,
+    fit_threads,
+    relative_error,
+)
 
 log = logging.getLogger(__name__)
 
-Activation = Literal["gelu", "relu"]
-# Both are close to the identity for large inputs, which the least-squares start relies on.
-ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+Activation = Literal["gelu", "tanh"]
+# Both are close to linear near zero (GELU(z) ~ z/2, tanh(z) ~ z), which the least-squares start
+# relies on (ReLU is not: it drops half of T and the last layer could not cancel it).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 @dataclass(frozen=True)
 class Config:
+    """Options of the Fourier (PETE) compressor; reconstruction errors quoted are on the first
+    11,575 MiniLM rows (a stand-in for a DEP matrix), before fine-tuning."""
+
     # Fourier features F. None = the embedding dim d, so the paper's residual E = MLP(T) + T
     # type-checks with no extra parameters. Any other F needs proj=True.
     features: int | None = None
@@ -55,26 +72,37 @@ class Config:
     # (norm ~14 vs ~1 on MiniLM); 384 on MiniLM = 296k parameters, 6.7% of an 11,575 x 384 table.
     hidden: int = 384
     # Hidden layers. One is the paper's "lightweight" MLP; two cost h*h more parameters and fit
-    # MiniLM rows no better (0.969 vs 0.967 after 4 epochs).
+    # MiniLM rows no better in our measurements (0.969 vs 0.967).
     depth: int = 1
-    # GELU as in the paper's transformer; relu for comparison. Both export to plain ONNX ops.
+    # GELU as in the paper's transformer; tanh for comparison. Both export to plain ONNX ops.
     activation: Activation = "gelu"
-    # A learned F -> d linear on the residual path instead of the identity (needed when F != d).
+    # False = the paper's E = MLP(T) + T. True = E = MLP(T) + P T with a learned F x d matrix P
+    # (needed when F != d). The identity residual makes the MLP cancel T (norm 14) to leave a row
+    # of norm ~1, so int8 quantization noise on the MLP swamps the result (MiniLM: cosine to fp32
+    # 0.43-0.82); with proj=True nothing cancels (0.997 with per-channel + reduce_range) and the fit
+    # is better (0.952 vs 0.967), for F*d more parameters. Use proj=True for int8 bundles.
     proj: bool = False
-    # Regression onto the pretrained rows: Adam on minibatches after the least-squares start. It
-    # adds little (MiniLM, 11,575 x 384: 0.971 -> 0.967 in 4 epochs, 0.966 in 12), and 4 epochs
-    # kept the whole fit at 12-34 s on this project's 2 busy shared cores (12 epochs: 60 s).
-    epochs: int = 4
-    lr: float = 3e-4            # 1e-4: 0.9674, 3e-4: 0.9672, 1e-3: 0.9696 after 4 epochs (with warm-up)
+    # Regression onto the pretrained rows: Adam on minibatches after the least-squares start, kept
+    # only if it lowers the error. The start does the work: on MiniLM Adam moved the error by
+    # <= 0.0001 (a row is close to noise as a function of its rank), so 2 epochs just check it.
+    # The whole default fit: 7-11 s on 11,575 x 384 with 1 thread on the busy 2 shared cores.
+    epochs: int = 2
+    # Adam's step relative to each layer's weight RMS (the start mixes weights ~1e-3 and ~1).
+    lr: float = 1e-2
     batch: int = 512            # ~23 steps per epoch on 11.5k rows; 256 gave the same error
-    ridge: float = 1e-6         # x mean diagonal of the Gram matrix; 1e-3 already cost 0.03-0.04 of error
+    # Ridge of the least-squares start, x the Gram matrix's mean diagonal. None = 1e-6 with the
+    # identity residual (cancelling T needs large last-layer weights: 1e-3 gave 1.50) and 1e-3
+    # with proj (keeps the weights small enough for int8: cosine 0.86 -> 0.997 on MiniLM).
+    ridge: float | None = None
     seed: int = 0               # weight init and minibatch order
     # Keep exact rows for the `exact_top` most frequent ids (new ids < exact_top): the hybrid the
     # paper suggests for tokens whose meaning a smooth function of their rank cannot carry.
     # 0 = pure PETE. Costs exact_top * d parameters.
     exact_top: int = 0
+    threads: int | None = 1     # torch/BLAS threads for the fit; see base.fit_threads for why 1
 
     def __post_init__(self) -> None:
+        check_threads(self.threads, method="fourier")
         if self.features is not None and (not isinstance(self.features, int) or self.features < 1):
             raise CompressError(f"features must be a positive int or None (= the embedding dim), got {self.features!r}")
         for name in ("hidden", "depth", "batch"):
@@ -89,8 +117,8 @@ class Config:
             raise CompressError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not self.lr > 0:
             raise CompressError(f"lr must be > 0, got {self.lr!r}")
-        if not self.ridge >= 0:
-            raise CompressError(f"ridge must be >= 0, got {self.ridge!r}")
+        if self.ridge is not None and not self.ridge >= 0:
+            raise CompressError(f"ridge must be >= 0 or None (= 1e-6, or 1e-3 with proj), got {self.ridge!r}")
 
 
 def _check_shape(rows: int, dim: int, features: int, exact_top: int, proj: bool) -> None:
@@ -173,29 +201,31 @@ def from_spec(spec: dict[str, Any]) -> nn.Module:
                             exact_top=int(spec["exact_top"]), proj=bool(spec["proj"]))
 
 
-# Bias of the hidden layers in the least-squares start: GELU(z + 4) is within 0.4% of z + 4 for
-# |z| <= 1, so the hidden layer carries T almost linearly and the last layer can cancel it.
-# Measured on MiniLM rows (hidden 384): shift 2 -> relative error 0.997, 3 -> 0.974, 4 -> 0.971,
-# 6 -> 1.01 (the Gram matrix gets ill-conditioned); a plain random init gives 3.5 to 5.9.
-LINEAR_SHIFT = 4.0
+# Standard deviation of every hidden pre-activation in the least-squares start: small, so the
+# activation is close to linear (GELU(z) ~ z/2) and the last layer can cancel the residual T.
+# MiniLM rows: 0.003 -> 0.965 (the linear limit), 0.01 -> 0.967, 0.03 -> 0.986; a plain random
+# init (std ~0.5) -> 3.5 to 5.9; a bias shift into GELU's linear tail (z + 4) -> 0.971, but its
+# constant offset wrecked int8 (every activation near the top of the uint8 range).
+LINEAR_STD = 0.01
 
 
 def _least_squares_start(module: FourierEmbedding, t: torch.Tensor, target: torch.Tensor, ridge: float) -> None:
     """Set the hidden layers, then solve the last Linear (and proj) by ridge least squares.
 
     With the identity residual the MLP must first cancel T (norm sqrt(F/2), ~14 for F = 384,
-    against ~1 for a MiniLM row): the hidden layers become orthogonal maps in GELU's near-linear
-    range and the last layer solves for E - T. With proj the residual is solved jointly with the
-    last layer on the default (random-feature) hidden layers instead.
+    against ~1 for a MiniLM row): the hidden layers become orthogonal maps scaled into the
+    activation's near-linear range and the last layer solves for E - T. With proj the residual
+    is solved jointly with the last layer on the default (random-feature) hidden layers instead.
     """
     with torch.no_grad():
-        hidden_layers = [m for m in module.mlp[:-1] if isinstance(m, nn.Linear)]
         if module.proj is None:
-            for i, layer in enumerate(hidden_layers):
-                nn.init.orthogonal_(layer.weight)
-                # Layers after the first see (previous output + shift): take that offset back out.
-                offset = layer.weight.sum(dim=1) * LINEAR_SHIFT if i else 0.0
-                layer.bias.copy_(LINEAR_SHIFT - offset)
+            h = t
+            for layer in module.mlp[:-1]:
+                if isinstance(layer, nn.Linear):
+                    nn.init.orthogonal_(layer.weight)
+                    layer.bias.zero_()
+                    layer.weight.mul_(LINEAR_STD / (h @ layer.weight.T).std().clamp_min(1e-12))
+                h = layer(h)
         h = module.mlp[:-1](t).double()
         parts = [h] if module.proj is None else [h, t.double()]
         x = torch.cat([*parts, torch.ones(h.shape[0], 1, dtype=h.dtype)], dim=1)
@@ -210,45 +240,41 @@ def _least_squares_start(module: FourierEmbedding, t: torch.Tensor, target: torc
             module.proj.weight.copy_(sol[width:-1].T.float())
 
 
-def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
-    """Fit PETE to the rows of `weight` ([V, d], row p = new id p = frequency rank p)."""
-    w = np.asarray(weight, dtype=np.float32)
-    if w.ndim != 2:
-        raise CompressError(f"expected a 2-D [rows, dim] matrix, got shape {w.shape}")
-    rows, dim = w.shape
-    if counts is not None and np.asarray(counts).shape != (rows,):
-        raise CompressError(f"counts must have one entry per row ({rows}), got shape {np.asarray(counts).shape}")
-    features = dim if cfg.features is None else cfg.features
-    if not cfg.proj and cfg.hidden < features:
-        raise CompressError(f"hidden={cfg.hidden} < features={features}: the MLP cannot cancel the residual T "
-                            f"to fit the pretrained rows; use hidden >= {features}, or proj=True (a learned residual)")
-    k = cfg.exact_top
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op pool is not governed by threadpoolctl: set it too, and restore it."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    start = time.perf_counter()
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        module = FourierEmbedding(rows, dim, features=cfg.features, hidden=cfg.hidden, depth=cfg.depth,
-                                  activation=cfg.activation, exact_top=k, proj=cfg.proj)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.no_grad():
-        if k:
-            module.exact.copy_(torch.from_numpy(w[:k]))
-    untrained_error = relative_error(w, module)
 
-    # Only rows >= exact_top go through the Fourier path, so only they are regressed.
-    target = torch.from_numpy(w[k:])
-    t = module.fourier_features(torch.arange(k, rows)).detach()
-    _least_squares_start(module, t, target, cfg.ridge)
-    start_error = relative_error(w, module)
+def _regress(module: FourierEmbedding, t: torch.Tensor, target: torch.Tensor, cfg: Config) -> bool:
+    """Adam on the MSE of the Fourier rows; returns False if it did not beat the start (then undone)."""
+    def mse() -> float:
+        with torch.no_grad():
+            return float(F.mse_loss(module.mlp(t) + module.residual(t), target))
 
-    params = [p for name, p in module.named_parameters() if not name.startswith("exact")]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    start_loss, start_state = mse(), {k: v.clone() for k, v in module.state_dict().items()}
+    # One group per Linear with lr = cfg.lr x the layer's weight RMS: Adam moves each weight by
+    # about its group's lr, and the least-squares start has hidden weights ~1e-3 next to last-layer
+    # weights hundreds of times larger, so one absolute lr stalls one or wrecks the other.
+    linears = [m for m in module.mlp if isinstance(m, nn.Linear)] + ([module.proj] if module.proj is not None else [])
+    groups = [{"params": list(m.parameters()), "lr": cfg.lr * float(m.weight.detach().pow(2).mean().sqrt())} for m in linears]
+    opt = torch.optim.Adam(groups)
     n = t.shape[0]
     per_epoch = math.ceil(n / cfg.batch)
     total = cfg.epochs * per_epoch
     # Linear warm-up over the first epoch (Adam's first steps move every weight by ~lr whatever
     # its gradient, which knocks the least-squares start off), then cosine decay to zero.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / per_epoch, 0.5 * (1 + math.cos(math.pi * s / max(total, 1)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / per_epoch, 0.5 * (1 + math.cos(math.pi * s / max(total, 1)))))
+    gen = torch.Generator().manual_seed(cfg.seed)
     module.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
@@ -261,19 +287,55 @@ def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) ->
             opt.step()
             sched.step()
     module.eval()
+    if mse() < start_loss:
+        return True
+    module.load_state_dict(start_state)
+    return False
+
+
+def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
+    """Fit PETE to the rows of `weight` ([V, d], row p = new id p = frequency rank p)."""
+    w = as_matrix(weight, method="fourier")
+    rows, dim = w.shape
+    counts = check_counts(counts, rows, method="fourier")
+    features = dim if cfg.features is None else cfg.features
+    if not cfg.proj and cfg.hidden < features:
+        raise CompressError(f"hidden={cfg.hidden} < features={features}: the MLP cannot cancel the residual T "
+                            f"to fit the pretrained rows; use hidden >= {features}, or proj=True (a learned residual)")
+    k = cfg.exact_top
+
+    start = time.perf_counter()
+    # Seeded, and the caller's global RNG is left as it was.
+    with fit_threads(cfg.threads), _torch_threads(cfg.threads), torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        module = FourierEmbedding(rows, dim, features=cfg.features, hidden=cfg.hidden, depth=cfg.depth,
+                                  activation=cfg.activation, exact_top=k, proj=cfg.proj)
+        with torch.no_grad():
+            if k:
+                module.exact.copy_(torch.from_numpy(w[:k]))
+        untrained_error = relative_error(w, module)
+        # Only rows >= exact_top go through the Fourier path, so only they are regressed.
+        target = torch.from_numpy(w[k:])
+        t = module.fourier_features(torch.arange(k, rows))
+        ridge = cfg.ridge if cfg.ridge is not None else (1e-3 if cfg.proj else 1e-6)
+        _least_squares_start(module, t, target, ridge)
+        start_error = relative_error(w, module)
+        improved = _regress(module, t, target, cfg) if cfg.epochs else False
     seconds = time.perf_counter() - start
 
     error = relative_error(w, module)
     n_params = sum(p.numel() for p in module.parameters())
     info: dict[str, Any] = {"untrained_error": untrained_error, "least_squares_error": start_error,
-                            "param_fraction": n_params / (rows * dim), "features": module.features}
+                            "adam_improved": improved, "param_fraction": n_params / (rows * dim),
+                            "features": module.features}
     if counts is not None and k:
         c = np.asarray(counts, dtype=np.float64)
         info["exact_token_share"] = float(c[:k].sum() / max(c.sum(), 1e-12))
-    log.info("fourier: %d x %d -> F=%d hidden=%d depth=%d exact_top=%d, %d params (%.1f%% of the table), "
-             "relative error %.4f (least-squares start %.4f, untrained %.4f), %.1f s",
-             rows, dim, module.features, cfg.hidden, cfg.depth, k, n_params, 100 * info["param_fraction"],
-             error, start_error, untrained_error, seconds)
+    log.info("fourier: %d x %d -> F=%d hidden=%d depth=%d exact_top=%d proj=%s, %d params (%.1f%% of the table), "
+             "relative error %.4f (least-squares start %.4f%s, untrained %.4f), %.1f s",
+             rows, dim, module.features, cfg.hidden, cfg.depth, k, cfg.proj, n_params, 100 * info["param_fraction"],
+             error, start_error, "" if improved or not cfg.epochs else ", kept: Adam did not improve it",
+             untrained_error, seconds)
     return Fitted(module=module, spec=dict(module.spec), params=n_params, reconstruction_error=error,
                   fit_seconds=seconds, info=info)
 

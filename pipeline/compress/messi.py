@@ -3,11 +3,13 @@
 Maalouf et al., "Deep learning meets projective clustering" (ICLR 2021), steps 1-4:
   1. (k, j)-projective clustering by EM: assign each row x to the subspace c with the smallest
      residual ||x - x V_c^T V_c||^2 (V_c: j orthonormal rows), refit each V_c to its rows by their
-     top-j right singular vectors; repeat until the assignment stops changing. Several restarts,
-     each from a k-means clustering of the rows; the lowest total residual wins.
+     top-j right singular vectors; repeat until the assignment stops changing (or a step gains less
+     than `tol`). Several restarts, each from a k-means clustering of the rows' directions; the
+     lowest total residual wins.
   2-3. Per cluster, the rank-j factorisation: coefficients x V_c^T (one j-vector per token) and V_c.
   4. The module: per-token coefficients C [N, j] (float parameter), per-token cluster ids [N]
      (int32 buffer), bases B [k, j, d] (float parameter): E_hat[t] = C[t] @ B[cluster[t]].
+  (5. fine-tuning is pipeline/finetune.py's job: C and B are ordinary parameters.)
 
 The forward is the paper's appendix A (a sparse U [N, k*j] times V [k*j, d]) without storing the
 zeros: gather the token's j coefficients, place them in its cluster's block of a k*j vector
@@ -28,8 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compress.base import (CompressError, Compressor, Fitted, as_matrix, check_counts, lloyd_kmeans,
-                                    rank_for_share, relative_error)
+from pipeline.compress.base import (
+    CompressError,
+    Compressor,
+    Fitted,
+    as_matrix,
+    check_counts,
+    check_threads,
+    fit_threads,
+    lloyd_kmeans,
+    rank_for_share,
+    relative_error,
+)
 from pipeline.compress.svd import DEFAULT_SHARE, basis_from_gram
 
 log = logging.getLogger(__name__)
@@ -44,13 +56,18 @@ class Config:
                                       # with N*j + k*j*d within it. Neither given: svd.DEFAULT_SHARE (0.4).
     # EM is a local search: a few k-means-seeded restarts cost seconds and the best one is kept.
     restarts: int = 3
-    # EM usually stops on its own (assignment unchanged, or the residual improves by < tol) in 10-30 steps.
+    # A cap only: EM stops on its own (assignment unchanged, or a step gains < tol); on MiniLM (k=5,
+    # j=144) each restart stopped after 7-8 steps.
     iterations: int = 50
-    tol: float = 1e-4                 # stop when the total residual improves by less than this share
+    # Stop when a step improves the total residual by less than this share. On MiniLM, running on to
+    # full convergence took 14 more steps for 0.25% of residual (error 0.5072 -> 0.5064).
+    tol: float = 1e-3
     kmeans_iterations: int = 20       # Lloyd steps of each restart's k-means start
     seed: int = 0
+    threads: int | None = 1           # BLAS threads for the fit; see base.fit_threads for why 1
 
     def __post_init__(self) -> None:
+        check_threads(self.threads, method="messi")
         if not isinstance(self.k, int) or self.k < 1:
             raise CompressError(f"messi: k (number of subspaces) must be an int >= 1, got {self.k!r}; k=1 is plain SVD")
         if self.j is not None and self.compression is not None:
@@ -159,16 +176,24 @@ def _em(x: np.ndarray, x2: np.ndarray, labels: np.ndarray, cfg: Config, j: int) 
 def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
     """(k, j)-projective clustering of the rows, then per-cluster rank-j SVD. `counts` is accepted for
     the common signature and not used (every kept row is fitted with equal weight)."""
+    with fit_threads(cfg.threads):
+        return _fit(weight, cfg, counts=counts)
+
+
+def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitted:
     start = time.perf_counter()
     x = as_matrix(weight, method="messi")
     check_counts(counts, x.shape[0], method="messi")
     rows, dim = x.shape
     j = cfg.j_for(rows, dim)
     x2 = np.einsum("ij,ij->i", x, x)
+    # k-means on the rows' directions: the subspaces pass through the origin, so a row's length says
+    # nothing about its subspace. On MiniLM (k=5, 40%) it won every restart over raw k-means (best 0.501 vs 0.504).
+    directions = x / np.maximum(np.sqrt(x2), 1e-12)[:, None]
     best: tuple[np.ndarray, np.ndarray, float] | None = None
     runs = []
     for r in range(cfg.restarts):
-        _, init = lloyd_kmeans(x, cfg.k, iterations=cfg.kmeans_iterations, seed=cfg.seed + r)
+        _, init = lloyd_kmeans(directions, cfg.k, iterations=cfg.kmeans_iterations, seed=cfg.seed + r)
         labels, bases, total, steps = _em(x, x2, init, cfg, j)
         runs.append({"residual": total, "em_steps": steps})
         if best is None or total < best[2]:

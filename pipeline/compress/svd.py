@@ -19,7 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compress.base import CompressError, Compressor, Fitted, as_matrix, check_counts, rank_for_share, relative_error
+from pipeline.compress.base import (
+    CompressError,
+    Compressor,
+    Fitted,
+    as_matrix,
+    check_counts,
+    check_threads,
+    fit_threads,
+    rank_for_share,
+    relative_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +44,10 @@ DEFAULT_SHARE = 0.4
 class Config:
     rank: int | None = None           # j; give this or `compression`, not both
     compression: float | None = None  # share of the N x d parameters to keep (0.4 keeps 40%); picks the largest j that fits
+    threads: int | None = 1           # BLAS threads for the fit; see base.fit_threads for why 1
 
     def __post_init__(self) -> None:
+        check_threads(self.threads, method="svd")
         if self.rank is not None and self.compression is not None:
             raise CompressError(f"svd: give rank ({self.rank}) or compression ({self.compression}), not both; "
                                 "set one of them to None")
@@ -87,6 +99,11 @@ def basis_from_gram(gram: np.ndarray, j: int) -> np.ndarray:
 
 def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
     """Truncated SVD of `weight`. `counts` is accepted for the common signature and not used."""
+    with fit_threads(cfg.threads):
+        return _fit(weight, cfg, counts=counts)
+
+
+def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitted:
     start = time.perf_counter()
     x = as_matrix(weight, method="svd")
     check_counts(counts, x.shape[0], method="svd")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,13 @@ import torch
 
 from pipeline.compress import get
 from pipeline.compress.base import CompressError, relative_error
-from pipeline.compress.fourier import COMPRESSOR, Config, FourierEmbedding, fit, from_spec
+from pipeline.compress.fourier import (
+    COMPRESSOR,
+    Config,
+    FourierEmbedding,
+    fit,
+    from_spec,
+)
 
 
 def paper_features(p: np.ndarray, rows: int, features: int) -> np.ndarray:
@@ -102,9 +107,10 @@ def test_features_other_than_dim_need_proj() -> None:
     ({"batch": 0}, r"batch must be an int >= 1"),
     ({"epochs": -1}, r"epochs must be an int >= 0"),
     ({"exact_top": -1}, r"exact_top must be an int >= 0"),
-    ({"activation": "tanh"}, r"activation must be one of gelu, relu, got 'tanh'"),
+    ({"activation": "relu"}, r"activation must be one of gelu, tanh, got 'relu'"),
     ({"lr": 0.0}, r"lr must be > 0"),
-    ({"ridge": -1.0}, r"ridge must be >= 0"),
+    ({"ridge": -1.0}, r"ridge must be >= 0 or None"),
+    ({"threads": 0}, r"fourier: threads must be a positive int or None"),
 ])
 def test_config_validates(kwargs: dict, message: str) -> None:
     with pytest.raises(CompressError, match=message):
@@ -117,9 +123,9 @@ def test_fit_refuses_what_cannot_work() -> None:
         fit(w, Config(exact_top=20))
     with pytest.raises(CompressError, match=r"hidden=4 < features=8: the MLP cannot cancel the residual"):
         fit(w, Config(hidden=4))
-    with pytest.raises(CompressError, match=r"counts must have one entry per row \(20\)"):
+    with pytest.raises(CompressError, match=r"fourier: counts must have one entry per row \(20,\)"):
         fit(w, Config(), counts=np.ones(3))
-    with pytest.raises(CompressError, match=r"expected a 2-D"):
+    with pytest.raises(CompressError, match=r"fourier: expected the embedding matrix as a 2-D array"):
         fit(w[0], Config())
 
 
@@ -154,21 +160,29 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def quantized_cosine(module: torch.nn.Module, rows: int, tmp_path: Path) -> np.ndarray:
+    """Row cosines of int8 (dynamic, per-channel) vs fp32 ONNX outputs for every id.
+
+    reduce_range=True (7-bit weights): without it per-channel u8 x s8 MatMulInteger saturates on
+    CPUs without VNNI (this AVX2 machine), where even well-fitted modules lost 0.02-0.1 of cosine;
+    onnxruntime's docs recommend it for per-channel on non-VNNI machines.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     fp32 = export(module, tmp_path / "fp32.onnx")
     int8 = tmp_path / "int8.onnx"
-    quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32), str(int8), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"Sin", "Cos"} <= ops and "MatMulInteger" in ops, ops   # the MLP is int8, the features stay float
     ids = np.arange(rows, dtype=np.int32)[None, :]
     return cosine_rows(ort_run(int8, ids), ort_run(fp32, ids))
 
 
-def test_int8_dynamic_quantization_stays_close(tmp_path: Path) -> None:
+@pytest.mark.parametrize("proj", [False, True])
+def test_int8_dynamic_quantization_stays_close(tmp_path: Path, proj: bool) -> None:
     rows = 997
-    fitted = fit(smooth_matrix(rows, 32), Config(epochs=1, exact_top=8))
+    fitted = fit(smooth_matrix(rows, 32), Config(epochs=1, exact_top=8, proj=proj))
     cos = quantized_cosine(fitted.module, rows, tmp_path)
     assert cos.min() > 0.99, (cos.min(), cos.mean())
 
@@ -201,15 +215,26 @@ def test_fit_copies_exact_rows_and_reports_token_share() -> None:
 def test_fit_reduces_error_on_a_smooth_matrix(caplog: pytest.LogCaptureFixture) -> None:
     w = smooth_matrix(300, 16)
     with caplog.at_level(logging.INFO, logger="pipeline.compress.fourier"):
-        fitted = fit(w, Config(epochs=2))
-    unfitted = FourierEmbedding(300, 16, hidden=Config().hidden)
-    assert fitted.reconstruction_error < 0.1 < relative_error(w, unfitted)
+        fitted = fit(w, Config(hidden=32, epochs=2))
+    unfitted = FourierEmbedding(300, 16, hidden=32)
+    assert fitted.reconstruction_error < 0.2
+    assert relative_error(w, unfitted) > 1.0
     assert fitted.reconstruction_error < fitted.info["untrained_error"]
     assert fitted.reconstruction_error == pytest.approx(relative_error(w, fitted.module))
     assert fitted.params == sum(p.numel() for p in fitted.module.parameters())
     assert fitted.fit_seconds > 0
     assert fitted.spec == fitted.module.spec and fitted.module.embedding_dim == 16
     assert [r.message for r in caplog.records if r.message.startswith("fourier: 300 x 16")]
+
+
+def test_adam_is_kept_only_when_it_helps() -> None:
+    w = smooth_matrix(300, 16)
+    helped = fit(w, Config(hidden=32, proj=True, epochs=30, batch=64))
+    assert helped.info["adam_improved"]
+    assert helped.reconstruction_error < helped.info["least_squares_error"]
+    wrecked = fit(w, Config(hidden=32, proj=True, epochs=3, batch=64, lr=10.0))
+    assert not wrecked.info["adam_improved"]
+    assert wrecked.reconstruction_error == pytest.approx(wrecked.info["least_squares_error"])
 
 
 def test_fit_is_deterministic_and_leaves_global_rng_alone() -> None:
@@ -227,7 +252,7 @@ def test_fit_is_deterministic_and_leaves_global_rng_alone() -> None:
 
 @pytest.mark.parametrize("cfg", [
     Config(epochs=1),
-    Config(epochs=1, exact_top=3, depth=2, activation="relu"),
+    Config(epochs=1, exact_top=3, depth=2, activation="tanh"),
     Config(epochs=1, features=5, proj=True, hidden=6),
 ])
 def test_from_spec_round_trip(cfg: Config) -> None:
@@ -248,8 +273,8 @@ def test_from_spec_rejects_bad_specs() -> None:
         from_spec({**good, "type": "svd"})
     with pytest.raises(CompressError, match=r"fourier spec lacks hidden"):
         from_spec({k: v for k, v in good.items() if k != "hidden"})
-    with pytest.raises(CompressError, match=r"fourier spec has activation 'swish'"):
-        from_spec({**good, "activation": "swish"})
+    with pytest.raises(CompressError, match=r"fourier spec has activation 'relu'"):
+        from_spec({**good, "activation": "relu"})
 
 
 @pytest.mark.slow
@@ -259,13 +284,20 @@ def test_fit_real_minilm_rows(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
     weight = load_file(str(gt.get_model_path() / "model.safetensors"))["embeddings.word_embeddings.weight"][:11_575]
-    fitted = fit(weight, Config())
-    logging.getLogger(__name__).info("MiniLM 11,575 x 384: error %.4f, %.1f s, %d params",
-                                     fitted.reconstruction_error, fitted.fit_seconds, fitted.params)
+    log = logging.getLogger(__name__)
+    paper = fit(weight, Config())
     # A row is close to noise as a function of its rank: PETE cannot reconstruct it, only beat zeros.
-    assert fitted.reconstruction_error < 0.98
-    assert fitted.reconstruction_error < fitted.info["untrained_error"]
-    assert fitted.params < 0.07 * weight.size
-    assert fitted.fit_seconds < 120, "target is ~60 s on 2 cores; more means the defaults need revisiting"
-    cos = quantized_cosine(fitted.module, 11_575, tmp_path)
-    assert cos.mean() > 0.99, (cos.min(), cos.mean())
+    assert paper.reconstruction_error < 0.98
+    assert paper.reconstruction_error < paper.info["untrained_error"]
+    assert paper.params < 0.07 * weight.size
+    assert paper.fit_seconds < 120, "target is ~60 s on 2 cores; more means the defaults need revisiting"
+    # The identity residual does not survive int8 (see Config.proj); the learned residual does.
+    paper_cos = quantized_cosine(paper.module, 11_575, tmp_path / "paper")
+    learned = fit(weight, Config(proj=True))
+    assert learned.reconstruction_error < paper.reconstruction_error
+    cos = quantized_cosine(learned.module, 11_575, tmp_path / "proj")
+    log.info("MiniLM 11,575 x 384: identity residual error %.4f, %.1f s, %d params, int8 cosine mean %.3f; "
+             "proj error %.4f, %.1f s, %d params, int8 cosine mean %.4f min %.4f",
+             paper.reconstruction_error, paper.fit_seconds, paper.params, paper_cos.mean(),
+             learned.reconstruction_error, learned.fit_seconds, learned.params, cos.mean(), cos.min())
+    assert cos.mean() > 0.99 and cos.min() > 0.98, (cos.min(), cos.mean())

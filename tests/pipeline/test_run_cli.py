@@ -178,3 +178,32 @@ def test_unknown_hub_id_offline_is_one_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "could not load model 'no-such-org/no-such-model': it is not a local folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_run_compares_compressed_and_distilled_variants(tmp_path, tiny_model_dir, tiny_run):
+    _, train, dev = tiny_run
+    out = tmp_path / "b"
+    assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
+                 "--no-baseline", "--no-measure", "--variant", "dep", "--variant", "svd+distill:rank=8",
+                 "--variant", "subembed:assignment=modulo", "--bundle-variant", "dep+svd(rank=8)+distill", *FAST]) == 0
+    manifest = read_manifest(out)
+    assert manifest["stages"]["bundle_variant"] == "dep+svd(rank=8)+distill"
+    assert set(manifest["metrics"]) == {"dep", "dep+svd(rank=8)+distill", "dep+subembed(assignment=modulo)"}
+    svd = manifest["metrics"]["dep+svd(rank=8)+distill"]
+    assert svd["file"] == "model.onnx" and svd["agreement"] == 1.0
+    assert svd["embedding_params"] < manifest["metrics"]["dep"]["embedding_params"]
+    assert 0 < svd["reconstruction_error"] < 1
+    assert manifest["stages"]["compress"]["dep+svd(rank=8)+distill"]["distill"] is True
+    assert (out.with_name("b.work") / "dep+subembed_assignment=modulo_" / "model.onnx").is_file()
+    clf = Classifier.from_bundle(out)
+    assert clf.predict("the movie was good")[0].label in ("negative", "positive")
+
+
+def test_bad_variant_options_are_one_line(tmp_path, tiny_model_dir, tiny_run, capsys):
+    _, train, dev = tiny_run
+    assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(tmp_path / "b"),
+                 "--variant", "messi:depth=3", *FAST]) == 2
+    assert "messi options are: k, j, compression" in capsys.readouterr().err
+    assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--out", str(tmp_path / "b"),
+                 "--variant", "pq", *FAST]) == 2
+    assert "unknown method 'pq'; known: subembed, messi, svd, fourier" in capsys.readouterr().err
