@@ -44,8 +44,8 @@ def run(weight: np.ndarray, *, threads: int | None) -> list[dict[str, Any]]:
 
     rows, dim = weight.shape
     results = []
-    m = messi.fit(weight, messi.Config(k=5, compression=0.4, threads=threads))
-    results.append(_row("messi k=5 compression=0.4", m, weight.size))
+    m = messi.fit(weight, messi.Config(k=5, keep=0.4, threads=threads))
+    results.append(_row("messi k=5 keep=0.4", m, weight.size))
     rank = m.params // (rows + dim)   # the largest SVD with no more parameters than that MESSI
     results.append(_row(f"svd rank={rank} (= messi params)", svd.fit(weight, svd.Config(rank=rank, threads=threads)), weight.size))
     for assignment in ("kmeans", "kmeans-equal", "modulo"):

@@ -131,7 +131,7 @@ class QuantizeResult:
     float_weights_left: dict[str, int]  # op type -> nodes that still carry float weights
     index_tables: dict[str, str]       # Gather node -> integer table it reads (never quantized)
     excluded_nodes: tuple[str, ...]    # every node kept out of quantization, by name
-    initializer_bytes: dict[str, int]  # data type -> bytes of initializers of that type
+    weight_bytes: dict[str, int]       # 4bit / 8bit / float / integer -> initializer bytes
     snr_db: float                      # logits vs model_in on random inputs (diagnostic)
     agreement: float                   # argmax agreement with model_in on random inputs
     seconds: float
@@ -140,7 +140,7 @@ class QuantizeResult:
         return {"file": self.path.name, "target": self.target, "bits": self.bits, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "quantized": dict(self.quantized), "int4_nodes": dict(self.int4_nodes),
                 "float_weights_left": dict(self.float_weights_left), "index_tables": dict(self.index_tables),
-                "excluded_nodes": list(self.excluded_nodes), "initializer_bytes": dict(self.initializer_bytes),
+                "excluded_nodes": list(self.excluded_nodes), "weight_bytes": dict(self.weight_bytes),
                 "snr_db": round(self.snr_db, 2), "agreement": self.agreement, "seconds": round(self.seconds, 2)}
 
 
@@ -190,13 +190,24 @@ def _tensor_bytes(init: "onnx.TensorProto") -> int:
     return int(numpy_helper.to_array(init).nbytes)
 
 
-def initializer_bytes(model: "onnx.ModelProto") -> dict[str, int]:
-    import onnx
-
-    out: Counter[str] = Counter()
+def weight_bytes(model: "onnx.ModelProto") -> dict[str, int]:
+    """Bytes of the initializers by what they hold: "4bit" (MatMulNBits / GatherBlockQuantized
+    data, packed two per byte), "8bit", "float" (incl. scales and biases), "integer" (index tables,
+    zero points of other types, shapes)."""
+    four_bit = {n.input[0] for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    four_bit |= {n.input[1] for n in model.graph.node if n.op_type == "MatMulNBits" and len(n.input) > 1}
+    out = {"4bit": 0, "8bit": 0, "float": 0, "integer": 0}
     for init in model.graph.initializer:
-        out[onnx.TensorProto.DataType.Name(init.data_type).lower()] += _tensor_bytes(init)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        if init.name in four_bit or init.data_type in (21, 22):          # UINT4, INT4
+            kind = "4bit"
+        elif init.data_type in (2, 3):                                    # UINT8, INT8
+            kind = "8bit"
+        elif init.data_type in _FLOAT_TYPES:
+            kind = "float"
+        else:
+            kind = "integer"
+        out[kind] += _tensor_bytes(init)
+    return out
 
 
 def _table_fingerprint(model: "onnx.ModelProto", name: str) -> tuple[int, tuple[int, ...], bytes] | None:
@@ -255,13 +266,49 @@ def _quantize_int8(model: "onnx.ModelProto", out: Path, *, cfg: QuantizeConfig, 
 def _quantize_int4(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str]) -> "onnx.ModelProto":
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    opsets = {o.domain: o.version for o in model.opset_import}
+    ir_version = model.ir_version
     op_types = ("MatMul", "Gather") if cfg.include_embeddings else ("MatMul",)
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=True,
                                      accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(exclude),
                                      op_types_to_quantize=op_types)
     with np.errstate(divide="ignore", invalid="ignore"):   # all-zero blocks (the [PAD] row) get scale 0
         quantizer.process()
-    return quantizer.model.model
+    out = quantizer.model.model
+    _pack_int4_tables(out)
+    if not any(i.data_type in (21, 22) for i in out.graph.initializer):   # no UINT4 / INT4 tensors left
+        # The quantizer raised the opset to 21 and the IR to 10 for int4 tensors; with the tables
+        # packed into uint8 neither is needed, and opset 21 would invalidate ops whose signature
+        # changed since the export's opset (e.g. ReduceMean's axes). Restore what the export had.
+        for o in out.opset_import:
+            if o.domain in opsets:
+                o.version = opsets[o.domain]
+        out.ir_version = ir_version
+    return out
+
+
+def _pack_int4_tables(model: "onnx.ModelProto") -> None:
+    """GatherBlockQuantized tables from INT4 to uint8 holding two 4-bit values (bits=4, low nibble
+    first, zero point 8): the same bytes and kernel, but a type the ORT format (.ort) can store
+    and that needs no opset 21."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "GatherBlockQuantized" or len(node.input) > 3:   # asymmetric: has zero points
+            continue
+        data = inits.get(node.input[0])
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = len(data.dims) if data is not None else 0
+        if (data is None or data.data_type != 22 or rank < 2 or data.dims[-1] % 2
+                or attrs.get("gather_axis", 0) != 0 or attrs.get("quantize_axis", 1) % rank != rank - 1):
+            continue
+        values = numpy_helper.to_array(data).astype(np.int16) + 8          # int4 [-8, 7] -> uint4 [0, 15]
+        packed = (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+        data.CopyFrom(numpy_helper.from_array(packed, data.name))
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute(k, v) for k, v in attrs.items() if k != "bits"]
+                              + [helper.make_attribute("bits", 4)])
 
 
 def _load(path: Path) -> "onnx.ModelProto":
@@ -323,6 +370,7 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         except Exception as e:
             raise QuantizationError(f"ONNX Runtime {ort.__version__} cannot load the quantized {model_in.name}: {e}; "
                                     "try bits=8, or include_embeddings=False") from e
+        os.chmod(tmp, 0o644)   # mkstemp made it 0600; a bundle file is as readable as the others
         os.replace(tmp, model_out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -342,7 +390,7 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         path=model_out, target=cfg.target, bits=cfg.bits, bytes_in=model_in.stat().st_size,
         bytes_out=model_out.stat().st_size, quantized=dict(quantized), int4_nodes=dict(int4),
         float_weights_left=dict(Counter(op for op, _ in left.values())), index_tables=tables,
-        excluded_nodes=tuple(excluded), initializer_bytes=initializer_bytes(result_model),
+        excluded_nodes=tuple(excluded), weight_bytes=weight_bytes(result_model),
         snr_db=snr, agreement=agreement, seconds=seconds)
     log.info("%s: %.2f MB -> %.2f MB (%.2fx) in %.1f s; quantized %s; logit SNR vs input %.1f dB on random ids",
              model_out.name, result.bytes_in / 1e6, result.bytes_out / 1e6, result.bytes_out / result.bytes_in,

@@ -66,6 +66,21 @@ def _add_validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None, help="latency and RSS probes")
 
 
+def _targets(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _add_targets_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("targets (quantization)")
+    g.add_argument("--targets", type=_targets, metavar="T1,T2", help="int8 per CPU family: arm64, avx2, avx512-vnni "
+                   "(default arm64; an empty string skips quantization)")
+    g.add_argument("--int4", action=argparse.BooleanOptionalAction, default=None, help="also a 4-bit variant")
+    g.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=None, help="also .ort + required_operators.config")
+    g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None, help="ORT transformer fusion first (default on)")
+    g.add_argument("--max-drop", type=float, help="accuracy share a quantized variant may lose vs fp32 (default 0.01)")
+    g.add_argument("--allow-drop", action=argparse.BooleanOptionalAction, default=None, help="keep variants over max-drop, flagged")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML or YAML file with the same options (flags override it)")
     p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
@@ -73,6 +88,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_prune_args(p)
     _add_finetune_args(p)
     _add_validate_args(p)
+    _add_targets_args(p)
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune and validate the unpruned model for comparison (default on)")
     p.add_argument("--variant", action="append", metavar="METHOD[:k=v,...]",
@@ -88,16 +104,17 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "prune": {"fallback": "fallback", "keep_top": "keep_top", "keep_text": "keep_text"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "max_length", "max_train_samples", "seed")},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
+        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 
 
 def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for section in ("data", "prune", "finetune", "validate"):
+    for section in ("data", "prune", "finetune", "validate", "targets"):
         raw.setdefault(section, {})
     raw["data"].update(_data_overrides(a))
-    for section in ("prune", "finetune", "validate"):
+    for section in ("prune", "finetune", "validate", "targets"):
         raw[section].update(_section(a, section))
     for key in ("model", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
@@ -199,6 +216,24 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(a: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.data import DataConfig, load_task
+    from pipeline.targets import TargetsConfig, build_targets
+    from pipeline.validate import ValidateConfig
+
+    task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
+    cfg = TargetsConfig(**_section(a, "targets"))
+    with tempfile.TemporaryDirectory() as work:
+        rows = build_targets(a.bundle, task.eval, n_labels=len(task.label_names), cfg=cfg,
+                             validate=ValidateConfig(**_section(a, "validate")), work=work)
+    for r in rows:
+        print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
+              + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))
+    return 0
+
+
 def _cmd_inspect(a: argparse.Namespace) -> int:
     from runtime.manifest import read_manifest, verify_artifact
 
@@ -276,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--json", help="also write the metrics to this file")
     va.set_defaults(func=_cmd_validate)
 
+    q = sub.add_parser("quantize", help="fuse + int8 per target (+ 4-bit, .ort) into an existing bundle, validated on the task")
+    q.add_argument("bundle")
+    _add_data_args(q)
+    _add_targets_args(q)
+    _add_validate_args(q)
+    q.set_defaults(func=_cmd_quantize)
+
     i = sub.add_parser("inspect", help="verify a bundle's checksums and summarise it")
     i.add_argument("bundle")
     i.set_defaults(func=_cmd_inspect)
@@ -295,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors whose message is the whole story: one line on stderr, exit 2 (3 for failed checks).
 # Library code raises ValueError subclasses (DataError, ModelError, BundleError, ...) for these.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
-_VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError")
+_VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationError", "QuantizationAccuracyError")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from pipeline.data import DataConfig, TaskData, load_task
 from pipeline.finetune import FinetuneConfig
+from pipeline.targets import TargetsConfig
 from pipeline.validate import ValidateConfig
 from pipeline.vocab import PruneConfig
 
@@ -62,6 +64,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)   # int8 / 4-bit / .ort of the bundle's model
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)
     bundle_variant: str | None = None  # which variant becomes the bundle's model.onnx (default: the first)
     baseline: bool = True             # also fine-tune + validate the unpruned model for the report
@@ -81,7 +84,8 @@ class RunConfig:
         return self.bundle_variant or self.variants[0].name
 
 
-_SECTIONS = {"data": DataConfig, "prune": PruneConfig, "finetune": FinetuneConfig, "validate": ValidateConfig}
+_SECTIONS = {"data": DataConfig, "prune": PruneConfig, "finetune": FinetuneConfig, "validate": ValidateConfig,
+             "targets": TargetsConfig}
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
@@ -215,11 +219,12 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         task: TaskData | None = None) -> Path:
     """Run every stage and write the bundle to `out` (the chosen variant's model.onnx, plus a
     report over every variant and the unpruned baseline). Returns the bundle path."""
-    from pipeline.bundle import BundleExistsError, export_model, staged_bundle, write_manifest
+    from pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
     from pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint
     from pipeline.finetune import finetune, predict_logits
     from pipeline.model import get_word_embeddings, load_classifier
     from pipeline.report import write_report
+    from pipeline.targets import build_targets
     from pipeline.validate import check_parity, validate_artifact
     from pipeline.vocab import oov_stats, prune
 
@@ -228,7 +233,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         raise BundleExistsError(f"{out} already exists; pass --force to replace it or choose another --out")
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    total = 6
+    total = 7
     t_start = time.perf_counter()
 
     with stage(1, total, "load task data and model"):
@@ -295,9 +300,15 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                     "reconstruction_error": v["info"].get("reconstruction_error"),
                 })
 
-        with stage(6, total, "write manifest and report"):
-            write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0),
-                           artifacts=variants[cfg.chosen]["artifacts"], stages=stages | {"bundle_variant": cfg.chosen},
+        with stage(6, total, f"quantize for {', '.join(cfg.targets.targets) or 'no targets'}"):
+            rows += [r | {"name": f"{cfg.chosen} {r['name']}"} for r in
+                     build_targets(bundle, task.eval, n_labels=len(task.label_names), cfg=cfg.targets,
+                                   validate=cfg.validate, work=work)]
+
+        with stage(7, total, "write manifest and report"):
+            artifacts = json.loads((bundle / MANIFEST).read_text())["artifacts"]   # fp32 + what the targets added
+            write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts,
+                           stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
                            metrics={r["name"]: r for r in rows})
             ft = variants[cfg.chosen]["finetune"]
             report = {

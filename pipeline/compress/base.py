@@ -106,8 +106,8 @@ def rank_for_share(rows: int, dim: int, *, share: float, k: int = 1) -> int:
     j = min(int(budget // (rows + k * dim)), dim)
     if j < 1:
         smallest = (rows + k * dim) / (rows * dim)
-        raise CompressError(f"compression={share} leaves less than rank 1 for a {rows} x {dim} matrix with k={k}; "
-                            f"use compression >= {smallest:.4g} or give the rank explicitly")
+        raise CompressError(f"keep={share} leaves less than rank 1 for a {rows} x {dim} matrix with k={k}; "
+                            f"use keep >= {smallest:.4g} or give the rank explicitly")
     return j
 
 

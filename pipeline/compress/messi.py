@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 class Config:
     # 5 subspaces: the MESSI paper's RoBERTa MNLI point (k=5) and the DESIGN's measured k=5/k=10 points.
     k: int = 5
-    j: int | None = None              # subspace dimension; give this or `compression`, not both
-    compression: float | None = None  # share of the N x d parameters to keep (0.4 keeps 40%); picks the largest j
+    j: int | None = None              # subspace dimension; give this or `keep`, not both
+    keep: float | None = None  # share of the N x d parameters to keep (0.4 keeps 40%); picks the largest j
                                       # with N*j + k*j*d within it. Neither given: svd.DEFAULT_SHARE (0.4).
     # EM is a local search: a few k-means-seeded restarts cost seconds and the best one is kept.
     restarts: int = 3
@@ -70,13 +70,13 @@ class Config:
         check_threads(self.threads, method="messi")
         if not isinstance(self.k, int) or self.k < 1:
             raise CompressError(f"messi: k (number of subspaces) must be an int >= 1, got {self.k!r}; k=1 is plain SVD")
-        if self.j is not None and self.compression is not None:
-            raise CompressError(f"messi: give j ({self.j}) or compression ({self.compression}), not both; "
+        if self.j is not None and self.keep is not None:
+            raise CompressError(f"messi: give j ({self.j}) or keep ({self.keep}), not both; "
                                 "set one of them to None")
         if self.j is not None and (not isinstance(self.j, int) or self.j < 1):
             raise CompressError(f"messi: j (subspace dimension) must be a positive int, got {self.j!r}")
-        if self.compression is not None and not 0.0 < self.compression <= 1.0:
-            raise CompressError(f"messi: compression is the share of parameters kept, in (0, 1]; got {self.compression} "
+        if self.keep is not None and not 0.0 < self.keep <= 1.0:
+            raise CompressError(f"messi: keep is the share of parameters kept, in (0, 1]; got {self.keep} "
                                 "(0.4 keeps 40% of the matrix)")
         if self.restarts < 1 or self.iterations < 1 or self.kmeans_iterations < 1:
             raise CompressError(f"messi: restarts, iterations and kmeans_iterations must be >= 1, got "
@@ -91,7 +91,7 @@ class Config:
             if self.j > dim:
                 raise CompressError(f"messi: j={self.j} exceeds the embedding dimension {dim}; use j <= {dim}")
             return self.j
-        share = DEFAULT_SHARE if self.compression is None else self.compression
+        share = DEFAULT_SHARE if self.keep is None else self.keep
         return rank_for_share(rows, dim, share=share, k=self.k)
 
 

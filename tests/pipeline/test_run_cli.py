@@ -32,7 +32,8 @@ def tiny_run(tmp_path_factory, tiny_model_dir, tiny_task):
     root = tmp_path_factory.mktemp("run")
     train, dev = _write_task(root / "data", tiny_task)
     out = root / "bundle"
-    code = main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out), *FAST])
+    code = main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
+                 "--targets", "arm64,avx2", "--int4", "--mobile", "--allow-drop", *FAST])
     assert code == 0
     return out, train, dev
 
@@ -46,7 +47,11 @@ def test_run_writes_a_complete_verified_bundle(tiny_run):
         assert sha256_file(out / entry["file"]) == entry["sha256"]
         assert (out / entry["file"]).stat().st_size == entry["bytes"]
     assert manifest["task"]["labels"] == ["negative", "positive"] and manifest["task"]["max_length"] == 32
-    assert set(manifest["metrics"]) == {"dep", "unpruned"}
+    assert set(manifest["metrics"]) == {"dep", "unpruned", "dep int8-arm64", "dep int8-arm64-ort", "dep int8-avx2", "dep int4-arm64"}
+    files = {e["file"]: e for e in manifest["artifacts"]}
+    assert files["model.int8-avx2.onnx"]["target"] == "avx2" and files["model.int8-arm64.ort"]["variant"] == "int8-ort"
+    assert "required_operators.config" in files and "model.int4-arm64.onnx" in files
+    assert manifest["metrics"]["dep int8-avx2"]["onnx_bytes"] < manifest["metrics"]["dep"]["onnx_bytes"] / 2
     dep = manifest["metrics"]["dep"]
     assert dep["agreement"] == 1.0 and dep["max_logit_diff"] <= 1e-4
     assert dep["latency_ms_p50"] > 0 and dep["peak_rss_mb"] > 10
@@ -54,6 +59,8 @@ def test_run_writes_a_complete_verified_bundle(tiny_run):
     vocab = report["vocab"]
     assert vocab["kept_rows"] < vocab["original_rows"] and 0 <= vocab["eval_oov_rate"] < 1
     assert report["variants"][1]["onnx_bytes"] < report["variants"][0]["onnx_bytes"]
+    # on this x86 machine "auto" picks the avx2 int8 artifact
+    assert Classifier.from_bundle(out, variant="auto").model_path.name == "model.int8-avx2.onnx"
     assert "Kept rows" in (out / "report.md").read_text()
     assert not list(out.parent.glob(".bundle.partial-*")), "no staging folder left behind"
 
@@ -203,7 +210,7 @@ def test_bad_variant_options_are_one_line(tmp_path, tiny_model_dir, tiny_run, ca
     _, train, dev = tiny_run
     assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(tmp_path / "b"),
                  "--variant", "messi:depth=3", *FAST]) == 2
-    assert "messi options are: k, j, compression" in capsys.readouterr().err
+    assert "messi options are: k, j, keep" in capsys.readouterr().err
     assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--out", str(tmp_path / "b"),
                  "--variant", "pq", *FAST]) == 2
     assert "unknown method 'pq'; known: subembed, messi, svd, fourier" in capsys.readouterr().err

@@ -1,0 +1,371 @@
+"""Benchmark: our fused + quantized bundles against Optimum's export + int8, side by side, in one run.
+
+    .venv/bin/python benchmarks/bench_optimum.py --baseline /tmp/bench-src \\
+        --bundle /tmp/bench-src --bundle unpruned=/tmp/bench-src.work/unpruned \\
+        --data-root ../shared/data --out out/bench
+
+--baseline is a fine-tuned checkpoint folder (embslim's `checkpoint-unpruned`) or a bundle from
+`embslim run`, whose `<bundle>.work/checkpoint-unpruned` is used. Its unpruned model is exported
+with Optimum (`main_export`, task text-classification) and quantized with Optimum's
+`ORTQuantizer` (`AutoQuantizationConfig.arm64` and `.avx512_vnni`, dynamic, per channel); the
+same fp32 export also goes through our 4-bit path ("ORT 4-bit of the baseline" in DESIGN.md).
+Each --bundle's model.onnx is fused (exporters.optimize) and quantized with exporters.quantize:
+int8 for arm64 and avx2, and 4-bit.
+
+Measured for every model, on this machine:
+- bytes of the model file (each bundle also ships a ~0.5-0.7 MB tokenizer.json, Optimum's too);
+- accuracy on the eval split through runtime.Classifier (stock tokenizer, per-batch padding) at
+  batch 32 and batch 1, and label agreement with the fp32 model it came from;
+- latency at batch 1 and --seq-len tokens with 1 and 2 intra-op threads: each round launches a
+  fresh process per model (pipeline.probe: warm-up, then --runs timed runs), the model order
+  rotating every round so drift hits all models alike; p50/p95 are the medians over rounds;
+- peak RSS (VmHWM) of those fresh processes at 1 thread (model load + inference).
+
+Ratios are against Optimum int8 (arm64). Writes bench.json and bench.md to --out. This is not a
+test: it takes minutes, and on a shared machine its timings are noisy (say so when quoting them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench_optimum")
+
+REFERENCE = "optimum int8-arm64"
+
+
+@dataclass
+class Model:
+    """One file to measure, inside a folder that runtime.Classifier can load."""
+
+    name: str
+    folder: Path            # has manifest.json listing `file` and `fp32_file`
+    file: str
+    fp32_file: str          # the fp32 model it came from (agreement is measured against it)
+    family: str             # "optimum" or the bundle's name
+    precision: str
+    notes: str = ""
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.file
+
+
+# -- preparing the models ---------------------------------------------------------------------
+
+def _checkpoint_dir(baseline: Path) -> Path:
+    from pipeline.embedding import SPEC_FILE
+
+    if (baseline / SPEC_FILE).is_file():
+        return baseline
+    candidate = baseline.with_name(baseline.name + ".work") / "checkpoint-unpruned"
+    if (candidate / SPEC_FILE).is_file():
+        return candidate
+    raise SystemExit(f"--baseline {baseline}: neither a checkpoint folder (with {SPEC_FILE}) nor a bundle with "
+                     f"{candidate}; pass the checkpoint-unpruned folder that `embslim run` writes")
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _register(folder: Path, file: str, *, variant: str, target: str = "any") -> None:
+    from pipeline.bundle import add_artifacts, artifact_entry
+
+    add_artifacts(folder, [artifact_entry(folder, file, variant=variant, target=target)])
+
+
+def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
+    """Optimum's fp32 export and int8 (arm64, avx512-vnni) of the unpruned fine-tuned model, plus
+    our 4-bit of that same export, in one folder with a manifest built from the checkpoint's meta."""
+    from optimum.exporters.onnx import main_export
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    from exporters.quantize import QuantizeConfig, quantize
+    from pipeline.bundle import BundleMeta, artifact_entry, write_manifest, write_tokenizer_and_config
+    from pipeline.embedding import load_checkpoint
+
+    ckpt = _checkpoint_dir(baseline)
+    model, tokenizer, meta = load_checkpoint(ckpt)
+    if meta is None:
+        raise SystemExit(f"{ckpt} has no embslim_meta.json (task labels, max_length); re-run `embslim run`")
+    hf = work / "optimum-src"
+    shutil.rmtree(hf, ignore_errors=True)
+    model.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    folder = work / "optimum"
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    main_export(str(hf), output=str(folder / "export"), task="text-classification")
+    log.info("Optimum export in %.0f s", time.perf_counter() - t0)
+    _link(folder / "export" / "model.onnx", folder / "model.onnx")
+    bundle_meta = BundleMeta.from_json(meta)
+    write_tokenizer_and_config(model, tokenizer, folder, meta=bundle_meta)
+    write_manifest(folder, meta=bundle_meta, pad_id=int(tokenizer.pad_token_id or 0),
+                   artifacts=[artifact_entry(folder, f, variant=v) for f, v in
+                              (("model.onnx", "fp32"), ("tokenizer.json", "tokenizer"))],
+                   stages={"source": str(ckpt)}, metrics={})
+    models = [Model("optimum fp32", folder, "model.onnx", "model.onnx", "optimum", "fp32",
+                    "main_export, opset default")]
+    for target, make in (("arm64", AutoQuantizationConfig.arm64), ("avx512-vnni", AutoQuantizationConfig.avx512_vnni)):
+        t0 = time.perf_counter()
+        out = folder / f"q-{target}"
+        ORTQuantizer.from_pretrained(folder / "export", file_name="model.onnx").quantize(
+            quantization_config=make(is_static=False, per_channel=True), save_dir=out)
+        file = f"model.int8-{target}.onnx"
+        _link(out / "model_quantized.onnx", folder / file)
+        _register(folder, file, variant="int8", target=target)
+        log.info("Optimum int8 %s in %.0f s", target, time.perf_counter() - t0)
+        models.append(Model(f"optimum int8-{target}", folder, file, "model.onnx", "optimum", "int8",
+                            f"ORTQuantizer, AutoQuantizationConfig.{make.__name__}(is_static=False, per_channel=True)"))
+    cfg = QuantizeConfig(target="arm64", bits=4)
+    quantize(folder / "model.onnx", folder / cfg.file_name, cfg=cfg)
+    _register(folder, cfg.file_name, variant="int4", target="arm64")
+    models.append(Model("baseline int4", folder, cfg.file_name, "model.onnx", "optimum", "int4",
+                        "Optimum's fp32 export, exporters.quantize bits=4 (MatMulNBits + 4-bit Gather, unfused)"))
+    return models
+
+
+def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> list[Model]:
+    """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit."""
+    from exporters.optimize import OptimizeConfig, optimize
+    from exporters.quantize import QuantizeConfig, quantize
+
+    folder = work / f"ours-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
+        _link(bundle / f, folder / f)
+    models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
+    fused = optimize(folder / "model.onnx", folder / "model.fused.onnx",
+                     cfg=OptimizeConfig(validation_shapes=((4, 19), (1, max_length))))
+    fusions = ", ".join(f"{k} x{v}" for k, v in fused.fused.items())
+    for cfg in (QuantizeConfig(target="arm64"), QuantizeConfig(target="avx2"), QuantizeConfig(target="arm64", bits=4)):
+        result = quantize(fused.path, folder / cfg.file_name, cfg=cfg)
+        _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)
+        models.append(Model(f"{name} {cfg.variant}-{cfg.target}", folder, cfg.file_name, "model.onnx", name,
+                            cfg.variant, f"fused ({fusions}); weight bytes {result.weight_bytes}"))
+    return models
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+def measure_accuracy(models: Sequence[Model], split, *, n_labels: int) -> None:
+    from pipeline.validate import task_metrics
+    from runtime import Classifier
+
+    texts = list(split.texts)
+    pairs = list(split.pairs) if split.pairs is not None else None
+    cache: dict[tuple[Path, str, int], object] = {}
+
+    def logits(folder: Path, file: str, batch: int):
+        key = (folder, file, batch)
+        if key not in cache:
+            clf = Classifier.from_bundle(folder, file=file, threads=None)
+            cache[key] = clf.logits(texts, pairs, batch_size=batch)
+        return cache[key]
+
+    for m in models:
+        t0 = time.perf_counter()
+        for batch in (32, 1):
+            got = logits(m.folder, m.file, batch)
+            ref = logits(m.folder, m.fp32_file, batch)
+            m.metrics[f"accuracy_b{batch}"] = task_metrics(got, split.labels, n_labels=n_labels)["accuracy"]
+            m.metrics[f"agreement_b{batch}"] = float((got.argmax(-1) == ref.argmax(-1)).mean())
+        log.info("%-28s accuracy %.2f%% (batch 32) / %.2f%% (batch 1) in %.0f s", m.name,
+                 100 * m.metrics["accuracy_b32"], 100 * m.metrics["accuracy_b1"], time.perf_counter() - t0)
+
+
+def measure_speed(models: Sequence[Model], ids: Sequence[int], *, threads: Sequence[int], rounds: int, runs: int,
+                  warmup: int, latency_fp32: bool) -> None:
+    """Interleaved rounds of fresh-process probes; the order rotates each round."""
+    from pipeline.probe import measure
+
+    timed = [m for m in models if latency_fp32 or m.precision != "fp32"]
+    samples: dict[tuple[str, int], list[dict]] = {}
+    for r in range(rounds):
+        shift = r % len(models)
+        order = list(models[shift:]) + list(models[:shift])
+        if r % 2:
+            order.reverse()
+        for t in threads:
+            for m in order:
+                if m not in timed and t != 1:
+                    continue
+                # fp32 models that are not timed still get a short probe for their peak RSS
+                n = runs if m in timed else 5
+                samples.setdefault((m.name, t), []).append(measure(m.path, ids, runs=n, warmup=min(warmup, n), threads=t))
+        log.info("latency round %d/%d done", r + 1, rounds)
+    for m in models:
+        for t in threads:
+            got = samples.get((m.name, t))
+            if not got:
+                continue
+            if m in timed:
+                p50s = [s["latency_ms_p50"] for s in got]
+                m.metrics[f"p50_ms_t{t}"] = statistics.median(p50s)
+                m.metrics[f"p95_ms_t{t}"] = statistics.median(s["latency_ms_p95"] for s in got)
+                m.metrics[f"p50_ms_t{t}_spread"] = [min(p50s), max(p50s)]
+            if t == 1:
+                m.metrics["peak_rss_mb"] = statistics.median(s["peak_rss_mb"] for s in got)
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def ratios(models: Sequence[Model]) -> None:
+    ref = next((m for m in models if m.name == REFERENCE), None)
+    if ref is None:
+        return
+    for m in models:
+        r = m.metrics
+        r["bytes_vs_ref"] = _ratio(r["bytes"], ref.metrics["bytes"])
+        r["accuracy_b32_vs_ref_pts"] = 100 * (r["accuracy_b32"] - ref.metrics["accuracy_b32"])
+        r["accuracy_b1_vs_ref_pts"] = 100 * (r["accuracy_b1"] - ref.metrics["accuracy_b1"])
+        for key in ("p50_ms_t1", "p50_ms_t2", "peak_rss_mb"):
+            r[f"{key}_vs_ref"] = _ratio(r.get(key), ref.metrics.get(key))
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(models: Sequence[Model], info: dict) -> str:
+    lines = [
+        "# embslim vs Optimum: size, accuracy, latency, memory",
+        "",
+        f"{info['created']} on {info['machine']} ({info['cpu_count']} CPUs; {info['note']}).  ",
+        (f"Eval: {info['task']} ({info['n_eval']} examples), through runtime.Classifier. Latency: batch 1, "
+         f"{info['seq_len']} tokens, median over {info['rounds']} interleaved rounds of {info['runs']} runs, "
+         f"each in a fresh process. MB = 10^6 bytes. Ratios vs **{REFERENCE}**."),
+        "",
+        ("| model | MB | × ref | acc % b32 | acc % b1 | Δ pts b1 | agree % b1 | p50 ms 1t | p95 ms 1t | × ref | "
+         "p50 ms 2t | × ref | peak RSS MB | × ref |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        r = m.metrics
+        lines.append(" | ".join([
+            f"| {m.name}", _fmt(r["bytes"] / 1e6, ".2f"), _fmt(r.get("bytes_vs_ref"), ".2f"),
+            _fmt(100 * r["accuracy_b32"], ".2f"), _fmt(100 * r["accuracy_b1"], ".2f"),
+            _fmt(r.get("accuracy_b1_vs_ref_pts"), "+.2f"), _fmt(100 * r["agreement_b1"], ".1f"),
+            _fmt(r.get("p50_ms_t1"), ".2f"), _fmt(r.get("p95_ms_t1"), ".2f"), _fmt(r.get("p50_ms_t1_vs_ref"), ".2f"),
+            _fmt(r.get("p50_ms_t2"), ".2f"), _fmt(r.get("p50_ms_t2_vs_ref"), ".2f"),
+            _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r.get("peak_rss_mb_vs_ref"), ".2f")]) + " |")
+    lines += ["", ("Agreement is with the fp32 model each file came from. fp32 rows are references; their latency "
+                   "is measured only with --latency-fp32."), ""]
+    lines += [f"- **{m.name}**: `{m.path}`" + (f"; {m.notes}" if m.notes else "") for m in models]
+    return "\n".join(lines) + "\n"
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def _parse_bundle(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        path = text
+        p = Path(path)
+        name = p.name if p.name != "bundle" else p.parent.name
+    return name, Path(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, required=True,
+                   help="fine-tuned checkpoint folder, or a bundle from `embslim run` (uses <bundle>.work/checkpoint-unpruned)")
+    p.add_argument("--bundle", action="append", default=[], metavar="[NAME=]DIR",
+                   help="an embslim bundle whose model.onnx to fuse and quantize (repeatable)")
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--train", default="sst2/train.tsv")
+    p.add_argument("--eval", default="sst2/dev.tsv")
+    p.add_argument("--out", type=Path, default=REPO / "out" / "bench")
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (fresh process per model each)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per probe, after warm-up")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--max-eval", type=int, default=None, help="first N eval examples only (quick checks)")
+    p.add_argument("--latency-fp32", action=argparse.BooleanOptionalAction, default=False,
+                   help="also time the fp32 references (slow)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("root", "onnxruntime", "optimum", "exporters.compare", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    logging.getLogger("exporters").setLevel(logging.INFO)
+
+    from pipeline.data import DataConfig, load_task
+    from pipeline.validate import latency_ids
+
+    t_start = time.perf_counter()
+    task = load_task(DataConfig(train=args.train, eval=args.eval), data_root=args.data_root)
+    if args.max_eval:
+        from pipeline.data import Split
+
+        e = task.eval
+        n = args.max_eval
+        task = type(task)(name=task.name, train=task.train, label_names=task.label_names, is_pair=task.is_pair,
+                          eval=Split(texts=e.texts[:n], pairs=e.pairs[:n] if e.pairs is not None else None, labels=e.labels[:n]))
+    work = args.out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    models = prepare_optimum(args.baseline, work)
+    max_length = int(json.loads((models[0].folder / "manifest.json").read_text())["task"]["max_length"])
+    for text in args.bundle:
+        name, path = _parse_bundle(text)
+        models += prepare_ours(name, path, work, max_length=max_length)
+    for m in models:
+        m.metrics["bytes"] = m.path.stat().st_size
+
+    measure_accuracy(models, task.eval, n_labels=len(task.label_names))
+    ids = latency_ids(models[0].folder / "tokenizer.json", task.eval.texts, seq_len=args.seq_len)
+    measure_speed(models, ids, threads=args.threads, rounds=args.rounds, runs=args.runs, warmup=args.warmup,
+                  latency_fp32=args.latency_fp32)
+    ratios(models)
+
+    import onnxruntime
+
+    info = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "task": task.name,
+            "n_eval": len(task.eval), "seq_len": args.seq_len, "rounds": args.rounds, "runs": args.runs,
+            "threads": args.threads, "baseline": str(args.baseline), "seconds": round(time.perf_counter() - t_start),
+            "note": "shared machine, timings are noisy"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = {"info": info, "reference": REFERENCE,
+            "models": [{"name": m.name, "file": str(m.path), "family": m.family, "precision": m.precision,
+                        "notes": m.notes, **m.metrics} for m in models]}
+    (args.out / "bench.json").write_text(json.dumps(data, indent=2))
+    table = markdown(models, info)
+    (args.out / "bench.md").write_text(table)
+    print(table)
+    log.info("wrote %s and %s in %.0f s", args.out / "bench.json", args.out / "bench.md", time.perf_counter() - t_start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The target stage: fuse the bundle's fp32 graph, quantize it per CPU family (int8, optional
+4-bit), optionally convert one variant to ORT's mobile format, and validate every artifact on the
+task (accuracy and agreement against fp32, latency and memory in a fresh process).
+
+Each artifact is added to the manifest with its target, so `runtime.Classifier.from_bundle(path,
+variant="auto")` picks the one for the machine it runs on. A quantized variant whose accuracy
+falls more than `max_drop` below fp32 fails the stage unless `allow_drop` is set, in which case
+the report flags it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pipeline.data import Split
+from pipeline.validate import ValidateConfig
+
+log = logging.getLogger(__name__)
+
+Target = Literal["arm64", "avx2", "avx512-vnni"]
+
+
+class TargetsError(ValueError):
+    """A target option is wrong."""
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    # int8 per CPU family: arm64 for phones and ARM boards; avx2 / avx512-vnni for x86 servers.
+    targets: tuple[Target, ...] = ("arm64",)
+    # A 4-bit variant (MatMulNBits + GatherBlockQuantized) for the first target: the smallest bundle,
+    # slower than int8 at MiniLM's size on these CPUs (DESIGN.md).
+    int4: bool = False
+    # ORT transformer fusion (Attention, SkipLayerNorm, BiasGelu) before quantizing: smaller, faster.
+    fuse: bool = True
+    # ORT format (.ort) of the first target's int8 model + required_operators.config.
+    mobile: bool = False
+    per_channel: bool = True          # per-tensor int8 costs MiniLM accuracy (DESIGN.md)
+    include_embeddings: bool = True   # quantize the embedding tables too (the DEP table is ~18 MB at fp32)
+    max_drop: float = 0.01            # accuracy (share) a quantized variant may lose against fp32
+    allow_drop: bool = False          # keep a variant that loses more, flagged in the report
+
+    def __post_init__(self) -> None:
+        from exporters.quantize import TARGETS
+
+        object.__setattr__(self, "targets", tuple(self.targets))
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown:
+            raise TargetsError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+        if len(set(self.targets)) != len(self.targets):
+            raise TargetsError(f"targets repeat: {self.targets}")
+        if (self.int4 or self.mobile) and not self.targets:
+            raise TargetsError("int4 and mobile need at least one target (e.g. targets = [\"arm64\"])")
+        if not 0 <= self.max_drop <= 1:
+            raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
+
+
+def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: TargetsConfig, validate: ValidateConfig,
+                  work: str | Path) -> list[dict]:
+    """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
+    return one metrics row per artifact for the report."""
+    from exporters.mobile import to_ort_format
+    from exporters.optimize import OptimizeConfig, optimize
+    from exporters.quantize import QuantizeConfig, check_quantized, quantize
+    from pipeline.bundle import add_artifacts, artifact_entry
+    from pipeline.probe import measure
+    from pipeline.validate import latency_ids
+
+    bundle, work = Path(bundle), Path(work)
+    if not cfg.targets:
+        return []
+    source = bundle / "model.onnx"
+    fused = {}
+    if cfg.fuse:
+        result = optimize(source, work / "model.fused.onnx", cfg=OptimizeConfig(config_json=str(bundle / "config.json")))
+        source, fused = result.path, result.fused
+        log.info("fused: %s", ", ".join(f"{k} x{v}" for k, v in fused.items()) or "nothing")
+    plans = [QuantizeConfig(target=t, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings)
+             for t in cfg.targets]
+    if cfg.int4:
+        plans.append(QuantizeConfig(target=cfg.targets[0], bits=4, include_embeddings=cfg.include_embeddings))
+    rows = []
+    ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len) if validate.measure else None
+    for plan in plans:
+        q = quantize(source, bundle / plan.file_name, cfg=plan)
+        entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
+        if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
+            ort_path, ops = to_ort_format(bundle / plan.file_name, work / "mobile",
+                                          target_platform="arm" if plan.target == "arm64" else "amd64")
+            for src in (ort_path, ops):
+                shutil.move(str(src), bundle / src.name)
+            entries += [artifact_entry(bundle, ort_path.name, variant=f"{plan.variant}-ort", target=plan.target),
+                        artifact_entry(bundle, ops.name, variant="required-operators", target=plan.target)]
+        add_artifacts(bundle, entries)
+        check = check_quantized(bundle, plan.file_name, split, n_labels=n_labels, max_drop=cfg.max_drop,
+                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size)
+        row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
+               "description": f"{'fused, ' if fused else ''}{plan.variant} for {plan.target}"
+                              + (" (FLAGGED: accuracy drop above max_drop)" if check["flagged"] else ""),
+               "onnx_bytes": q.bytes_out, "accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
+               "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized}
+        if ids is not None:
+            row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
+        rows.append(row)
+        if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
+            ort_file = Path(plan.file_name).with_suffix(".ort").name
+            ort_check = check_quantized(bundle, ort_file, split, n_labels=n_labels, max_drop=cfg.max_drop,
+                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size)
+            row = {"name": f"{plan.variant}-{plan.target}-ort", "precision": plan.variant, "file": ort_file,
+                   "description": f"ORT mobile format of {plan.file_name}", "onnx_bytes": (bundle / ort_file).stat().st_size,
+                   "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"]}
+            rows.append(row | (measure(bundle / ort_file, ids, runs=validate.latency_runs, threads=validate.threads)
+                               if ids is not None else {}))
+    return rows
