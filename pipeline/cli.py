@@ -44,6 +44,7 @@ def _data_overrides(a: argparse.Namespace) -> dict:
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DEP vocabulary pruning")
     g.add_argument("--fallback", choices=["nearest", "unk"], help="where ids unseen in training go (default nearest)")
+    g.add_argument("--metric", choices=["l2", "cosine"], help="distance for the nearest fallback (default l2)")
     g.add_argument("--keep-top", type=int, help="also keep the N first general tokens of the vocabulary")
     g.add_argument("--keep-text", action="append", help="text file whose tokens are kept too (repeatable)")
 
@@ -101,7 +102,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _section(a: argparse.Namespace, section: str) -> dict:
     """The flags of one config section that were given on the command line."""
     names = {
-        "prune": {"fallback": "fallback", "keep_top": "keep_top", "keep_text": "keep_text"},
+        "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "max_length", "max_train_samples", "seed")},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop")},

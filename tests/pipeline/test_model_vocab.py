@@ -60,14 +60,18 @@ def test_prune_keeps_training_ids_and_specials_ordered_by_frequency(loaded):
     assert vocab.remap.dtype == np.int32 and vocab.remap.shape == (len(tok),)
 
 
-def test_nearest_fallback_maps_unseen_ids_to_the_most_similar_kept_row(loaded):
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_nearest_fallback_maps_unseen_ids_to_the_nearest_kept_row(loaded, metric):
     tok, weight = loaded.tokenizer, _weight(loaded)
-    vocab = prune(tok, TRAIN, weight=weight, cfg=PruneConfig(fallback="nearest"))
+    vocab = prune(tok, TRAIN, weight=weight, cfg=PruneConfig(fallback="nearest", metric=metric))
     unit = weight / np.linalg.norm(weight, axis=1, keepdims=True)
     candidates = [i for i in vocab.kept_ids if i not in set(tok.all_special_ids)]
     unseen = sorted(set(range(len(tok))) - set(vocab.kept_ids.tolist()))
     for u in unseen[:20]:
-        best = candidates[int(np.argmax(unit[candidates] @ unit[u]))]
+        if metric == "l2":
+            best = candidates[int(np.argmin(np.linalg.norm(weight[candidates] - weight[u], axis=1)))]
+        else:
+            best = candidates[int(np.argmax(unit[candidates] @ unit[u]))]
         assert vocab.remap[u] == vocab.remap[best]
 
 
@@ -93,6 +97,8 @@ def test_prune_errors_are_specific(loaded, tmp_path):
         prune(loaded.tokenizer, TRAIN, weight=_weight(loaded), cfg=PruneConfig(keep_text=(str(tmp_path / "missing.txt"),)))
     with pytest.raises(VocabError, match="fallback must be 'nearest' or 'unk'"):
         PruneConfig(fallback="zero")
+    with pytest.raises(VocabError, match="metric must be 'l2' or 'cosine'"):
+        PruneConfig(metric="dot")
     with pytest.raises(VocabError, match="do not belong together"):
         prune(loaded.tokenizer, TRAIN, weight=_weight(loaded)[:10])
 
