@@ -6,7 +6,7 @@ STAMP := $(VENV)/.embslim-installed
 SHARED ?= ../shared/data
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast web-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ demo: $(STAMP)
 	  $(VENV)/bin/embslim run --config configs/synthetic-demo.toml --out $(DEMO_OUT) --force; \
 	fi
 
-test: $(STAMP)
+test: $(STAMP) web-deps
 	$(PY) -m pytest
+
+# onnxruntime-web for the browser sample app (its tests skip, saying why, when npm or Chromium is absent).
+web-deps:
+	-@if command -v npm >/dev/null 2>&1 && [ ! -d sample_apps/web/node_modules/onnxruntime-web ]; then \
+	  cd sample_apps/web && npm ci --no-audit --no-fund --loglevel=error; fi
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

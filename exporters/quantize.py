@@ -402,7 +402,7 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
 
 def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labels: int,
                     fp32_file: str = "model.onnx", max_drop: float = 0.01, allow_drop: bool = False,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 32, fp32_logits: np.ndarray | None = None) -> dict:
     """Accuracy of `file` vs `fp32_file` on `split`, both through `runtime.Classifier` with the same
     batching; both must be listed in the bundle's manifest. Raises QuantizationAccuracyError when
     accuracy drops more than `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`, in which
@@ -414,10 +414,11 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
         raise ValueError(f"max_drop is a share of examples in [0, 1] (0.01 = 1 point), got {max_drop}")
     texts = list(split.texts)
     pairs = list(split.pairs) if split.pairs is not None else None
-    logits = {}
+    logits = {} if fp32_logits is None else {fp32_file: fp32_logits}   # callers checking many files pass it once
     for name in (fp32_file, file):
-        clf = Classifier.from_bundle(bundle_dir, file=name, threads=None)
-        logits[name] = clf.logits(texts, pairs, batch_size=batch_size)
+        if name not in logits:
+            clf = Classifier.from_bundle(bundle_dir, file=name, threads=None)
+            logits[name] = clf.logits(texts, pairs, batch_size=batch_size)
     ref = task_metrics(logits[fp32_file], split.labels, n_labels=n_labels)
     got = task_metrics(logits[file], split.labels, n_labels=n_labels)
     drop = ref["accuracy"] - got["accuracy"]

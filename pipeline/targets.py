@@ -83,7 +83,11 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
              for t in cfg.targets]
     if cfg.int4:
         plans.append(QuantizeConfig(target=cfg.targets[0], bits=4, include_embeddings=cfg.include_embeddings))
+    from runtime import Classifier
+
     rows = []
+    fp32_logits = Classifier.from_bundle(bundle, file="model.onnx").logits(
+        list(split.texts), list(split.pairs) if split.pairs is not None else None, batch_size=validate.batch_size)
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len) if validate.measure else None
     for plan in plans:
         q = quantize(source, bundle / plan.file_name, cfg=plan)
@@ -97,7 +101,7 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                         artifact_entry(bundle, ops.name, variant="required-operators", target=plan.target)]
         add_artifacts(bundle, entries)
         check = check_quantized(bundle, plan.file_name, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size)
+                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
         row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
                "description": f"{'fused, ' if fused else ''}{plan.variant} for {plan.target}"
                               + (" (FLAGGED: accuracy drop above max_drop)" if check["flagged"] else ""),
@@ -109,7 +113,7 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_file = Path(plan.file_name).with_suffix(".ort").name
             ort_check = check_quantized(bundle, ort_file, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size)
+                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
             row = {"name": f"{plan.variant}-{plan.target}-ort", "precision": plan.variant, "file": ort_file,
                    "description": f"ORT mobile format of {plan.file_name}", "onnx_bytes": (bundle / ort_file).stat().st_size,
                    "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"]}

@@ -1,0 +1,1 @@
+"""Classify lines of text from stdin or files: `python -m sample_apps.cli.classify BUNDLE`."""

@@ -1,0 +1,79 @@
+"""The web app's file server: it sends the page, onnxruntime-web and the bundle's listed files,
+with the right content types, and nothing else."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from sample_apps.web.serve import ORT_DIST, SetupError, main, make_server, routes
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("web-serve") / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "secret.txt").write_text("not listed in the manifest", encoding="utf-8")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def base_url(bundle):
+    if not (ORT_DIST / "ort.wasm.min.mjs").is_file():
+        pytest.skip(f"onnxruntime-web is not installed: run `npm ci` in {ORT_DIST.parents[2]}")
+    server = make_server(bundle, host="127.0.0.1", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/wordpiece.js", "text/javascript; charset=utf-8"),
+        ("/ort/ort.wasm.min.mjs", "text/javascript; charset=utf-8"),
+        ("/ort/ort-wasm-simd-threaded.wasm", "application/wasm"),
+        ("/bundle/manifest.json", "application/json"),
+        ("/bundle/tokenizer.json", "application/json"),
+        ("/bundle/model.onnx", "application/octet-stream"),
+    ],
+)
+def test_served_files(base_url, bundle, path, content_type):
+    status, ctype, body = fetch(base_url + path)
+    assert (status, ctype) == (200, content_type)
+    if path.startswith("/bundle/"):
+        assert body == (bundle / path.removeprefix("/bundle/")).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/bundle/secret.txt", "/bundle/../manifest.json", "/bundle/%2e%2e/serve.py", "/serve.py",
+     "/node_modules/onnxruntime-web/package.json", "/ort/../../package.json", "/etc/passwd"],
+)  # fmt: skip
+def test_nothing_else_is_served(base_url, path):
+    status, _, _ = fetch(base_url + path)
+    assert status == 404
+
+
+def test_setup_errors(tmp_path, tiny_bundle, capsys):
+    with pytest.raises(SetupError, match=r"has no manifest\.json; pass an embslim bundle directory"):
+        routes(tmp_path)
+    with pytest.raises(SetupError, match=r"onnxruntime-web is not installed .*: run `npm ci` in "):
+        routes(tiny_bundle, ort_dist=tmp_path)
+    assert main([str(tmp_path / "missing"), "--port", "0"]) == 1
+    assert "error: " in capsys.readouterr().err
