@@ -29,22 +29,26 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pipeline.data import Split
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # on the emulated PYTHONPATH, so `runtime` imports
 DEFAULT_CACHE = "~/.cache/embslim/aarch64"
@@ -52,9 +56,9 @@ CACHE_ENV = "EMBSLIM_ARM_CACHE"
 RECIPE = 1  # bump when the build steps change, so caches built by an older recipe are not reused
 WHEELS = ("onnxruntime", "numpy", "tokenizers")  # pinned to the host's versions; they key the cache
 ORT_DEPS = ("flatbuffers", "packaging", "protobuf")  # onnxruntime's own requirements (host version if any)
-NOTE = ("emulated_* figures come from qemu user-mode emulation on an x86 host: latency is typically "
-        "80-280x a device's and peak RSS includes qemu itself. They are not device figures; use this "
-        "run for accuracy and parity with x86 only.")
+NOTE = ("emulated_* figures come from qemu user-mode emulation on an x86 host, not from a device: latency "
+        "is 100-1000x a device's (fp32 the slowest: qemu emulates NEON float math in software) and peak "
+        "RSS includes qemu itself. Use this run for accuracy and parity with x86 only.")
 
 
 class EmulationUnavailable(RuntimeError):
@@ -87,7 +91,7 @@ CPUS = {
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    cache_dir: str = DEFAULT_CACHE  # ~370 MB per version set; EMBSLIM_ARM_CACHE replaces this default
+    cache_dir: str = DEFAULT_CACHE  # ~225 MB per version set; EMBSLIM_ARM_CACHE replaces this default
     cpu: str = "neoverse-n1"  # what ORT's kernel choice sees: v8.2 + dot product is today's common ARM core
     python_version: str = "3.11"  # the emulated Python; must be one Debian ships (see RELEASES)
     qemu: str | None = None  # a qemu-aarch64 binary to use instead of downloading Debian's into the cache
@@ -144,21 +148,46 @@ class ArmEnv:
     def command(self, args: Sequence[str]) -> list[str]:
         return [str(self.qemu), "-cpu", self.cpu, "-L", str(self.root), str(self.python), *args]
 
-    def run_python(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+    def run_python(self, args: list[str], *, timeout: float,
+                   on_stderr: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
         """Run the emulated Python with `args`; PYTHONPATH = SITE + the repo root. Never raises on exit status.
 
         A clean environment keeps the host's PYTHON*/LD_* variables and user site out of the guest.
+        `on_stderr` sees each stderr line as it comes (stderr is still returned whole).
         Raises subprocess.TimeoutExpired after `timeout` seconds (the process is killed).
         """
         env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
                "TMPDIR": tempfile.gettempdir(), "PYTHONPATH": f"{self.site}{os.pathsep}{REPO_ROOT}",
                "PYTHONNOUSERSITE": "1", "PYTHONUTF8": "1", "OMP_NUM_THREADS": "1"}
-        return subprocess.run(self.command(args), capture_output=True, text=True, env=env, timeout=timeout,
-                              cwd=REPO_ROOT)
+        # Its own process group, so a timeout kills everything it started, not just qemu.
+        with subprocess.Popen(self.command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=REPO_ROOT, start_new_session=True) as proc:
+            out: list[str] = []
+            err: list[str] = []
+
+            def pump_stderr() -> None:
+                for line in proc.stderr:
+                    err.append(line)
+                    if on_stderr is not None:
+                        on_stderr(line.rstrip("\n"))
+
+            readers = [threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
+                       threading.Thread(target=pump_stderr, daemon=True)]
+            for reader in readers:
+                reader.start()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+            finally:
+                for reader in readers:
+                    reader.join()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out), "".join(err))
 
 
 def ensure_environment(cfg: EmulatorConfig = EmulatorConfig()) -> ArmEnv:
-    """The emulated environment for `cfg`, built on first use (about 1-2 minutes, ~370 MB) and reused after."""
+    """The emulated environment for `cfg`, built on first use (1-2 minutes, ~225 MB) and reused after."""
     cache = cfg.resolved_cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -180,12 +209,11 @@ def ensure_environment(cfg: EmulatorConfig = EmulatorConfig()) -> ArmEnv:
         _build(cfg, cache, key, versions, need_env=need_env, need_qemu=need_qemu, explicit_qemu=explicit_qemu)
     else:
         log.info("aarch64 environment: reusing %s", env_dir)
-    info = json.loads((env_dir / "env.json").read_text(encoding="utf-8"))
+    info = _read_json(env_dir / "env.json")
     if explicit_qemu is not None:
         qemu, qemu_version = explicit_qemu
     else:
-        qemu_info = json.loads((qemu_dir / "qemu.json").read_text(encoding="utf-8"))
-        qemu, qemu_version = qemu_dir / "qemu-aarch64", qemu_info["qemu_version"]
+        qemu, qemu_version = qemu_dir / "qemu-aarch64", _read_json(qemu_dir / "qemu.json")["qemu_version"]
     env = ArmEnv(root=env_dir / "root", site=env_dir / "site", qemu=qemu, cpu=cfg.cpu,
                  python_version=cfg.python_version, qemu_version=qemu_version, info=info)
     _place_cpuinfo(env)
@@ -226,8 +254,11 @@ def _build(cfg: EmulatorConfig, cache: Path, key: str, versions: Mapping[str, st
         if need_env:
             site = work / "env" / "site"
             _timed(timings, "pip install --target", _install_wheels, cfg, release, wheel_files, site)
-            qemu_dir = work / "qemu" if need_qemu else cache / "qemu"
-            qemu, qemu_version = explicit_qemu or (qemu_dir / "qemu-aarch64", _read_json(qemu_dir / "qemu.json")["qemu_version"])
+            if explicit_qemu is not None:
+                qemu, qemu_version = explicit_qemu
+            else:
+                qemu_dir = work / "qemu" if need_qemu else cache / "qemu"
+                qemu, qemu_version = qemu_dir / "qemu-aarch64", _read_json(qemu_dir / "qemu.json")["qemu_version"]
             probe = ArmEnv(root=root, site=site, qemu=qemu, cpu=cfg.cpu, python_version=cfg.python_version,
                            qemu_version=qemu_version)
             _place_cpuinfo(probe)
@@ -247,7 +278,7 @@ def _build(cfg: EmulatorConfig, cache: Path, key: str, versions: Mapping[str, st
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _timed(timings: dict[str, float], step: str, fn, *args, **kwargs):
+def _timed(timings: dict[str, float], step: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     timings[step] = round(time.perf_counter() - t0, 1)
@@ -267,7 +298,7 @@ def _publish(built: Path, final: Path) -> None:
 
 def _run(cmd: Sequence[str], *, what: str, timeout: float, **kwargs) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kwargs)
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
     except subprocess.TimeoutExpired as e:
         raise EmulationUnavailable(f"{what} took longer than {timeout:.0f} s (slow or no network?)") from e
     if proc.returncode != 0:
@@ -324,7 +355,8 @@ def _write_apt_config(work: Path, release: _Release) -> Path:
     return apt / "apt.conf"
 
 
-def _apt(apt_config: Path, cmd: Sequence[str], *, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _apt(apt_config: Path, cmd: Sequence[str], *, timeout: float,
+         cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, APT_CONFIG=str(apt_config), DEBIAN_FRONTEND="noninteractive")
     return _run(cmd, what=" ".join(cmd[:2]), timeout=timeout, env=env, cwd=cwd)
 
@@ -361,7 +393,8 @@ def _fetch_qemu(apt_config: Path, dest: Path) -> None:
             candidates.append((major, name, version, member))
     if not candidates:
         raise EmulationUnavailable("no static qemu-aarch64 package (qemu-user >= 9 or qemu-user-static) in the "
-                                   "configured Debian archive; install qemu-user-static and pass EmulatorConfig(qemu=...)")
+                                   "configured Debian archive; install qemu-user-static and pass "
+                                   "EmulatorConfig(qemu=...)")
     _, name, version, member = max(candidates, key=lambda c: c[0])
     debs = dest / "debs"
     debs.mkdir(parents=True)
@@ -400,7 +433,7 @@ def _explicit_qemu(path_text: str) -> tuple[Path, str]:
 
 def _qemu_version(binary: Path) -> str:
     try:
-        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
     except OSError as e:
         raise EmulationUnavailable(f"{binary} cannot run here ({e.strerror or e}); it must be an x86-64 "
                                    "qemu-aarch64 binary") from e
@@ -520,8 +553,6 @@ def _read_json(path: Path) -> dict:
 
 def _exit_reason(code: int) -> str:
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
@@ -540,7 +571,7 @@ def _tail(text: str, n: int = 3) -> str:
 def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: str, n: int = 200,
                    x86_logits: np.ndarray | None = None, cfg: EmulatorConfig = EmulatorConfig(),
                    batch_size: int = 32, latency_seq_len: int = 32, latency_runs: int = 5,
-                   timeout: float = 3600) -> dict:
+                   timeout: float = 7200) -> dict:
     """Run `file` of a bundle under emulated aarch64 ORT on the first `n` examples of `split`.
 
     Returns accuracy (and F1), agreement and max |logit difference| with x86 (`x86_logits`: rows
@@ -555,12 +586,15 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
     if n < 1 or batch_size < 1 or latency_runs < 0:
         raise ValueError(f"n >= 1, batch_size >= 1 and latency_runs >= 0 are required, got {n}, {batch_size}, "
                          f"{latency_runs}")
+    if len(split) == 0:
+        raise ValueError("the split is empty; pass the eval split with at least one example")
     bundle = Path(bundle_dir).resolve()
     n = min(n, len(split))
     texts, labels = list(split.texts[:n]), list(split.labels[:n])
     pairs = list(split.pairs[:n]) if split.pairs is not None else None
     # Loading on x86 first also checks the manifest and the file's sha256 before emulation starts.
     clf = Classifier.from_bundle(bundle, file=file, threads=None)
+    env = ensure_environment(cfg)  # before the x86 pass: an unavailable emulator should say so at once
     if x86_logits is None:
         x86 = clf.logits(texts, pairs, batch_size=batch_size)
     else:
@@ -569,14 +603,13 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
             raise ValueError(f"x86_logits must be [>= {n}, n_labels] (rows for the split's examples in order), "
                              f"got shape {x86.shape}")
         x86 = x86[:n]
-    env = ensure_environment(cfg)
 
     with tempfile.TemporaryDirectory(prefix="embslim-arm-") as tmp:
         spec = Path(tmp) / "eval.json"
         spec.write_text(json.dumps({"bundle": str(bundle), "file": file, "texts": texts, "pairs": pairs,
                                     "batch_size": batch_size}), encoding="utf-8")
         out = _run_emulated(env, ["-m", "pipeline._arm_eval", str(spec)], what=f"{file}: the emulated evaluation",
-                            timeout=timeout, error=ValidationFailed)
+                            timeout=timeout, error=ValidationFailed, on_stderr=_log_progress(file))
     arm = np.asarray(out["logits"], dtype=np.float32).reshape(n, -1)
     metrics: dict[str, Any] = {"file": file, "target": "aarch64 (emulated)"}
     metrics |= task_metrics(arm, labels, n_labels=len(clf.labels))
@@ -596,9 +629,19 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
     return metrics
 
 
-def _run_emulated(env: ArmEnv, args: list[str], *, what: str, timeout: float, error: type[Exception]) -> dict:
+def _log_progress(file: str) -> Callable[[str], None]:
+    def log_line(line: str) -> None:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "progress":
+            log.info("%s under emulated aarch64: %s examples after %s s", file, parts[1], parts[2])
+
+    return log_line
+
+
+def _run_emulated(env: ArmEnv, args: list[str], *, what: str, timeout: float, error: type[Exception],
+                  on_stderr: Callable[[str], None] | None = None) -> dict:
     try:
-        proc = env.run_python(args, timeout=timeout)
+        proc = env.run_python(args, timeout=timeout, on_stderr=on_stderr)
     except subprocess.TimeoutExpired as e:
         raise error(f"{what} took over {timeout:.0f} s under emulation; pass a larger timeout or a smaller n") from e
     if proc.returncode != 0:

@@ -209,6 +209,8 @@ def _cmd_validate(a: argparse.Namespace) -> int:
         model, tokenizer, _ = load_checkpoint(a.checkpoint)
         torch_logits = predict_logits(model, tokenizer, task.eval.texts, task.eval.pairs,
                                       max_length=read_manifest(a.bundle)["task"]["max_length"], batch_size=cfg.batch_size)
+    if a.target == "arm64":
+        return _validate_arm64(a, task)
     metrics, _ = validate_artifact(a.bundle, a.file, task.eval, n_labels=len(task.label_names), cfg=cfg, torch_logits=torch_logits)
     print(json.dumps(metrics, indent=2))
     if a.json:
@@ -232,6 +234,22 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
               + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))
+    return 0
+
+
+def _validate_arm64(a: argparse.Namespace, task) -> int:
+    """Run the bundle's arm64 artifact under emulated aarch64 ONNX Runtime (qemu user mode)."""
+    from pipeline.aarch64 import EmulationUnavailable, validate_arm64
+
+    file = a.file if a.file != "model.onnx" else "model.int8-arm64.onnx"   # fp32 is ~10x slower under emulation
+    try:
+        metrics = validate_arm64(a.bundle, task.eval, file=file, n=a.arm64_n)
+    except EmulationUnavailable as e:
+        print(f"embslim validate: aarch64 emulation unavailable, skipped: {e}", file=sys.stderr)
+        return 0
+    print(json.dumps(metrics, indent=2))
+    if a.json:
+        Path(a.json).write_text(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -310,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(va)
     _add_validate_args(va)
     va.add_argument("--json", help="also write the metrics to this file")
+    va.add_argument("--target", choices=["x86", "arm64"], default="x86",
+                    help="arm64: run under emulated aarch64 ONNX Runtime (built once into ~/.cache/embslim/aarch64); "
+                         "latency and memory are reported as emulated, never as device figures")
+    va.add_argument("--arm64-n", type=int, default=200, help="eval examples to run under emulation (default 200)")
     va.set_defaults(func=_cmd_validate)
 
     q = sub.add_parser("quantize", help="fuse + int8 per target (+ 4-bit, .ort) into an existing bundle, validated on the task")

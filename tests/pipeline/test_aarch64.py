@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline import aarch64
 from pipeline.aarch64 import (
-    CACHE_ENV, DEFAULT_CACHE, EmulationUnavailable, EmulatorConfig, cache_key, ensure_environment, host_versions,
+    CACHE_ENV,
+    DEFAULT_CACHE,
+    EmulationUnavailable,
+    EmulatorConfig,
+    cache_key,
+    ensure_environment,
+    host_versions,
     validate_arm64,
 )
 from pipeline.data import Split
@@ -69,7 +75,8 @@ def test_cache_env_variable_replaces_only_the_default(monkeypatch, tmp_path):
 def test_unwritable_cache_dir_is_unavailable_with_a_hint(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a path below a regular file cannot be created, even by root
-    with pytest.raises(EmulationUnavailable, match=rf"cache directory {blocker}/cache is not writable .*set {CACHE_ENV}"):
+    expected = rf"cache directory {blocker}/cache is not writable .*set {CACHE_ENV}"
+    with pytest.raises(EmulationUnavailable, match=expected):
         ensure_environment(EmulatorConfig(cache_dir=str(blocker / "cache")))
 
 
@@ -133,6 +140,43 @@ def test_a_cache_folder_without_env_json_is_rebuilt(monkeypatch, tmp_path):
     assert not env_dir.exists() and calls == [{"need_env": True, "need_qemu": False, "explicit_qemu": None}]
 
 
+def test_a_crash_under_emulation_fails_validation_loudly(monkeypatch, tmp_path):
+    from tiny_bundle import make_tiny_bundle
+
+    from pipeline.validate import ValidationFailed
+
+    crashing = tmp_path / "qemu-crash"
+    crashing.write_text("#!/bin/sh\necho 'Illegal instruction in onnxruntime' >&2\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    env = aarch64.ArmEnv(root=tmp_path, site=tmp_path, qemu=crashing, cpu="neoverse-n1", python_version="3.11",
+                         qemu_version="qemu-aarch64 version 10.0.2")
+    monkeypatch.setattr(aarch64, "ensure_environment", lambda cfg: env)
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    split = Split(texts=("a great movie", "awful"), pairs=None, labels=(1, 0))
+    with pytest.raises(ValidationFailed, match=r"model.onnx: the emulated evaluation failed under emulated aarch64 "
+                                               r"\(killed by SIGSEGV\): Illegal instruction in onnxruntime"):
+        validate_arm64(bundle, split, file="model.onnx", n=2)
+
+
+def test_an_emulated_run_past_its_timeout_is_killed_and_fails(monkeypatch, tmp_path):
+    from tiny_bundle import make_tiny_bundle
+
+    from pipeline.validate import ValidationFailed
+
+    hanging = tmp_path / "qemu-hang"
+    hanging.write_text("#!/bin/sh\nsleep 60 &\nwait\n")  # a child keeps the pipes open: the group must die
+    hanging.chmod(0o755)
+    env = aarch64.ArmEnv(root=tmp_path, site=tmp_path, qemu=hanging, cpu="neoverse-n1", python_version="3.11",
+                         qemu_version="qemu-aarch64 version 10.0.2")
+    monkeypatch.setattr(aarch64, "ensure_environment", lambda cfg: env)
+    split = Split(texts=("a great movie",), pairs=None, labels=(1,))
+    started = time.perf_counter()
+    with pytest.raises(ValidationFailed, match=r"model.onnx: the emulated evaluation took over 1 s under emulation; "
+                                               r"pass a larger timeout or a smaller n"):
+        validate_arm64(make_tiny_bundle(tmp_path / "bundle"), split, file="model.onnx", timeout=1)
+    assert time.perf_counter() - started < 30
+
+
 def test_qemu_version_parsing():
     assert aarch64._qemu_major("1:10.0.2+ds-2+deb13u1~bpo12+1") == 10
     assert aarch64._qemu_major("1:7.2+dfsg-7+deb12u18+b3") == 7
@@ -143,7 +187,8 @@ def test_qemu_version_parsing():
 def test_pip_platform_tags_cover_every_older_glibc():
     flags = aarch64._pip_platform_flags(EmulatorConfig(), aarch64.RELEASES["3.11"])
     tags = [flags[i + 1] for i, f in enumerate(flags) if f == "--platform"]
-    assert tags[0] == "manylinux_2_36_aarch64" and "manylinux_2_28_aarch64" in tags and tags[-1] == "manylinux2014_aarch64"
+    assert tags[0] == "manylinux_2_36_aarch64" and tags[-1] == "manylinux2014_aarch64"
+    assert "manylinux_2_28_aarch64" in tags  # onnxruntime 1.31's wheel
     assert "manylinux_2_16_aarch64" not in tags
 
 
@@ -164,8 +209,9 @@ def arm_env():
 @pytest.mark.slow
 @pytest.mark.parametrize("pair", [False, True])
 def test_tiny_bundle_under_emulation_predicts_like_x86(arm_env, tmp_path, pair):
-    from runtime import Classifier
     from tiny_bundle import make_tiny_bundle
+
+    from runtime import Classifier
 
     bundle = make_tiny_bundle(tmp_path / "bundle", pair=pair)
     texts = TEXTS * 3  # 24 examples in batches of 5: padded batches, a ragged last one
@@ -180,7 +226,7 @@ def test_tiny_bundle_under_emulation_predicts_like_x86(arm_env, tmp_path, pair):
     assert report["max_logit_diff"] < 1e-5  # fp32: ARM and x86 kernels agree to rounding
     assert report["accuracy"] == report["x86_accuracy"]
     assert report["onnxruntime"] == host_versions()["onnxruntime"]
-    assert "not device figures" in report["note"]
+    assert "not from a device" in report["note"]
     timing_keys = {k for k in report if "latency" in k or "rss" in k or "seconds" in k}
     assert timing_keys and all(k.startswith("emulated_") for k in timing_keys)
     if not pair:
