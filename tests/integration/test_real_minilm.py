@@ -65,7 +65,7 @@ def test_optimum_loads_the_bundle_and_predicts_what_runtime_predicts(sst2_bundle
 def test_clinc150_151_labels_same_command(tmp_path, shared_data):
     out = tmp_path / "clinc"
     assert main(["run", "--train", "clinc150/data_full.json", "--data-root", str(shared_data), "--out", str(out),
-                 "--max-steps", "10", "--no-baseline", "--no-measure", *QUICK]) == 0
+                 "--max-steps", "10", "--no-baseline", "--no-measure", "--targets", "", *QUICK]) == 0
     manifest = read_manifest(out)
     assert len(manifest["task"]["labels"]) == 151 and "oos" in manifest["task"]["labels"]
     dep = manifest["metrics"]["dep"]
@@ -76,7 +76,7 @@ def test_mrpc_sentence_pairs_same_command(tmp_path, shared_data):
     out = tmp_path / "mrpc"
     assert main(["run", "--train", "mrpc/train.tsv", "--eval", "mrpc/dev.tsv", "--data-root", str(shared_data),
                  "--text-column", "#1 String", "--text-pair-column", "#2 String", "--label-column", "Quality",
-                 "--out", str(out), "--max-steps", "5", "--no-baseline", "--no-measure", *QUICK]) == 0
+                 "--out", str(out), "--max-steps", "5", "--no-baseline", "--no-measure", "--targets", "", *QUICK]) == 0
     manifest = read_manifest(out)
     assert manifest["task"]["pair"] is True and manifest["metrics"]["dep"]["n_eval"] == 408
     assert "f1" in manifest["metrics"]["dep"]
