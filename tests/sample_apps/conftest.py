@@ -80,6 +80,7 @@ def sst2_bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> 
         "--max-length", "64",
         "--no-baseline",
         "--no-measure",
+        "--allow-drop",  # a 64-sentence model sits near 50%: int8 may flip a few more labels, flagged not fatal
     ]  # fmt: skip
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
