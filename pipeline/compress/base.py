@@ -42,6 +42,14 @@ class Compressor:
     from_spec: Callable[[dict[str, Any]], nn.Module]
 
 
+def check_spec(spec: dict[str, Any], method: str, keys: tuple[str, ...]) -> None:
+    """Refuse a checkpoint spec of another type or with missing keys, naming what was expected."""
+    missing = sorted(set(keys) - set(spec))
+    if spec.get("type") != method or missing:
+        raise CompressError(f"{method}: expected a spec {{'type': '{method}', {', '.join(repr(k) for k in keys)}}}, got {spec!r}"
+                            + (f" (missing {missing})" if missing else ""))
+
+
 def relative_error(weight: np.ndarray, module: nn.Module) -> float:
     """||E - module(arange(N))||_F / ||E||_F."""
     import torch

@@ -36,6 +36,7 @@ from pipeline.compress.base import (
     Fitted,
     as_matrix,
     check_counts,
+    check_spec,
     check_threads,
     fit_threads,
     lloyd_kmeans,
@@ -222,10 +223,7 @@ def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitte
 
 
 def from_spec(spec: dict[str, Any]) -> nn.Module:
-    missing = {"rows", "dim", "k", "j"} - set(spec)
-    if spec.get("type") != "messi" or missing:
-        raise CompressError(f"messi: expected a spec {{'type': 'messi', 'rows', 'dim', 'k', 'j'}}, got {spec!r}"
-                            + (f" (missing {sorted(missing)})" if missing else ""))
+    check_spec(spec, "messi", ("rows", "dim", "k", "j"))
     return MessiEmbedding(int(spec["rows"]), int(spec["dim"]), int(spec["k"]), int(spec["j"]))
 
 

@@ -45,6 +45,7 @@ from pipeline.compress.base import (
     Fitted,
     as_matrix,
     check_counts,
+    check_spec,
     check_threads,
     cluster_sums,
     fit_threads,
@@ -262,10 +263,7 @@ def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitte
 
 
 def from_spec(spec: dict[str, Any]) -> nn.Module:
-    missing = {"rows", "dim", "k", "M"} - set(spec)
-    if spec.get("type") != "subembed" or missing:
-        raise CompressError(f"subembed: expected a spec {{'type': 'subembed', 'rows', 'dim', 'k', 'M'}}, got {spec!r}"
-                            + (f" (missing {sorted(missing)})" if missing else ""))
+    check_spec(spec, "subembed", ("rows", "dim", "k", "M"))
     return SubEmbedding(int(spec["rows"]), int(spec["dim"]), int(spec["k"]), int(spec["M"]))
 
 

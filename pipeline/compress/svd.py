@@ -25,6 +25,7 @@ from pipeline.compress.base import (
     Fitted,
     as_matrix,
     check_counts,
+    check_spec,
     check_threads,
     fit_threads,
     rank_for_share,
@@ -124,10 +125,7 @@ def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitte
 
 
 def from_spec(spec: dict[str, Any]) -> nn.Module:
-    missing = {"rows", "dim", "rank"} - set(spec)
-    if spec.get("type") != "svd" or missing:
-        raise CompressError(f"svd: expected a spec {{'type': 'svd', 'rows', 'dim', 'rank'}}, got {spec!r}"
-                            + (f" (missing {sorted(missing)})" if missing else ""))
+    check_spec(spec, "svd", ("rows", "dim", "rank"))
     return SVDEmbedding(int(spec["rows"]), int(spec["dim"]), int(spec["rank"]))
 
 
