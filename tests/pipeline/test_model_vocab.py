@@ -64,7 +64,7 @@ def test_prune_keeps_training_ids_and_specials_ordered_by_frequency(loaded):
 def test_nearest_fallback_maps_unseen_ids_to_the_nearest_kept_row(loaded, metric):
     tok, weight = loaded.tokenizer, _weight(loaded)
     vocab = prune(tok, TRAIN, weight=weight, cfg=PruneConfig(fallback="nearest", metric=metric))
-    unit = weight / np.linalg.norm(weight, axis=1, keepdims=True)
+    unit = weight / np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)   # the [PAD] row is zero
     candidates = [i for i in vocab.kept_ids if i not in set(tok.all_special_ids)]
     unseen = sorted(set(range(len(tok))) - set(vocab.kept_ids.tolist()))
     for u in unseen[:20]:
