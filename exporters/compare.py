@@ -12,13 +12,13 @@ lossy steps, which random logits alone cannot judge).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from exporters.onnx import _dummy_inputs
+from exporters.onnx import ValidationReport, _dummy_inputs
 
 if TYPE_CHECKING:
     import onnx
@@ -31,25 +31,12 @@ DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
 
 
 @dataclass
-class Comparison:
+class Comparison(ValidationReport):
     """What `compare_onnx` found; `checks` holds (what, ok, detail) for names and shapes."""
 
-    checks: list[tuple[str, bool, str]] = field(default_factory=list)
-    max_abs_diff: float = 0.0
     snr_db: float = float("inf")      # 10 log10(sum ref^2 / sum (ref - new)^2) over every batch
     agreement: float = 1.0            # share of rows whose argmax is the same
     n_rows: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return all(ok for _, ok, _ in self.checks)
-
-    def add(self, what: str, ok: bool, detail: str = "") -> None:
-        self.checks.append((what, ok, detail))
-        log.info("\t-[%s] %s%s", "✓" if ok else "x", what, f" ({detail})" if detail else "")
-
-    def failures(self) -> str:
-        return "; ".join(f"{what}: {detail}" for what, ok, detail in self.checks if not ok)
 
     def to_json(self) -> dict:
         return {"max_abs_diff": self.max_abs_diff, "snr_db": self.snr_db, "agreement": self.agreement,

@@ -59,6 +59,9 @@ class ValidationReport:
         self.checks.append((what, ok, detail))
         log.info("\t-[%s] %s%s", "✓" if ok else "x", what, f" ({detail})" if detail else "")
 
+    def failures(self) -> str:
+        return "; ".join(f"{what}: {detail}" for what, ok, detail in self.checks if not ok)
+
 
 def _logits_module(model: "PreTrainedModel", input_names: Sequence[str]) -> "torch.nn.Module":
     """Positional-argument wrapper so torch.onnx names the inputs in the contract's order."""
@@ -142,6 +145,5 @@ def validate_onnx(model: "PreTrainedModel", onnx_path: str | Path, *, contract: 
             report.max_abs_diff = max(report.max_abs_diff, diff)
             report.add(f"values at {shape}", diff <= contract.atol, f"max |diff| {diff:.2e}, atol {contract.atol:g}")
     if not report.ok:
-        failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
-        raise OnnxValidationError(f"ONNX export of {Path(onnx_path).name} does not match PyTorch: {failed}")
+        raise OnnxValidationError(f"ONNX export of {Path(onnx_path).name} does not match PyTorch: {report.failures()}")
     return report
