@@ -42,6 +42,16 @@ class Compressor:
     from_spec: Callable[[dict[str, Any]], nn.Module]
 
 
+def run_fit(method: str, body: Callable[[np.ndarray, Any], Fitted], weight: np.ndarray, cfg: Any,
+            counts: np.ndarray | None) -> Fitted:
+    """The part every `fit` shares: check the matrix and counts, then run `body(x, cfg)` with
+    `cfg.threads` BLAS threads."""
+    with fit_threads(cfg.threads):
+        x = as_matrix(weight, method=method)
+        check_counts(counts, x.shape[0], method=method)
+        return body(x, cfg)
+
+
 def check_spec(spec: dict[str, Any], method: str, keys: tuple[str, ...]) -> None:
     """Refuse a checkpoint spec of another type or with missing keys, naming what was expected."""
     missing = sorted(set(keys) - set(spec))

@@ -34,14 +34,12 @@ from pipeline.compress.base import (
     CompressError,
     Compressor,
     Fitted,
-    as_matrix,
-    check_counts,
     check_spec,
     check_threads,
-    fit_threads,
     lloyd_kmeans,
     rank_for_share,
     relative_error,
+    run_fit,
 )
 from pipeline.compress.svd import DEFAULT_SHARE, basis_from_gram
 
@@ -177,14 +175,11 @@ def _em(x: np.ndarray, x2: np.ndarray, labels: np.ndarray, cfg: Config, j: int) 
 def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
     """(k, j)-projective clustering of the rows, then per-cluster rank-j SVD. `counts` is accepted for
     the common signature and not used (every kept row is fitted with equal weight)."""
-    with fit_threads(cfg.threads):
-        return _fit(weight, cfg, counts=counts)
+    return run_fit("messi", _fit, weight, cfg, counts)
 
 
-def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitted:
+def _fit(x: np.ndarray, cfg: Config) -> Fitted:
     start = time.perf_counter()
-    x = as_matrix(weight, method="messi")
-    check_counts(counts, x.shape[0], method="messi")
     rows, dim = x.shape
     j = cfg.j_for(rows, dim)
     x2 = np.einsum("ij,ij->i", x, x)

@@ -43,14 +43,12 @@ from pipeline.compress.base import (
     CompressError,
     Compressor,
     Fitted,
-    as_matrix,
-    check_counts,
     check_spec,
     check_threads,
     cluster_sums,
-    fit_threads,
     lloyd_kmeans,
     relative_error,
+    run_fit,
 )
 
 log = logging.getLogger(__name__)
@@ -222,14 +220,11 @@ def table_means(x: np.ndarray, codes: np.ndarray, m: int) -> list[np.ndarray]:
 def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
     """Assign every row a distinct tuple of table rows, then set the tables to the slice means.
     `counts` is accepted for the common signature and not used."""
-    with fit_threads(cfg.threads):
-        return _fit(weight, cfg, counts=counts)
+    return run_fit("subembed", _fit, weight, cfg, counts)
 
 
-def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitted:
+def _fit(x: np.ndarray, cfg: Config) -> Fitted:
     start = time.perf_counter()
-    x = as_matrix(weight, method="subembed")
-    check_counts(counts, x.shape[0], method="subembed")
     rows, dim = x.shape
     if cfg.k > dim:
         raise CompressError(f"subembed: k={cfg.k} tables need at least one column each but the matrix has {dim}; "

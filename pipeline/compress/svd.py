@@ -23,13 +23,11 @@ from pipeline.compress.base import (
     CompressError,
     Compressor,
     Fitted,
-    as_matrix,
-    check_counts,
     check_spec,
     check_threads,
-    fit_threads,
     rank_for_share,
     relative_error,
+    run_fit,
 )
 
 log = logging.getLogger(__name__)
@@ -100,14 +98,11 @@ def basis_from_gram(gram: np.ndarray, j: int) -> np.ndarray:
 
 def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
     """Truncated SVD of `weight`. `counts` is accepted for the common signature and not used."""
-    with fit_threads(cfg.threads):
-        return _fit(weight, cfg, counts=counts)
+    return run_fit("svd", _fit, weight, cfg, counts)
 
 
-def _fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None) -> Fitted:
+def _fit(x: np.ndarray, cfg: Config) -> Fitted:
     start = time.perf_counter()
-    x = as_matrix(weight, method="svd")
-    check_counts(counts, x.shape[0], method="svd")
     rows, dim = x.shape
     j = cfg.rank_for(rows, dim)
     basis = top_basis(x, j)
