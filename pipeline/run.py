@@ -188,18 +188,22 @@ def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: t
 
     weight = get_word_embeddings(pruned).inner.weight.detach().numpy()
     built = {}
+    fits: dict[str, Any] = {}   # variants that differ only in distillation share one (deterministic) fit
     for v in variants:
         model = copy.deepcopy(pruned)
         info: dict[str, Any] = {"method": v.method or "table", "options": dict(v.options), "distill": v.distill}
         if v.method is not None:
-            compressor = get(v.method)
-            try:
-                method_cfg = compressor.config(**v.options)
-            except TypeError as e:
-                known = ", ".join(f.name for f in fields(compressor.config))
-                raise CompressError(f"variant {v.name!r}: {e}; {v.method} options are: {known}") from e
-            fitted = compressor.fit(weight, method_cfg, counts=vocab.counts)
-            replace_inner(model, fitted.module)
+            key = json.dumps([v.method, v.options], sort_keys=True)
+            if key not in fits:
+                compressor = get(v.method)
+                try:
+                    method_cfg = compressor.config(**v.options)
+                except TypeError as e:
+                    known = ", ".join(f.name for f in fields(compressor.config))
+                    raise CompressError(f"variant {v.name!r}: {e}; {v.method} options are: {known}") from e
+                fits[key] = compressor.fit(weight, method_cfg, counts=vocab.counts)
+            fitted = fits[key]
+            replace_inner(model, copy.deepcopy(fitted.module))
             info |= {"reconstruction_error": fitted.reconstruction_error, "fit_seconds": round(fitted.fit_seconds, 2),
                      "fit_info": fitted.info}
         built[v.name] = {"model": model, "config": v, "info": info}
