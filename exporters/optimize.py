@@ -50,6 +50,9 @@ class OptimizeConfig:
     # 1e-4 is the export contract's tolerance; a wrong fusion is off by far more.
     atol: float = 1e-4
     validation_shapes: tuple[tuple[int, int], ...] = DEFAULT_SHAPES
+    # Fuse self-attention into ORT's Attention op (fastest). False keeps the Q/K/V projections as
+    # plain MatMuls, which 4-bit quantization can take (a fused Attention's weights fall back to int8).
+    attention: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "hidden_size"):
@@ -119,7 +122,12 @@ def optimize(model_in: str | Path, model_out: str | Path, *, cfg: OptimizeConfig
     try:
         # opt_level=None keeps the optimizer's default for "bert" (ORT's basic, hardware-independent
         # rewrites such as constant folding, then the Python fusions); nothing CPU-specific is baked in.
-        fused_model = optimize_model(str(model_in), model_type=cfg.model_type, num_heads=heads, hidden_size=hidden)
+        from onnxruntime.transformers.fusion_options import FusionOptions
+
+        options = FusionOptions(cfg.model_type)
+        options.enable_attention = cfg.attention
+        fused_model = optimize_model(str(model_in), model_type=cfg.model_type, num_heads=heads, hidden_size=hidden,
+                                     optimization_options=options)
     except Exception as e:  # the optimizer raises bare asserts and KeyErrors on graphs it cannot read
         raise OptimizationError(f"ONNX Runtime's optimizer failed on {model_in.name}: {type(e).__name__}: {e}") from e
     fused = {op: int(n) for op, n in fused_model.get_fused_operator_statistics().items() if n}
@@ -128,7 +136,7 @@ def optimize(model_in: str | Path, model_out: str | Path, *, cfg: OptimizeConfig
     seconds = time.perf_counter() - t0
     log.info("fused %s -> %s in %.1f s: %s", model_in.name, model_out.name, seconds,
              ", ".join(f"{op} x{n}" for op, n in fused.items()) or "nothing fused")
-    if "Attention" not in fused and "MultiHeadAttention" not in fused:
+    if cfg.attention and "Attention" not in fused and "MultiHeadAttention" not in fused:
         log.warning("no attention was fused in %s (num_heads=%d, hidden_size=%d): the graph is valid but not faster; "
                     "check num_heads and hidden_size against the model's config.json", model_in.name, heads, hidden)
 

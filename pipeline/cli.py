@@ -97,6 +97,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "e.g. messi:k=5,compression=0.4 or subembed:assignment=kmeans,k=2; append +distill to the "
                         "method to distil from the fine-tuned dep model. Default: dep")
     p.add_argument("--bundle-variant", help="which variant becomes the bundle's model.onnx (default: the first)")
+    p.add_argument("--all-variants", action=argparse.BooleanOptionalAction, default=None,
+                   help="also quantize every other variant and the baseline for the first target, for the report")
 
 
 def _section(a: argparse.Namespace, section: str) -> dict:
@@ -105,7 +107,7 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "max_length", "max_train_samples", "seed")},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
-        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop")},
+        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 

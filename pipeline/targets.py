@@ -33,7 +33,9 @@ class TargetsConfig:
     # int8 per CPU family: arm64 for phones and ARM boards; avx2 / avx512-vnni for x86 servers.
     targets: tuple[Target, ...] = ("arm64",)
     # A 4-bit variant (MatMulNBits + GatherBlockQuantized) for the first target: the smallest bundle,
-    # slower than int8 at MiniLM's size on these CPUs (DESIGN.md).
+    # slower than int8 at MiniLM's size on these CPUs (DESIGN.md). It is quantized from a graph
+    # fused WITHOUT the Attention op, so the Q/K/V projections take 4-bit too (a fused Attention's
+    # weights can only fall back to int8).
     int4: bool = False
     # ORT transformer fusion (Attention, SkipLayerNorm, BiasGelu) before quantizing: smaller, faster.
     fuse: bool = True
@@ -43,6 +45,10 @@ class TargetsConfig:
     include_embeddings: bool = True   # quantize the embedding tables too (the DEP table is ~18 MB at fp32)
     max_drop: float = 0.01            # accuracy (share) a quantized variant may lose against fp32
     allow_drop: bool = False          # keep a variant that loses more, flagged in the report
+    # In a multi-variant run, also quantize every other variant (and the unpruned baseline) for the
+    # first target (int8, plus 4-bit with int4) into its work folder, so the comparison report has
+    # int8/4-bit bytes and accuracy for all of them. Their drops are flagged, never fatal.
+    all_variants: bool = False
 
     def __post_init__(self) -> None:
         from exporters.quantize import TARGETS
@@ -73,12 +79,15 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
-    source = bundle / "model.onnx"
-    fused = {}
+    fp32 = bundle / "model.onnx"
+    sources, fusions = {True: fp32, False: fp32}, {True: {}, False: {}}   # keyed by "attention fused"
     if cfg.fuse:
-        result = optimize(source, work / "model.fused.onnx", cfg=OptimizeConfig(config_json=str(bundle / "config.json")))
-        source, fused = result.path, result.fused
-        log.info("fused: %s", ", ".join(f"{k} x{v}" for k, v in fused.items()) or "nothing")
+        for attention in [True] + ([False] if cfg.int4 else []):
+            result = optimize(fp32, work / f"model.fused{'' if attention else '-noattn'}.onnx",
+                              cfg=OptimizeConfig(config_json=str(bundle / "config.json"), attention=attention))
+            sources[attention], fusions[attention] = result.path, result.fused
+            log.info("fused%s: %s", "" if attention else " (no Attention, for 4-bit)",
+                     ", ".join(f"{k} x{v}" for k, v in result.fused.items()) or "nothing")
     plans = [QuantizeConfig(target=t, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings)
              for t in cfg.targets]
     if cfg.int4:
@@ -90,7 +99,8 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
         list(split.texts), list(split.pairs) if split.pairs is not None else None, batch_size=validate.batch_size)
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len) if validate.measure else None
     for plan in plans:
-        q = quantize(source, bundle / plan.file_name, cfg=plan)
+        fused = fusions[plan.bits == 8]
+        q = quantize(sources[plan.bits == 8], bundle / plan.file_name, cfg=plan)
         entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_path, ops = to_ort_format(bundle / plan.file_name, work / "mobile",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from pipeline.cli import main
@@ -51,6 +52,9 @@ def test_run_writes_a_complete_verified_bundle(tiny_run):
     files = {e["file"]: e for e in manifest["artifacts"]}
     assert files["model.int8-avx2.onnx"]["target"] == "avx2" and files["model.int8-arm64.ort"]["variant"] == "int8-ort"
     assert "required_operators.config" in files and "model.int4-arm64.onnx" in files
+    int4_ops = {n.op_type for n in onnx.load(str(out / "model.int4-arm64.onnx")).graph.node}
+    assert "MatMulNBits" in int4_ops and "Attention" not in int4_ops, "4-bit is built from the graph without fused Attention"
+    assert "QAttention" in {n.op_type for n in onnx.load(str(out / "model.int8-arm64.onnx")).graph.node}
     assert manifest["metrics"]["dep int8-avx2"]["onnx_bytes"] < manifest["metrics"]["dep"]["onnx_bytes"] / 2
     dep = manifest["metrics"]["dep"]
     assert dep["agreement"] == 1.0 and dep["max_logit_diff"] <= 1e-4
@@ -193,11 +197,17 @@ def test_run_compares_compressed_and_distilled_variants(tmp_path, tiny_model_dir
     _, train, dev = tiny_run
     out = tmp_path / "b"
     assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
-                 "--no-baseline", "--no-measure", "--targets", "", "--variant", "dep", "--variant", "svd+distill:rank=8",
-                 "--variant", "subembed:assignment=modulo", "--bundle-variant", "dep+svd(rank=8)+distill", *FAST]) == 0
+                 "--no-baseline", "--no-measure", "--targets", "arm64", "--int4", "--all-variants", "--variant", "dep",
+                 "--variant", "svd+distill:rank=8", "--variant", "subembed:assignment=modulo",
+                 "--bundle-variant", "dep+svd(rank=8)+distill", *FAST]) == 0
     manifest = read_manifest(out)
     assert manifest["stages"]["bundle_variant"] == "dep+svd(rank=8)+distill"
-    assert set(manifest["metrics"]) == {"dep", "dep+svd(rank=8)+distill", "dep+subembed(assignment=modulo)"}
+    fp32 = {"dep", "dep+svd(rank=8)+distill", "dep+subembed(assignment=modulo)"}
+    assert set(manifest["metrics"]) == fp32 | {f"{n} {q}-arm64" for n in fp32 for q in ("int8", "int4")}
+    for name in fp32 - {"dep+svd(rank=8)+distill"}:   # the others' quantized files sit in their work folders
+        row = manifest["metrics"][f"{name} int8-arm64"]
+        assert Path(row["file"]).is_file() and row["onnx_bytes"] < manifest["metrics"][name]["onnx_bytes"] / 2
+        assert 0 <= row["agreement_fp32"] <= 1
     svd = manifest["metrics"]["dep+svd(rank=8)+distill"]
     assert svd["file"] == "model.onnx" and svd["agreement"] == 1.0
     assert svd["embedding_params"] < manifest["metrics"]["dep"]["embedding_params"]
