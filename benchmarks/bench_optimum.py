@@ -159,12 +159,17 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> lis
     for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
         _link(bundle / f, folder / f)
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
-    fused = optimize(folder / "model.onnx", folder / "model.fused.onnx",
-                     cfg=OptimizeConfig(validation_shapes=((4, 19), (1, max_length))))
-    fusions = ", ".join(f"{k} x{v}" for k, v in fused.fused.items())
+    # As pipeline.targets does: int8 from the fully fused graph, 4-bit from one fused without the
+    # Attention op, so that the Q/K/V projections take 4-bit too.
+    shapes = ((4, 19), (1, max_length))
+    fused = {attention: optimize(folder / "model.onnx", folder / f"model.fused{'' if attention else '-noattn'}.onnx",
+                                 cfg=OptimizeConfig(validation_shapes=shapes, attention=attention))
+             for attention in (True, False)}
     for cfg in (QuantizeConfig(target="arm64"), QuantizeConfig(target="avx2"), QuantizeConfig(target="arm64", bits=4)):
-        result = quantize(fused.path, folder / cfg.file_name, cfg=cfg)
+        source = fused[cfg.bits == 8]
+        result = quantize(source.path, folder / cfg.file_name, cfg=cfg)
         _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)
+        fusions = ", ".join(f"{k} x{v}" for k, v in source.fused.items())
         models.append(Model(f"{name} {cfg.variant}-{cfg.target}", folder, cfg.file_name, "model.onnx", name,
                             cfg.variant, f"fused ({fusions}); weight bytes {result.weight_bytes}"))
     return models

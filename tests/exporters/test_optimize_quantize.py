@@ -76,6 +76,18 @@ def test_optimize_fuses_attention_skip_layernorm_and_bias_gelu(tiny_bundle, fuse
     assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= ops and "Softmax" not in ops
 
 
+def test_optimize_without_attention_keeps_projections_as_matmuls(tiny_bundle, tmp_path):
+    result = optimize(tiny_bundle.path / "model.onnx", tmp_path / "noattn.onnx",
+                      cfg=OptimizeConfig(config_json=str(tiny_bundle.path / "config.json"), attention=False))
+    assert "Attention" not in result.fused and result.fused.get("SkipLayerNormalization") == 4
+    ops = [n.op_type for n in onnx.load(str(result.path)).graph.node]
+    assert "Attention" not in ops and "Softmax" in ops
+    assert result.comparison.max_abs_diff <= 1e-4
+    int4 = quantize(result.path, tmp_path / "noattn.int4.onnx", cfg=QuantizeConfig(target="arm64", bits=4))
+    # every projection is 4-bit: 2 layers x (Q, K, V, output, FFN in, FFN out) MatMuls + the classifier head's
+    assert int4.int4_nodes.get("MatMulNBits", 0) >= 12
+
+
 def test_optimize_fused_model_keeps_task_labels(tiny_bundle, fused_model):
     _register(tiny_bundle.path, fused_model.path.name)
     report = check_quantized(tiny_bundle.path, fused_model.path.name, tiny_bundle.task.eval,
