@@ -615,6 +615,17 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
     metrics |= task_metrics(arm, labels, n_labels=len(clf.labels))
     metrics["x86_accuracy"] = task_metrics(x86, labels, n_labels=len(clf.labels))["accuracy"]
     metrics |= parity(arm, x86)
+    # The same examples through the bundle's other x86 files: fp32 (the accuracy reference) and the
+    # other int8 targets. On x86 without VNNI the s8-weight (arm64) kernel can saturate
+    # (VPMADDUBSW), so the arm64 file's x86 logits are not the only reference worth having.
+    metrics["x86_files"] = {}
+    for entry in clf.manifest.get("artifacts", []):
+        other = entry.get("file", "")
+        if other != file and other.endswith(".onnx") and entry.get("variant") in ("fp32", "int8"):
+            logits = Classifier.from_bundle(bundle, file=other, threads=None).logits(texts, pairs, batch_size=batch_size)
+            metrics["x86_files"][other] = {"accuracy": task_metrics(logits, labels, n_labels=len(clf.labels))["accuracy"],
+                                           "agreement_with_emulated": float((logits.argmax(1) == arm.argmax(1)).mean()),
+                                           "agreement_with_x86_" + file: float((logits.argmax(1) == x86.argmax(1)).mean())}
     metrics |= {"emulated_eval_seconds": out["eval_seconds"], "emulated_load_seconds": out["load_seconds"]}
     if latency_runs:
         ids = latency_ids(bundle / clf.manifest["tokenizer"]["file"], split.texts, seq_len=latency_seq_len)
@@ -626,6 +637,9 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
     log.info("%s on emulated aarch64 (%s): accuracy %.2f%%, agreement with x86 %.2f%%, max |dlogit| %.1e%s", file,
              env.cpu, 100 * metrics["accuracy"], 100 * metrics["agreement"], metrics["max_logit_diff"],
              f", emulated p50 {metrics['emulated_latency_ms_p50']:.0f} ms" if latency_runs else "")
+    for other, m in metrics["x86_files"].items():
+        log.info("  x86 %s on the same %d examples: accuracy %.2f%%, agreement with emulated %s %.2f%%", other, n,
+                 100 * m["accuracy"], file, 100 * m["agreement_with_emulated"])
     return metrics
 
 

@@ -203,6 +203,35 @@ def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "fp32 MB", "int8 MB", "4-bit MB",
+                 "fp32 accuracy %", "Δ fp32 (pts)", "int8 accuracy %", "4-bit accuracy %", "fp32 p50 ms",
+                 "int8 p50 ms", "fp32 peak RSS MB", "int8 peak RSS MB")
+
+
+def _side_by_side(variants: list[dict[str, Any]]) -> list[list[str]] | None:
+    """One row per model with its quantized files beside it (rows with `base` name the model they
+    were quantized from), or None when no model has a quantized row."""
+    quantized: dict[str, dict[str, dict[str, Any]]] = {}
+    for v in variants:
+        if v.get("base") and v.get("precision") in ("int8", "int4") and not str(v.get("file", "")).endswith(".ort"):
+            quantized.setdefault(v["base"], {}).setdefault(v["precision"], v)   # first target of each precision
+    if not quantized:
+        return None
+    ref = variants[0]
+    rows = []
+    for v in variants:
+        if v.get("base"):
+            continue
+        q8, q4 = quantized.get(v["name"], {}).get("int8", {}), quantized.get(v["name"], {}).get("int4", {})
+        rows.append([v["name"], _fmt(v.get("embedding_params"), "params"), _fmt(v.get("reconstruction_error"), "adaptive"),
+                     _fmt(v.get("onnx_bytes"), "mb"), _fmt(q8.get("onnx_bytes"), "mb"), _fmt(q4.get("onnx_bytes"), "mb"),
+                     _fmt(v.get("accuracy"), "pct"), _fmt(_diff(v.get("accuracy"), ref.get("accuracy")), "delta"),
+                     _fmt(q8.get("accuracy"), "pct"), _fmt(q4.get("accuracy"), "pct"),
+                     _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(q8.get("latency_ms_p50"), "adaptive"),
+                     _fmt(v.get("peak_rss_mb"), "adaptive"), _fmt(q8.get("peak_rss_mb"), "adaptive")])
+    return rows
+
+
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(data, dict):
         return [kv for k, v in data.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
@@ -222,6 +251,12 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ref = variants[0]
     out.append(("Variants", "lines", [f"Reference for Δ accuracy and ratios: {ref['name']}. "
                                       "MB = 10^6 bytes; accuracy and agreement on the eval split."]))
+    side = _side_by_side(variants)
+    if side:
+        out.append(("Side by side", "lines", [f"Each model with its quantized files; Δ fp32 is against {ref['name']}. "
+                                              "Every row is detailed in the table below."]))
+        out.append(("", "table", (list(_SIDE_COLUMNS), side)))
+        out.append(("All files", "lines", []))
     out.append(("", "table", (list(_COLUMNS), _variant_rows(variants))))
     out.append(("", "bullets", _detail_lines(variants)))
     if len(variants) > 1:
@@ -371,14 +406,24 @@ def _accuracy_png(report: dict[str, Any]) -> bytes:
     variants = _check(report)
     pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get("accuracy"))) for v in variants]
     pts = [(n, x / 1e6, y * 100) for n, x, y in pts if x is not None and y is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 6) if len(pts) > 8 else (7, 4.5))
     ax.set_title("Accuracy vs ONNX size")
     if not pts:
         _no_data(ax, "no variant has both a size and an accuracy")
         return _png(fig)
-    ax.scatter([x for _, x, _ in pts], [y for _, _, y in pts], s=45, zorder=3, color=_REST_COLOR)
+    # With quantized rows (those naming a `base` model) each precision gets a colour and only the
+    # models are labelled, so a comparison of many variants stays readable.
+    grouped = any(v.get("base") for v in variants)
+    precision = {v["name"]: str(v.get("precision") or "fp32") if grouped else "" for v in variants}
+    labelled = {v["name"] for v in variants if not v.get("base")}
+    colors = {"": _REST_COLOR, "fp32": _REST_COLOR, "int8": _EMB_COLOR, "int4": "#1b9e77"}
+    for prec in dict.fromkeys(precision[n] for n, _, _ in pts):
+        sel = [(x, y) for n, x, y in pts if precision[n] == prec]
+        ax.scatter([x for x, _ in sel], [y for _, y in sel], s=45, zorder=3, color=colors.get(prec, _UNKNOWN_COLOR),
+                   label=prec or None)
     for name, x, y in pts:
-        ax.annotate(name, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
+        if name in labelled:
+            ax.annotate(name, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8 if grouped else 9)
     ref_acc = _num(variants[0].get("accuracy"))
     if ref_acc is not None:
         ax.axhline(ref_acc * 100, ls="--", lw=1, color="#666", zorder=1,

@@ -306,14 +306,14 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
 
         with stage(6, total, f"quantize for {', '.join(cfg.targets.targets) or 'no targets'}"
                               + (" (every variant)" if cfg.targets.all_variants and cfg.targets.targets else "")):
-            rows += [r | {"name": f"{cfg.chosen} {r['name']}"} for r in
+            rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
                      build_targets(bundle, task.eval, n_labels=len(task.label_names), cfg=cfg.targets,
                                    validate=cfg.validate, work=work)]
             if cfg.targets.all_variants and cfg.targets.targets:
                 others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
                 for name, v in variants.items():
                     if v["folder"] != bundle:
-                        rows += [r | {"name": f"{name} {r['name']}", "file": str(v["folder"] / r["file"])} for r in
+                        rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
                                  build_targets(v["folder"], task.eval, n_labels=len(task.label_names), cfg=others,
                                                validate=cfg.validate, work=work / f"targets-{_slug(name)}")]
 

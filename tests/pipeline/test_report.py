@@ -149,6 +149,27 @@ def test_markdown_variants_table_numbers() -> None:
     assert int8[col["p50 ms"]] == "4.20" and ref[col["peak RSS MB"]] == "187.0"
 
 
+def test_side_by_side_puts_quantized_files_beside_their_model(tmp_path: Path) -> None:
+    report = _report(3)
+    assert "## Side by side" not in render_markdown(report)       # no row names a base model
+    report["variants"][2] |= {"base": "dep"}
+    report["variants"].append(_variant("dep int4-arm64", precision="int4", base="dep", onnx_bytes=7_900_000,
+                                       accuracy=0.8300, latency_ms_p50=6.0))
+    md = render_markdown(report)
+    assert "## Side by side" in md
+    side = md.split("## Side by side")[1].split("## All files")[0]
+    header = _table_row(side, "variant")
+    rows = {r[0]: r for r in (_table_row(side, n) for n in ("unpruned", "dep"))}
+    col = {name: i for i, name in enumerate(header)}
+    dep = rows["dep"]
+    assert (dep[col["fp32 MB"]], dep[col["int8 MB"]], dep[col["4-bit MB"]]) == ("61.8", "15.6", "7.90")
+    assert (dep[col["int8 accuracy %"]], dep[col["4-bit accuracy %"]], dep[col["Δ fp32 (pts)"]]) == ("83.14", "83.00", "-0.34")
+    assert rows["unpruned"][col["int8 MB"]] == MISSING
+    assert len([l for l in side.splitlines() if l.startswith("| ")]) == 3   # header and the two models only
+    plot_accuracy_vs_size(report, tmp_path / "acc.png")           # the grouped plot renders
+    assert (tmp_path / "acc.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_markdown_ratios_notes_finetune_and_plots() -> None:
     md = render_markdown(_report(3))
     assert "## Ratios vs unpruned" in md
