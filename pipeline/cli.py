@@ -55,6 +55,8 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", type=float)
+    g.add_argument("--embedding-lr-scale", type=float,
+                   help="learning-rate multiplier for a compressed embedding's parameters (default 1)")
     g.add_argument("--max-length", type=int)
     g.add_argument("--max-train-samples", type=int)
     g.add_argument("--seed", type=int)
@@ -105,7 +107,8 @@ def _section(a: argparse.Namespace, section: str) -> dict:
     """The flags of one config section that were given on the command line."""
     names = {
         "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text"},
-        "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "max_length", "max_train_samples", "seed")},
+        "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
+                                  "max_train_samples", "seed")},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
     }[section]

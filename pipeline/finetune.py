@@ -47,6 +47,11 @@ class FinetuneConfig:
     # Hinton et al.'s form; T=2 softens the teacher's near-one-hot logits enough to carry its ranking.
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
+    # Learning-rate multiplier for a COMPRESSED word embedding's parameters (k-sub tables, MESSI
+    # coefficients and bases, SVD factors, PETE's MLP); a plain table (DEP, unpruned) keeps the base
+    # rate. A compressed embedding starts far from the pretrained rows (k-sub reconstructs ~5% of
+    # them) and has to move much further than the encoder in one short fine-tune.
+    embedding_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.max_steps <= 0:
@@ -58,6 +63,9 @@ class FinetuneConfig:
             raise FinetuneError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise FinetuneError("distill_alpha must be in [0, 1] and distill_temperature > 0")
+        if not 0 < self.embedding_lr_scale <= 1000:
+            raise FinetuneError(f"embedding_lr_scale must be in (0, 1000], got {self.embedding_lr_scale}; 1 trains "
+                                "the embedding at the base learning rate")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise FinetuneError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
 
@@ -101,6 +109,36 @@ def _distill_trainer(alpha: float, temperature: float) -> type:
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
+
+
+def compressed_embedding_parameters(model: PreTrainedModel) -> list:
+    """The parameters of a compressed word embedding (RemappedEmbedding whose inner module is not a
+    plain nn.Embedding table); [] for a plain or DEP-pruned table."""
+    from torch import nn
+
+    from pipeline.embedding import RemappedEmbedding
+    from pipeline.model import get_word_embeddings
+
+    emb = get_word_embeddings(model)
+    if isinstance(emb, RemappedEmbedding) and not isinstance(emb.inner, nn.Embedding):
+        return [p for p in emb.inner.parameters() if p.requires_grad]
+    return []
+
+
+def _optimizer(model: PreTrainedModel, cfg: FinetuneConfig):
+    """AdamW as the Trainer builds it (no weight decay on biases and LayerNorm weights), with the
+    compressed embedding's parameters in their own groups at embedding_lr_scale x the base rate."""
+    import torch
+
+    scaled = {id(p) for p in compressed_embedding_parameters(model)}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
+            groups.setdefault((id(p) in scaled, no_decay), []).append(p)
+    return torch.optim.AdamW([{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                               "lr": cfg.learning_rate * (cfg.embedding_lr_scale if is_scaled else 1.0)}
+                              for (is_scaled, no_decay), params in groups.items()], lr=cfg.learning_rate)
 
 
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Split, eval_split: Split,
@@ -153,9 +191,14 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             eval_dataset=_Encoded(tokenizer, eval_split, cfg.max_length) if evaluate else None,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_accuracy,
+            # Only with a scale: otherwise the Trainer's own optimizer, exactly as before.
+            optimizers=(_optimizer(model, cfg), None) if cfg.embedding_lr_scale != 1.0 else (None, None),
         )
-        log.info("fine-tune %s: %d examples, batch %d, %s", name, len(train), cfg.batch_size,
-                 f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs")
+        scaled = compressed_embedding_parameters(model) if cfg.embedding_lr_scale != 1.0 else []
+        log.info("fine-tune %s: %d examples, batch %d, %s%s", name, len(train), cfg.batch_size,
+                 f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs",
+                 f"; compressed embedding ({sum(p.numel() for p in scaled):,} params) at "
+                 f"{cfg.embedding_lr_scale:g}x lr {cfg.learning_rate:g}" if scaled else "")
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_warning()
         t0 = time.perf_counter()

@@ -1,0 +1,56 @@
+"""Fine-tuning options on a tiny model: the compressed embedding's learning-rate multiplier."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.compress import get
+from pipeline.embedding import apply_pruning, replace_inner
+from pipeline.finetune import FinetuneConfig, FinetuneError, _optimizer, compressed_embedding_parameters, finetune
+from pipeline.model import get_word_embeddings, load_classifier
+from pipeline.vocab import prune
+
+
+def _model(tiny_model_dir, tiny_task, method: str | None):
+    lm = load_classifier(str(tiny_model_dir), labels=list(tiny_task.label_names))
+    vocab = prune(lm.tokenizer, tiny_task.train.texts, weight=get_word_embeddings(lm.model).weight.detach().numpy())
+    apply_pruning(lm.model, vocab)
+    if method:
+        table = get_word_embeddings(lm.model).inner.weight.detach().numpy()
+        replace_inner(lm.model, get(method).fit(table, get(method).config(), counts=vocab.counts).module)
+    return lm
+
+
+def test_only_a_compressed_embedding_gets_the_scaled_rate(tiny_model_dir, tiny_task):
+    dep = _model(tiny_model_dir, tiny_task, None)
+    assert compressed_embedding_parameters(dep.model) == []          # the plain pruned table trains at the base rate
+    svd = _model(tiny_model_dir, tiny_task, "svd")
+    emb = {id(p) for p in compressed_embedding_parameters(svd.model)}
+    assert len(emb) == 2                                             # the two SVD factors
+    opt = _optimizer(svd.model, FinetuneConfig(learning_rate=1e-4, embedding_lr_scale=20))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert all(by_param[i]["lr"] == pytest.approx(2e-3) for i in emb)
+    others = [g for g in opt.param_groups if not any(id(p) in emb for p in g["params"])]
+    assert others and all(g["lr"] == pytest.approx(1e-4) for g in others)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in svd.model.parameters() if p.requires_grad)
+    assert {g["weight_decay"] for g in others} == {0.0, 0.01}       # biases / LayerNorm excluded from decay
+
+
+def test_scaled_rate_moves_the_compressed_embedding_further(tiny_model_dir, tiny_task):
+    moved = {}
+    for scale in (1.0, 30.0):
+        lm = _model(tiny_model_dir, tiny_task, "svd")
+        before = [p.detach().clone() for p in compressed_embedding_parameters(lm.model)]
+        body = lm.model.classifier.weight.detach().clone()
+        finetune(lm.model, lm.tokenizer, tiny_task.train, tiny_task.eval,
+                 cfg=FinetuneConfig(max_steps=4, batch_size=8, max_length=32, learning_rate=1e-4,
+                                    embedding_lr_scale=scale))
+        moved[scale] = sum(float((p.detach() - b).norm()) for p, b in zip(compressed_embedding_parameters(lm.model), before))
+        assert not torch.equal(lm.model.classifier.weight, body)    # the rest of the model trains too
+    assert moved[30.0] > 5 * moved[1.0] > 0
+
+
+def test_bad_scale_is_refused():
+    with pytest.raises(FinetuneError, match="embedding_lr_scale must be in"):
+        FinetuneConfig(embedding_lr_scale=0)
