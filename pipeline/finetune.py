@@ -101,7 +101,9 @@ def _distill_trainer(alpha: float, temperature: float) -> type:
 
     class DistillTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-            teacher = inputs.pop("teacher_logits")
+            teacher = inputs.pop("teacher_logits", None)
+            if teacher is None:   # the eval split carries no teacher logits: plain cross-entropy there
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
             outputs = model(**inputs)
             kl = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.softmax(teacher / temperature, -1),
                           reduction="batchmean") * temperature ** 2

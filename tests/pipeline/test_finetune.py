@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.compress import get
+from pipeline.data import subsample
 from pipeline.embedding import apply_pruning, replace_inner
 from pipeline.finetune import FinetuneConfig, FinetuneError, _optimizer, compressed_embedding_parameters, finetune
 from pipeline.model import get_word_embeddings, load_classifier
@@ -54,3 +55,14 @@ def test_scaled_rate_moves_the_compressed_embedding_further(tiny_model_dir, tiny
 def test_bad_scale_is_refused():
     with pytest.raises(FinetuneError, match="embedding_lr_scale must be in"):
         FinetuneConfig(embedding_lr_scale=0)
+
+
+def test_distillation_with_per_epoch_evaluation(tiny_model_dir, tiny_task):
+    """The eval split has no teacher logits; evaluating a distilled model each epoch must still work."""
+    teacher = _model(tiny_model_dir, tiny_task, None)
+    student = _model(tiny_model_dir, tiny_task, "svd")
+    train = subsample(tiny_task.train, 16, seed=0)
+    out = finetune(student.model, student.tokenizer, train, tiny_task.eval,
+                   cfg=FinetuneConfig(epochs=1, batch_size=8, max_length=32), teacher=teacher.model)
+    assert out["steps"] == 2 and len(out["eval_per_epoch"]) == 1
+    assert 0 <= out["eval_per_epoch"][0]["accuracy"] <= 1
