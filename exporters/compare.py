@@ -75,8 +75,9 @@ def input_vocab_size(model: "onnx.ModelProto", *, default: int | None = None) ->
 def _session(path: Path, threads: int = 1):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    from runtime.classifier import session_options
+
+    opts = session_options(threads)   # the runtime's kernels, so a diff here is what an app sees
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

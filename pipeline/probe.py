@@ -43,8 +43,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
+    from runtime.classifier import session_options
+
+    opts = session_options(args.threads)   # what runtime.Classifier runs, so latency is of the same kernels
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     ids = np.asarray([[int(i) for i in args.ids.split(",")]], dtype=np.int64)

@@ -142,3 +142,12 @@ def test_file_overrides_variant():
     assert select_model_artifact(MULTI, variant="auto", file="model.int8-arm64.ort")["file"] == (
         "model.int8-arm64.ort"
     )
+
+
+def test_sessions_ask_for_exact_int8_on_x86():
+    """Without VNNI, x86's u8 x s8 kernel saturates; every runtime session asks ORT to use u8 x u8 there."""
+    from runtime.classifier import session_options
+
+    options = session_options(threads=2)
+    assert options.get_session_config_entry("session.x64quantprecision") == "1"
+    assert options.intra_op_num_threads == 2
