@@ -72,25 +72,30 @@ def input_vocab_size(model: "onnx.ModelProto", *, default: int | None = None) ->
     return default
 
 
-def _session(path: Path, threads: int = 1):
+def _session(path: Path, threads: int = 1, *, exact_int8: bool = True):
     import onnxruntime as ort
 
     from runtime.classifier import session_options
 
     opts = session_options(threads)   # the runtime's kernels, so a diff here is what an app sees
+    if not exact_int8:
+        opts.add_session_config_entry("session.x64quantprecision", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def compare_onnx(reference: str | Path, candidate: str | Path, *,
                  shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES, vocab_size: int | None = None,
-                 seed: int = 1) -> Comparison:
-    """Run both files on the same random batches (ragged right padding, both token types)."""
+                 seed: int = 1, exact_int8: bool = True) -> Comparison:
+    """Run both files on the same random batches (ragged right padding, both token types).
+    exact_int8=False turns off the runtime's x86 u8 x u8 rewrite of s8-weight int8 layers
+    (runtime.classifier.SESSION_CONFIG) for both files, e.g. to compare a .onnx with its .ort,
+    where ORT cannot apply that graph rewrite."""
     import onnx
 
     reference, candidate = Path(reference), Path(candidate)
     out = Comparison()
-    ref_sess, new_sess = _session(reference), _session(candidate)
+    ref_sess, new_sess = _session(reference, exact_int8=exact_int8), _session(candidate, exact_int8=exact_int8)
     ref_in = tuple(i.name for i in ref_sess.get_inputs())
     new_in = tuple(i.name for i in new_sess.get_inputs())
     out.add("input names", set(ref_in) == set(new_in), f"expected {ref_in}, got {new_in}")

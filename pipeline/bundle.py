@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Iterator
 
 from runtime.manifest import SCHEMA_VERSION, sha256_file
@@ -81,7 +81,10 @@ class BundleMeta:
 
     @classmethod
     def from_json(cls, data: dict) -> "BundleMeta":
-        return cls(**{**data, "labels": tuple(data["labels"]), "input_names": tuple(data["input_names"])})
+        """From to_json's dict; other keys (a checkpoint's run fingerprint, fine-tune summary) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known}
+                   | {"labels": tuple(data["labels"]), "input_names": tuple(data["input_names"])})
 
 
 def write_tokenizer_and_config(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path,

@@ -99,6 +99,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "e.g. messi:k=5,compression=0.4 or subembed:assignment=kmeans,k=2; append +distill to the "
                         "method to distil from the fine-tuned dep model. Default: dep")
     p.add_argument("--bundle-variant", help="which variant becomes the bundle's model.onnx (default: the first)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse fine-tuned checkpoints in <out>.work from an earlier run with the same inputs")
     p.add_argument("--all-variants", action=argparse.BooleanOptionalAction, default=None,
                    help="also quantize every other variant and the baseline for the first target, for the report")
 
@@ -141,7 +143,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if not out:
         raise ValueError("no output folder: pass --out DIR (or set out = \"DIR\" in the config file)")
     cfg = config_from_dict(_merge(raw, a), where=a.config or "flags")
-    bundle = run(cfg, out=out, force=a.force, data_root=a.data_root)
+    bundle = run(cfg, out=out, force=a.force, data_root=a.data_root, resume=a.resume)
     print(f"bundle: {bundle}\nreport: {bundle / 'report.md'}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import time
@@ -219,10 +220,44 @@ def _describe(name: str, info: dict) -> str:
     return f"DEP + {info['method']}" + (f" ({opts})" if opts else "") + (", distilled from dep" if info["distill"] else "")
 
 
+def _fingerprint(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _task_digest(task: TaskData) -> str:
+    """sha256 of the training and eval examples (texts, pairs, labels), for resuming."""
+    h = hashlib.sha256()
+    for split in (task.train, task.eval):
+        h.update(json.dumps([split.texts, split.pairs, split.labels]).encode())
+    return h.hexdigest()
+
+
+def _resume(model: "PreTrainedModel", folder: Path, fingerprint: str) -> dict | None:
+    """Load a variant's fine-tuned weights from an earlier run's checkpoint when that run had the same
+    inputs (model weights, data, vocabulary, compressor, fine-tune settings); None otherwise."""
+    from safetensors.torch import load_file
+
+    from pipeline.embedding import META_FILE
+
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("run_fingerprint") != fingerprint or not isinstance(meta.get("finetune"), dict):
+            return None
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    except (OSError, ValueError, RuntimeError):   # missing, unreadable or mismatched: train again
+        return None
+    model.eval()
+    return meta["finetune"] | {"resumed_from": str(folder)}
+
+
 def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str | None = None,
-        task: TaskData | None = None) -> Path:
+        task: TaskData | None = None, resume: bool = False) -> Path:
     """Run every stage and write the bundle to `out` (the chosen variant's model.onnx, plus a
-    report over every variant and the unpruned baseline). Returns the bundle path."""
+    report over every variant and the unpruned baseline). Returns the bundle path.
+
+    With `resume`, a variant whose checkpoint in `<out>.work/` came from the same inputs (model
+    weights, data, vocabulary, compressor and its options, fine-tune settings, teacher) is loaded
+    instead of fine-tuned again, so a run that died in a later stage restarts in minutes."""
     from pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
     from pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint
     from pipeline.finetune import finetune, predict_logits
@@ -266,13 +301,28 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
 
     # The teacher for distillation is the fine-tuned "dep" variant, so it is trained first.
     order = sorted(variants, key=lambda n: (n != "dep", variants[n]["config"] is not None and variants[n]["config"].distill))
+    data_digest = _task_digest(task)
     with stage(3, total, f"fine-tune ({', '.join(order)})"):
         for name in order:
             v = variants[name]
-            teacher = variants["dep"]["model"] if v["config"] is not None and v["config"].distill else None
+            distill = v["config"] is not None and v["config"].distill
+            teacher = variants["dep"]["model"] if distill else None
+            folder = work / f"checkpoint-{_slug(name)}"
+            v["fingerprint"] = _fingerprint(
+                weights=loaded.weights_sha256, model=loaded.name, data=data_digest, max_length=max_length,
+                finetune=asdict(ft_cfg), prune=asdict(cfg.prune) if name != "unpruned" else None,
+                kept=vocab.kept_ids.tolist() if name != "unpruned" else None,
+                variant=asdict(v["config"]) if v["config"] is not None else "unpruned",
+                teacher=variants["dep"]["fingerprint"] if distill else None)
+            resumed = _resume(v["model"], folder, v["fingerprint"]) if resume else None
+            if resumed is not None:
+                log.info("fine-tune %s: resumed from %s (same inputs)", name, folder)
+                v["finetune"] = resumed
+                continue
             v["finetune"] = finetune(v["model"], loaded.tokenizer, task.train, task.eval, cfg=ft_cfg, name=name,
                                      work_dir=str(work), teacher=teacher)
-            save_checkpoint(v["model"], loaded.tokenizer, work / f"checkpoint-{_slug(name)}", meta=meta.to_json())
+            save_checkpoint(v["model"], loaded.tokenizer, folder,
+                            meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
 
     stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
               "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},

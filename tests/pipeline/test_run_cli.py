@@ -226,3 +226,24 @@ def test_bad_variant_options_are_one_line(tmp_path, tiny_model_dir, tiny_run, ca
     assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--out", str(tmp_path / "b"),
                  "--variant", "pq", *FAST]) == 2
     assert "unknown method 'pq'; known: subembed, messi, svd, fourier" in capsys.readouterr().err
+
+
+def test_resume_reuses_checkpoints_with_the_same_inputs(tmp_path, tiny_model_dir, tiny_run, caplog):
+    _, train, dev = tiny_run
+    out = tmp_path / "r"
+    args = ["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
+            "--targets", "", "--no-measure", "--variant", "dep", "--variant", "svd:rank=8", *FAST]
+    assert main(args) == 0
+    first = read_manifest(out)["metrics"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.run"):
+        assert main(args + ["--force", "--resume"]) == 0
+    resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
+    assert len(resumed) == 3                                  # dep, dep+svd(rank=8) and unpruned
+    again = read_manifest(out)["metrics"]
+    for name in first:                                        # the same weights: the same predictions
+        assert again[name]["accuracy"] == first[name]["accuracy"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.run"):      # another learning rate is another run
+        assert main(args + ["--force", "--resume", "--learning-rate", "1e-4"]) == 0
+    assert not [r for r in caplog.records if "resumed from" in r.getMessage()]
