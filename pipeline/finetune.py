@@ -127,20 +127,27 @@ def compressed_embedding_parameters(model: PreTrainedModel) -> list:
     return []
 
 
-def _optimizer(model: PreTrainedModel, cfg: FinetuneConfig):
-    """AdamW as the Trainer builds it (no weight decay on biases and LayerNorm weights), with the
-    compressed embedding's parameters in their own groups at embedding_lr_scale x the base rate."""
-    import torch
+def _scaled_embedding_lr(trainer_cls: type, scaled: list, scale: float) -> type:
+    """`trainer_cls` whose optimizer (the Trainer's own: same class, betas, decay groups) has the
+    compressed embedding's parameters moved into groups of their own at `scale` x the base rate."""
 
-    scaled = {id(p) for p in compressed_embedding_parameters(model)}
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
-            groups.setdefault((id(p) in scaled, no_decay), []).append(p)
-    return torch.optim.AdamW([{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-                               "lr": cfg.learning_rate * (cfg.embedding_lr_scale if is_scaled else 1.0)}
-                              for (is_scaled, no_decay), params in groups.items()], lr=cfg.learning_rate)
+    class ScaledEmbeddingLR(trainer_cls):
+        def create_optimizer(self):
+            optimizer = super().create_optimizer()
+            ids = {id(p) for p in scaled}
+            moved = []
+            for group in optimizer.param_groups:
+                keep = [p for p in group["params"] if id(p) not in ids]
+                if len(keep) != len(group["params"]):
+                    moved.append(({k: v for k, v in group.items() if k != "params"},
+                                  [p for p in group["params"] if id(p) in ids]))
+                    group["params"] = keep
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            for options, params in moved:
+                optimizer.add_param_group(options | {"params": params, "lr": options["lr"] * scale})
+            return optimizer
+
+    return ScaledEmbeddingLR
 
 
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Split, eval_split: Split,
@@ -187,16 +194,16 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             remove_unused_columns=teacher is None,  # keep teacher_logits for the distillation loss
         )
         trainer_cls = _distill_trainer(cfg.distill_alpha, cfg.distill_temperature) if teacher is not None else Trainer
+        scaled = compressed_embedding_parameters(model) if cfg.embedding_lr_scale != 1.0 else []
+        if scaled:   # a plain table (DEP, unpruned) trains exactly as without the option
+            trainer_cls = _scaled_embedding_lr(trainer_cls, scaled, cfg.embedding_lr_scale)
         trainer = trainer_cls(
             model=model, args=args,
             train_dataset=_Encoded(tokenizer, train, cfg.max_length, teacher_logits),
             eval_dataset=_Encoded(tokenizer, eval_split, cfg.max_length) if evaluate else None,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_accuracy,
-            # Only with a scale: otherwise the Trainer's own optimizer, exactly as before.
-            optimizers=(_optimizer(model, cfg), None) if cfg.embedding_lr_scale != 1.0 else (None, None),
         )
-        scaled = compressed_embedding_parameters(model) if cfg.embedding_lr_scale != 1.0 else []
         log.info("fine-tune %s: %d examples, batch %d, %s%s", name, len(train), cfg.batch_size,
                  f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs",
                  f"; compressed embedding ({sum(p.numel() for p in scaled):,} params) at "

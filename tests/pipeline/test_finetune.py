@@ -8,7 +8,13 @@ import torch
 from pipeline.compress import get
 from pipeline.data import subsample
 from pipeline.embedding import apply_pruning, replace_inner
-from pipeline.finetune import FinetuneConfig, FinetuneError, _optimizer, compressed_embedding_parameters, finetune
+from pipeline.finetune import (
+    FinetuneConfig,
+    FinetuneError,
+    _scaled_embedding_lr,
+    compressed_embedding_parameters,
+    finetune,
+)
 from pipeline.model import get_word_embeddings, load_classifier
 from pipeline.vocab import prune
 
@@ -23,19 +29,25 @@ def _model(tiny_model_dir, tiny_task, method: str | None):
     return lm
 
 
-def test_only_a_compressed_embedding_gets_the_scaled_rate(tiny_model_dir, tiny_task):
+def test_only_a_compressed_embedding_gets_the_scaled_rate(tiny_model_dir, tiny_task, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
     dep = _model(tiny_model_dir, tiny_task, None)
     assert compressed_embedding_parameters(dep.model) == []          # the plain pruned table trains at the base rate
     svd = _model(tiny_model_dir, tiny_task, "svd")
-    emb = {id(p) for p in compressed_embedding_parameters(svd.model)}
-    assert len(emb) == 2                                             # the two SVD factors
-    opt = _optimizer(svd.model, FinetuneConfig(learning_rate=1e-4, embedding_lr_scale=20))
+    scaled = compressed_embedding_parameters(svd.model)
+    assert len(scaled) == 2                                          # the two SVD factors
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, weight_decay=0.01, report_to=[], use_cpu=True)
+    plain = Trainer(model=svd.model, args=args).create_optimizer()
+    opt = _scaled_embedding_lr(Trainer, scaled, 20.0)(model=svd.model, args=args).create_optimizer()
+    assert type(opt) is type(plain)                                  # the Trainer's own optimizer class
     by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
-    assert all(by_param[i]["lr"] == pytest.approx(2e-3) for i in emb)
-    others = [g for g in opt.param_groups if not any(id(p) in emb for p in g["params"])]
+    assert all(by_param[id(p)]["lr"] == pytest.approx(2e-3) for p in scaled)
+    others = [g for g in opt.param_groups if not any(id(p) in {id(q) for q in scaled} for p in g["params"])]
     assert others and all(g["lr"] == pytest.approx(1e-4) for g in others)
-    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in svd.model.parameters() if p.requires_grad)
-    assert {g["weight_decay"] for g in others} == {0.0, 0.01}       # biases / LayerNorm excluded from decay
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(len(g["params"]) for g in plain.param_groups)
+    decay = {id(p): g["weight_decay"] for g in plain.param_groups for p in g["params"]}
+    assert all(by_param[i]["weight_decay"] == d for i, d in decay.items())   # decay groups as the Trainer set them
 
 
 def test_scaled_rate_moves_the_compressed_embedding_further(tiny_model_dir, tiny_task):
