@@ -394,10 +394,28 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                           "peak RSS: VmHWM of that fresh process (model load + inference).",
                           f"DEP vocabulary counted on the training split only ({len(task.train)} examples); unseen ids -> {cfg.prune.fallback}.",
                           "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
-                          f"total wall time {time.perf_counter() - t_start:.0f} s."],
+                          f"total wall time {time.perf_counter() - t_start:.0f} s."]
+                         + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}),
             }
             write_report(report, bundle)
     return out
+
+
+def method_picks(rows: list[dict], methods: Mapping[str, str]) -> list[str]:
+    """One report line per compression method built in several variants: the variant to pick
+    (highest fp32 ORT accuracy), with the others' accuracies. `methods`: variant name -> method."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if not r.get("base") and r.get("accuracy") is not None and r["name"] in methods:
+            groups.setdefault(methods[r["name"]], []).append(r)
+    lines = []
+    for method, members in groups.items():
+        if len(members) > 1:
+            best, *rest = sorted(members, key=lambda r: -r["accuracy"])
+            lines.append(f"{method}: pick {best['name']} ({100 * best['accuracy']:.2f}% ORT accuracy, "
+                         f"{best['embedding_params']:,} embedding params); the others: "
+                         + ", ".join(f"{r['name']} {100 * r['accuracy']:.2f}%" for r in rest))
+    return lines
 
 
 def _slug(name: str) -> str:

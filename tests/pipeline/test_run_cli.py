@@ -214,6 +214,7 @@ def test_run_compares_compressed_and_distilled_variants(tmp_path, tiny_model_dir
     assert 0 < svd["reconstruction_error"] < 1
     assert manifest["stages"]["compress"]["dep+svd(rank=8)+distill"]["distill"] is True
     assert (out.with_name("b.work") / "dep+subembed_assignment=modulo_" / "model.onnx").is_file()
+    assert "- svd: pick" not in (out / "report.md").read_text()   # one svd variant: nothing to pick between
     clf = Classifier.from_bundle(out)
     assert clf.predict("the movie was good")[0].label in ("negative", "positive")
 
@@ -247,3 +248,16 @@ def test_resume_reuses_checkpoints_with_the_same_inputs(tmp_path, tiny_model_dir
     with caplog.at_level("INFO", logger="pipeline.run"):      # another learning rate is another run
         assert main(args + ["--force", "--resume", "--learning-rate", "1e-4"]) == 0
     assert not [r for r in caplog.records if "resumed from" in r.getMessage()]
+
+
+def test_method_picks_names_the_most_accurate_variant_per_method():
+    from pipeline.run import method_picks
+
+    rows = [{"name": "dep", "accuracy": 0.80, "embedding_params": 4_444_800},
+            {"name": "dep+pete", "accuracy": 0.55, "embedding_params": 443_136},
+            {"name": "dep+pete-top1000", "accuracy": 0.76, "embedding_params": 827_136},
+            {"name": "dep+pete-top1000 int8-arm64", "base": "dep+pete-top1000", "accuracy": 0.99, "embedding_params": 1},
+            {"name": "dep+svd", "accuracy": 0.79, "embedding_params": 2_666_857}]
+    methods = {"dep": "table", "dep+pete": "fourier", "dep+pete-top1000": "fourier", "dep+svd": "svd"}
+    assert method_picks(rows, methods) == [
+        "fourier: pick dep+pete-top1000 (76.00% ORT accuracy, 827,136 embedding params); the others: dep+pete 55.00%"]
