@@ -150,7 +150,7 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
 
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit."""
-    from exporters.optimize import OptimizeConfig, optimize
+    from exporters.optimize import OptimizeConfig, fuse_for_quantization
     from exporters.quantize import QuantizeConfig, quantize
 
     folder = work / f"ours-{name}"
@@ -159,14 +159,10 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> lis
     for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
         _link(bundle / f, folder / f)
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
-    # As pipeline.targets does: int8 from the fully fused graph, 4-bit from one fused without the
-    # Attention op, so that the Q/K/V projections take 4-bit too.
-    shapes = ((4, 19), (1, max_length))
-    fused = {attention: optimize(folder / "model.onnx", folder / f"model.fused{'' if attention else '-noattn'}.onnx",
-                                 cfg=OptimizeConfig(validation_shapes=shapes, attention=attention))
-             for attention in (True, False)}
+    fused = fuse_for_quantization(folder / "model.onnx", folder, int4=True,
+                                  cfg=OptimizeConfig(validation_shapes=((4, 19), (1, max_length))))
     for cfg in (QuantizeConfig(target="arm64"), QuantizeConfig(target="avx2"), QuantizeConfig(target="arm64", bits=4)):
-        source = fused[cfg.bits == 8]
+        source = fused[cfg.bits]
         result = quantize(source.path, folder / cfg.file_name, cfg=cfg)
         _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)
         fusions = ", ".join(f"{k} x{v}" for k, v in source.fused.items())

@@ -77,9 +77,7 @@ def _session(path: Path, threads: int = 1, *, exact_int8: bool = True):
 
     from runtime.classifier import session_options
 
-    opts = session_options(threads)   # the runtime's kernels, so a diff here is what an app sees
-    if not exact_int8:
-        opts.add_session_config_entry("session.x64quantprecision", "0")
+    opts = session_options(threads, exact_int8=exact_int8)   # the runtime's kernels: a diff here is what an app sees
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

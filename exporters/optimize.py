@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -151,3 +151,15 @@ def optimize(model_in: str | Path, model_out: str | Path, *, cfg: OptimizeConfig
     return OptimizeResult(path=model_out, fused=fused, num_heads=heads, hidden_size=hidden,
                           bytes_in=model_in.stat().st_size, bytes_out=model_out.stat().st_size,
                           comparison=comparison, seconds=seconds)
+
+
+def fuse_for_quantization(model_in: str | Path, out_dir: str | Path, *, int4: bool,
+                          cfg: OptimizeConfig = OptimizeConfig()) -> dict[int, OptimizeResult]:
+    """The fused graphs the quantizers start from, keyed by weight bits: 8 -> fully fused
+    (model.fused.onnx), and with `int4` also 4 -> fused WITHOUT the Attention op
+    (model.fused-noattn.onnx), so the Q/K/V projections can take 4-bit too."""
+    out_dir = Path(out_dir)
+    graphs = {8: optimize(model_in, out_dir / "model.fused.onnx", cfg=cfg)}
+    if int4:
+        graphs[4] = optimize(model_in, out_dir / "model.fused-noattn.onnx", cfg=replace(cfg, attention=False))
+    return graphs

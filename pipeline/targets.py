@@ -70,7 +70,7 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
     return one metrics row per artifact for the report."""
     from exporters.mobile import to_ort_format
-    from exporters.optimize import OptimizeConfig, optimize
+    from exporters.optimize import OptimizeConfig, fuse_for_quantization
     from exporters.quantize import QuantizeConfig, check_quantized, quantize
     from pipeline.bundle import add_artifacts, artifact_entry
     from pipeline.probe import measure
@@ -79,15 +79,11 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
-    fp32 = bundle / "model.onnx"
-    sources, fusions = {True: fp32, False: fp32}, {True: {}, False: {}}   # keyed by "attention fused"
-    if cfg.fuse:
-        for attention in [True] + ([False] if cfg.int4 else []):
-            result = optimize(fp32, work / f"model.fused{'' if attention else '-noattn'}.onnx",
-                              cfg=OptimizeConfig(config_json=str(bundle / "config.json"), attention=attention))
-            sources[attention], fusions[attention] = result.path, result.fused
-            log.info("fused%s: %s", "" if attention else " (no Attention, for 4-bit)",
-                     ", ".join(f"{k} x{v}" for k, v in result.fused.items()) or "nothing")
+    # bits -> the fused graph that precision is quantized from (unfused model.onnx without fusion)
+    fused = fuse_for_quantization(bundle / "model.onnx", work, int4=cfg.int4,
+                                  cfg=OptimizeConfig(config_json=str(bundle / "config.json"))) if cfg.fuse else {}
+    for bits, result in fused.items():
+        log.info("fused for %d-bit: %s", bits, ", ".join(f"{k} x{v}" for k, v in result.fused.items()) or "nothing")
     plans = [QuantizeConfig(target=t, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings)
              for t in cfg.targets]
     if cfg.int4:
@@ -99,8 +95,8 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
         list(split.texts), list(split.pairs) if split.pairs is not None else None, batch_size=validate.batch_size)
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len) if validate.measure else None
     for plan in plans:
-        fused = fusions[plan.bits == 8]
-        q = quantize(sources[plan.bits == 8], bundle / plan.file_name, cfg=plan)
+        source = fused.get(plan.bits)
+        q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan)
         entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_path, ops = to_ort_format(bundle / plan.file_name, work / "mobile",
@@ -113,7 +109,7 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
         check = check_quantized(bundle, plan.file_name, split, n_labels=n_labels, max_drop=cfg.max_drop,
                                 allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
         row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
-               "description": f"{'fused, ' if fused else ''}{plan.variant} for {plan.target}"
+               "description": f"{'fused, ' if source else ''}{plan.variant} for {plan.target}"
                               + (" (FLAGGED: accuracy drop above max_drop)" if check["flagged"] else ""),
                "onnx_bytes": q.bytes_out, "accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
                "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized}

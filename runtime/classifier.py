@@ -410,11 +410,14 @@ def _tokenizer_entry(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
 SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """ORT session options with SESSION_CONFIG and, when given, the intra-op thread count."""
+def session_options(threads: int | None = None, *, exact_int8: bool = True) -> ort.SessionOptions:
+    """ORT session options with SESSION_CONFIG and, when given, the intra-op thread count.
+    exact_int8=False leaves out the x86 u8 x u8 rewrite, e.g. to compare a .onnx with its .ort
+    file, to which ORT cannot apply it."""
     options = ort.SessionOptions()
     for key, value in SESSION_CONFIG.items():
-        options.add_session_config_entry(key, value)
+        if exact_int8 or key != "session.x64quantprecision":
+            options.add_session_config_entry(key, value)
     if threads is not None:
         options.intra_op_num_threads = threads
     return options
