@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
 
 
+def shapes_for(max_length: int) -> tuple[tuple[int, int], ...]:
+    """DEFAULT_SHAPES for a bundle that accepts at most `max_length` tokens: the long shape at
+    max_length, and no shape past it (a position table trimmed to max_length has no rows beyond)."""
+    return tuple((b, max_length if s == 128 else min(s, max_length)) for b, s in DEFAULT_SHAPES)
+
+
 @dataclass
 class Comparison(ValidationReport):
     """What `compare_onnx` found; `checks` holds (what, ok, detail) for names and shapes."""

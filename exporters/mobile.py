@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class MobileConversionError(ValueError):
 
 def to_ort_format(model_onnx: str | Path, out_dir: str | Path, *,
                   target_platform: Literal["arm", "amd64"] = "arm",
-                  atol: float = 1e-4) -> tuple[Path, Path]:
+                  atol: float = 1e-4, shapes: Sequence[tuple[int, int]] | None = None) -> tuple[Path, Path]:
     """Convert `model_onnx` to `out_dir/<stem>.ort` and write `out_dir/required_operators.config`.
 
     The .ort is compared with the ONNX model on random inputs: their logits must agree within
@@ -82,7 +82,7 @@ def to_ort_format(model_onnx: str | Path, out_dir: str | Path, *,
         # Like with like: ORT cannot apply its x86 u8 x u8 rewrite (session.x64quantprecision) to an
         # .ort graph, so on x86 without VNNI the .onnx would run exact and the .ort saturating.
         # Compared without the rewrite on both sides they match exactly; on ARM there is no rewrite.
-        comparison = compare_onnx(model_onnx, made_ort, exact_int8=False)
+        comparison = compare_onnx(model_onnx, made_ort, exact_int8=False, **({"shapes": shapes} if shapes else {}))
         if comparison.ok:
             comparison.add("values", comparison.max_abs_diff <= atol,
                            f"max |diff| {comparison.max_abs_diff:.2e}, atol {atol:g}")

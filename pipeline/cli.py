@@ -47,6 +47,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metric", choices=["l2", "cosine"], help="distance for the nearest fallback (default l2)")
     g.add_argument("--keep-top", type=int, help="also keep the N first general tokens of the vocabulary")
     g.add_argument("--keep-text", action="append", help="text file whose tokens are kept too (repeatable)")
+    g.add_argument("--trim-positions", action=argparse.BooleanOptionalAction, default=None,
+                   help="cut the position table to max_length rows (the runtime never reads more)")
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +110,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _section(a: argparse.Namespace, section: str) -> dict:
     """The flags of one config section that were given on the command line."""
     names = {
-        "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text"},
+        "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text",
+                  "trim_positions": "trim_positions"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
                                   "max_train_samples", "seed")},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pipeline.model import get_word_embeddings, set_word_embeddings
+from pipeline.model import family_of, get_word_embeddings, set_word_embeddings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -85,6 +85,50 @@ def apply_pruning(model: "PreTrainedModel", vocab: "PrunedVocab") -> None:
     with torch.no_grad():
         table.weight.copy_(old.weight[kept])
     set_word_embeddings(model, RemappedEmbedding(torch.as_tensor(vocab.remap), table))
+
+
+class PositionError(ValueError):
+    """The position table cannot be trimmed for this model; the message says why."""
+
+
+# Families that number positions from padding_idx + 1 rather than 0.
+_POSITION_OFFSET_FAMILIES = ("roberta", "xlm-roberta")
+
+
+def trim_positions(model: "PreTrainedModel", max_length: int) -> int:
+    """Keep only the position-table rows that inputs of at most `max_length` tokens read (in place);
+    returns how many rows were cut. The runtime truncates every input at the bundle's max_length,
+    so the cut rows are dead weight. The config's max_position_embeddings follows, so checkpoints
+    reload at the new shape."""
+    if max_length < 1:
+        raise PositionError(f"max_length must be >= 1 to trim the position table, got {max_length}")
+    config = model.config
+    kind = getattr(config, "position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise PositionError(f"position_embedding_type {kind!r} has no absolute position table to trim; "
+                            "leave prune.trim_positions off for this model")
+    embeddings = model.get_submodule(family_of(model).word_embeddings.rpartition(".")[0])
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        raise PositionError(f"{config.model_type}: no nn.Embedding position table to trim (found {type(table).__name__}); "
+                            "leave prune.trim_positions off for this model")
+    offset = (table.padding_idx or 0) + 1 if config.model_type in _POSITION_OFFSET_FAMILIES else 0
+    rows = max_length + offset
+    if table.num_embeddings <= rows:
+        return 0
+    cut = table.num_embeddings - rows
+    trimmed = nn.Embedding(rows, table.embedding_dim, padding_idx=table.padding_idx)
+    with torch.no_grad():
+        trimmed.weight.copy_(table.weight[:rows])
+    embeddings.position_embeddings = trimmed
+    # Position and token-type id buffers are sliced to the sequence length; cut them to match.
+    for name in ("position_ids", "token_type_ids"):
+        buf = embeddings._buffers.get(name)
+        if isinstance(buf, torch.Tensor) and buf.dim() == 2 and buf.shape[1] > rows:
+            embeddings.register_buffer(name, buf[:, :rows].clone(),
+                                       persistent=name not in embeddings._non_persistent_buffers_set)
+    config.max_position_embeddings = rows
+    return cut
 
 
 def embedding_spec(model: nn.Module) -> dict:

@@ -115,7 +115,9 @@ def _distill_trainer(alpha: float, temperature: float) -> type:
 
 def compressed_embedding_parameters(model: PreTrainedModel) -> list:
     """The parameters of a compressed word embedding (RemappedEmbedding whose inner module is not a
-    plain nn.Embedding table); [] for a plain or DEP-pruned table."""
+    plain nn.Embedding table); [] for a plain or DEP-pruned table. Parameters a module names in its
+    `base_rate_parameters` (exact pretrained rows, e.g. MESSI's `exact_top` head) are left out: they
+    train at the base rate, as DEP's table does."""
     from torch import nn
 
     from pipeline.embedding import RemappedEmbedding
@@ -123,7 +125,8 @@ def compressed_embedding_parameters(model: PreTrainedModel) -> list:
 
     emb = get_word_embeddings(model)
     if isinstance(emb, RemappedEmbedding) and not isinstance(emb.inner, nn.Embedding):
-        return [p for p in emb.inner.parameters() if p.requires_grad]
+        exempt = set(getattr(emb.inner, "base_rate_parameters", ()))
+        return [p for name, p in emb.inner.named_parameters() if p.requires_grad and name not in exempt]
     return []
 
 

@@ -259,13 +259,13 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     weights, data, vocabulary, compressor and its options, fine-tune settings, teacher) is loaded
     instead of fine-tuned again, so a run that died in a later stage restarts in minutes."""
     from pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
-    from pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint
+    from pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint, trim_positions
     from pipeline.finetune import finetune, predict_logits
     from pipeline.model import get_word_embeddings, load_classifier
     from pipeline.report import write_report
     from pipeline.targets import build_targets
     from pipeline.validate import check_parity, validate_artifact
-    from pipeline.vocab import oov_stats, prune
+    from pipeline.vocab import fingerprint_dict, oov_stats, prune
 
     out = Path(out).resolve()
     if out.exists() and not force:
@@ -295,6 +295,11 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                  vocab_stats["eval_oov_tokens"], vocab_stats["eval_tokens"], vocab_stats["eval_examples_with_oov"],
                  vocab_stats["eval_examples"])
         apply_pruning(loaded.model, vocab)
+        if cfg.prune.trim_positions:
+            cut = trim_positions(loaded.model, max_length)
+            vocab_stats["position_rows_cut"] = cut
+            log.info("position table: %d of %d rows cut (inputs are truncated at %d tokens)",
+                     cut, cut + int(loaded.model.config.max_position_embeddings), max_length)
         variants = _build_variants(loaded.model, vocab, cfg.variants)
         if baseline_model is not None:
             variants["unpruned"] = {"model": baseline_model, "config": None, "info": {"method": "full table"}}
@@ -310,7 +315,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
             folder = work / f"checkpoint-{_slug(name)}"
             v["fingerprint"] = _fingerprint(
                 weights=loaded.weights_sha256, model=loaded.name, data=data_digest, max_length=max_length,
-                finetune=asdict(ft_cfg), prune=asdict(cfg.prune) if name != "unpruned" else None,
+                finetune=asdict(ft_cfg), prune=fingerprint_dict(cfg.prune) if name != "unpruned" else None,
                 kept=vocab.kept_ids.tolist() if name != "unpruned" else None,
                 variant=asdict(v["config"]) if v["config"] is not None else "unpruned",
                 teacher=variants["dep"]["fingerprint"] if distill else None)

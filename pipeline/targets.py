@@ -76,31 +76,38 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     from pipeline.probe import measure
     from pipeline.validate import latency_ids
 
+    from exporters.compare import shapes_for
+    from runtime import Classifier
+
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
+    fp32 = Classifier.from_bundle(bundle, file="model.onnx")
+    shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
     # bits -> the fused graph that precision is quantized from (unfused model.onnx without fusion)
     fused = fuse_for_quantization(bundle / "model.onnx", work, int4=cfg.int4,
-                                  cfg=OptimizeConfig(config_json=str(bundle / "config.json"))) if cfg.fuse else {}
+                                  cfg=OptimizeConfig(config_json=str(bundle / "config.json"), validation_shapes=shapes)
+                                  ) if cfg.fuse else {}
     for bits, result in fused.items():
         log.info("fused for %d-bit: %s", bits, ", ".join(f"{k} x{v}" for k, v in result.fused.items()) or "nothing")
-    plans = [QuantizeConfig(target=t, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings)
-             for t in cfg.targets]
+    plans = [QuantizeConfig(target=t, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings,
+                            validation_shapes=shapes) for t in cfg.targets]
     if cfg.int4:
-        plans.append(QuantizeConfig(target=cfg.targets[0], bits=4, include_embeddings=cfg.include_embeddings))
-    from runtime import Classifier
+        plans.append(QuantizeConfig(target=cfg.targets[0], bits=4, include_embeddings=cfg.include_embeddings,
+                                    validation_shapes=shapes))
 
     rows = []
-    fp32_logits = Classifier.from_bundle(bundle, file="model.onnx").logits(
-        list(split.texts), list(split.pairs) if split.pairs is not None else None, batch_size=validate.batch_size)
-    ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len) if validate.measure else None
+    fp32_logits = fp32.logits(list(split.texts), list(split.pairs) if split.pairs is not None else None,
+                              batch_size=validate.batch_size)
+    seq_len = min(validate.latency_seq_len, fp32.max_length)   # as validate_artifact: never past max_length
+    ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=seq_len) if validate.measure else None
     for plan in plans:
         source = fused.get(plan.bits)
         q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan)
         entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_path, ops = to_ort_format(bundle / plan.file_name, work / "mobile",
-                                          target_platform="arm" if plan.target == "arm64" else "amd64")
+                                          target_platform="arm" if plan.target == "arm64" else "amd64", shapes=shapes)
             for src in (ort_path, ops):
                 shutil.move(str(src), bundle / src.name)
             entries += [artifact_entry(bundle, ort_path.name, variant=f"{plan.variant}-ort", target=plan.target),

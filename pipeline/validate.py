@@ -90,7 +90,9 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
     if cfg.measure:
         from pipeline.probe import measure
 
-        ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len)
+        # Never past the bundle's max_length: the runtime would truncate, and a trimmed position
+        # table (prune.trim_positions) has no rows beyond it.
+        ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=min(cfg.latency_seq_len, clf.max_length))
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
     log.info("%s: accuracy %.2f%%%s%s", file, 100 * metrics["accuracy"],
              f", agreement {100 * metrics['agreement']:.2f}%, max |dlogit| {metrics['max_logit_diff']:.1e}" if "agreement" in metrics else "",

@@ -16,6 +16,13 @@ zeros: gather the token's j coefficients, place them in its cluster's block of a
 (Equal/Cast/Mul against the cluster id), one MatMul with B viewed as [k*j, d]. It exports as
 Gather, Equal, Cast, Mul, Reshape and MatMul, and int8 dynamic quantization takes the Gather on C
 and the MatMul on B. It costs k*j*d multiply-adds per token (~1% of MiniLM's body at k=5, j=64).
+
+`exact_top=K` makes a head/tail hybrid (adaptive-input style): the K most frequent ids (DEP's new ids
+are ranked by training frequency, so new ids < K) keep their exact rows, and MESSI is fitted on the
+other N-K rows alone. On SST-2 the 1,000 most frequent of 11,575 kept ids carry 77% of the training
+tokens, so at a tight byte budget the rows that are read most stay exact and the long tail is
+compressed harder. `keep` then counts the exact rows too: j is the largest rank whose whole module
+(K*d exact + (N-K)*j coefficients + k*j*d bases) fits in keep * N * d.
 """
 
 from __future__ import annotations
@@ -64,9 +71,14 @@ class Config:
     kmeans_iterations: int = 20       # Lloyd steps of each restart's k-means start
     seed: int = 0
     threads: int | None = 1           # BLAS threads for the fit; see base.fit_threads for why 1
+    # Keep exact rows for the `exact_top` most frequent ids (new ids < exact_top) and fit MESSI on the
+    # rest; 0 = plain MESSI. See the module docstring.
+    exact_top: int = 0
 
     def __post_init__(self) -> None:
         check_threads(self.threads, method="messi")
+        if not isinstance(self.exact_top, int) or self.exact_top < 0:
+            raise CompressError(f"messi: exact_top must be an int >= 0 (0 = no exact rows), got {self.exact_top!r}")
         if not isinstance(self.k, int) or self.k < 1:
             raise CompressError(f"messi: k (number of subspaces) must be an int >= 1, got {self.k!r}; k=1 is plain SVD")
         if self.j is not None and self.keep is not None:
@@ -84,34 +96,66 @@ class Config:
             raise CompressError(f"messi: tol is a relative improvement in [0, 1), got {self.tol}")
 
     def j_for(self, rows: int, dim: int) -> int:
-        if self.k > rows:
-            raise CompressError(f"messi: k={self.k} subspaces for only {rows} rows; use k <= {rows}")
+        """The subspace dimension for an N x d matrix (N = rows, exact rows included)."""
+        tail = rows - self.exact_top
+        if tail < 1:
+            raise CompressError(f"messi: exact_top={self.exact_top} keeps every one of the {rows} rows exact; "
+                                f"use exact_top < {rows}, or no compressor (plain DEP)")
+        if self.k > tail:
+            raise CompressError(f"messi: k={self.k} subspaces for only {tail} rows; use k <= {tail}")
         if self.j is not None:
             if self.j > dim:
                 raise CompressError(f"messi: j={self.j} exceeds the embedding dimension {dim}; use j <= {dim}")
             return self.j
         share = DEFAULT_SHARE if self.keep is None else self.keep
-        return rank_for_share(rows, dim, share=share, k=self.k)
+        if not self.exact_top:
+            return rank_for_share(rows, dim, share=share, k=self.k)
+        left = share * rows * dim - self.exact_top * dim
+        if left < tail + self.k * dim:
+            need = (self.exact_top * dim + tail + self.k * dim) / (rows * dim)
+            raise CompressError(f"messi: keep={share} is spent on the {self.exact_top} exact rows before rank 1 of the "
+                                f"other {tail}; use keep >= {need:.4g} or a smaller exact_top")
+        return rank_for_share(tail, dim, share=left / (tail * dim), k=self.k)
 
 
 class MessiEmbedding(nn.Module):
-    """new ids -> coeff[ids] @ basis[cluster[ids]], written as one MatMul with the stacked bases."""
+    """new ids -> coeff[ids] @ basis[cluster[ids]], written as one MatMul with the stacked bases.
 
-    def __init__(self, rows: int, dim: int, k: int, j: int) -> None:
+    With exact_top = K > 0, ids < K read `exact` [K, d] and ids >= K read the MESSI rows of id - K."""
+
+    # Parameters that start as the pretrained rows themselves (not an approximation): fine-tuning
+    # trains them at the base rate like DEP's table, not at finetune.embedding_lr_scale.
+    base_rate_parameters = ("exact",)
+
+    def __init__(self, rows: int, dim: int, k: int, j: int, exact_top: int = 0) -> None:
         super().__init__()
-        self.coeff = nn.Parameter(torch.zeros(rows, j))
+        tail = rows - exact_top
+        self.exact_top = exact_top
+        self.exact = nn.Parameter(torch.zeros(exact_top, dim)) if exact_top else None
+        self.coeff = nn.Parameter(torch.zeros(tail, j))
         self.basis = nn.Parameter(torch.zeros(k, j, dim))
-        self.register_buffer("cluster", torch.zeros(rows, dtype=torch.int32))
+        self.register_buffer("cluster", torch.zeros(tail, dtype=torch.int32))
         # Not saved: rebuilt from k. Compared with each token's cluster id to place its coefficients.
         self.register_buffer("cluster_ids", torch.arange(k, dtype=torch.int32), persistent=False)
         self.embedding_dim = dim
         self.spec: dict[str, Any] = {"type": "messi", "rows": rows, "dim": dim, "k": k, "j": j}
+        if exact_top:
+            self.spec["exact_top"] = exact_top
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _messi(self, ids: torch.Tensor) -> torch.Tensor:
         coeff = F.embedding(ids, self.coeff)                                        # [..., j]
         onehot = (self.cluster[ids].unsqueeze(-1) == self.cluster_ids).to(coeff.dtype)  # [..., k]
         spread = (onehot.unsqueeze(-1) * coeff.unsqueeze(-2)).flatten(-2)           # [..., k*j], one block nonzero
         return spread @ self.basis.reshape(-1, self.embedding_dim)                  # [..., d]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.exact_top:
+            return self._messi(ids)
+        # Both branches run on every id (clamped into range) and Where picks: plain Gather/Sub/Clip
+        # ops, no data-dependent shapes, so the graph exports and quantizes like the plain module.
+        tail = self._messi((ids - self.exact_top).clamp(min=0))
+        head = F.embedding(ids.clamp(max=self.exact_top - 1), self.exact)
+        return torch.where((ids < self.exact_top).unsqueeze(-1), head, tail)
 
 
 def _grams(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -180,8 +224,10 @@ def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) ->
 
 def _fit(x: np.ndarray, cfg: Config) -> Fitted:
     start = time.perf_counter()
-    rows, dim = x.shape
-    j = cfg.j_for(rows, dim)
+    full_rows, dim = x.shape
+    j = cfg.j_for(full_rows, dim)
+    head, x = x[: cfg.exact_top], x[cfg.exact_top:]
+    rows = x.shape[0]
     x2 = np.einsum("ij,ij->i", x, x)
     # k-means on the rows' directions: the subspaces pass through the origin, so a row's length says
     # nothing about its subspace. On MiniLM (k=5, 40%) it won every restart over raw k-means (best 0.501 vs 0.504).
@@ -199,18 +245,21 @@ def _fit(x: np.ndarray, cfg: Config) -> Fitted:
     for c in range(cfg.k):
         mine = labels == c
         coeff[mine] = x[mine] @ bases[c].T
-    module = MessiEmbedding(rows, dim, cfg.k, j)
+    module = MessiEmbedding(full_rows, dim, cfg.k, j, exact_top=cfg.exact_top)
     with torch.no_grad():
         module.coeff.copy_(torch.from_numpy(coeff))
         module.basis.copy_(torch.from_numpy(bases))
         module.cluster.copy_(torch.from_numpy(labels.astype(np.int32)))
-    params = rows * j + cfg.k * j * dim
-    err = relative_error(x, module)
+        if cfg.exact_top:
+            module.exact.copy_(torch.from_numpy(head))
+    params = cfg.exact_top * dim + rows * j + cfg.k * j * dim
+    err = relative_error(np.concatenate([head, x]), module)
     seconds = time.perf_counter() - start
-    log.info("messi k=%d j=%d: %d params (%.1f%% of the matrix), reconstruction error %.4f, %.1f s (%d restarts)",
-             cfg.k, j, params, 100 * params / (rows * dim), err, seconds, cfg.restarts)
+    log.info("messi k=%d j=%d%s: %d params (%.1f%% of the matrix), reconstruction error %.4f, %.1f s (%d restarts)",
+             cfg.k, j, f" exact_top={cfg.exact_top}" if cfg.exact_top else "", params,
+             100 * params / (full_rows * dim), err, seconds, cfg.restarts)
     norm2 = float(x2.sum()) or 1.0
-    info = {"k": cfg.k, "j": j, "share": params / (rows * dim),
+    info = {"k": cfg.k, "j": j, "exact_top": cfg.exact_top, "share": params / (full_rows * dim),
             "cluster_sizes": np.bincount(labels, minlength=cfg.k).tolist(),
             "restarts": [{"error": float(np.sqrt(run["residual"] / norm2)), "em_steps": run["em_steps"]} for run in runs]}
     return Fitted(module=module, spec=dict(module.spec), params=params, reconstruction_error=err,
@@ -219,7 +268,8 @@ def _fit(x: np.ndarray, cfg: Config) -> Fitted:
 
 def from_spec(spec: dict[str, Any]) -> nn.Module:
     check_spec(spec, "messi", ("rows", "dim", "k", "j"))
-    return MessiEmbedding(int(spec["rows"]), int(spec["dim"]), int(spec["k"]), int(spec["j"]))
+    return MessiEmbedding(int(spec["rows"]), int(spec["dim"]), int(spec["k"]), int(spec["j"]),
+                          exact_top=int(spec.get("exact_top", 0)))
 
 
 COMPRESSOR = Compressor("messi", Config, fit, from_spec)

@@ -130,10 +130,55 @@ def test_messi_logs_one_line_per_fit(caplog: pytest.LogCaptureFixture) -> None:
     assert len(fitted.info["restarts"]) == 3 and fitted.info["k"] == 2
 
 
+def test_exact_top_keeps_the_head_rows_and_fits_messi_on_the_tail() -> None:
+    weight = _union_of_subspaces(per=40, dim=16, k=3, j=3, noise=0.05)          # 120 rows
+    fitted = messi.fit(weight, messi.Config(k=3, j=3, exact_top=20))
+    module = fitted.module
+    assert tuple(module.exact.shape) == (20, 16) and tuple(module.coeff.shape) == (100, 3)
+    assert fitted.params == 20 * 16 + 100 * 3 + 3 * 3 * 16 == sum(p.numel() for p in module.parameters())
+    assert fitted.spec == {"type": "messi", "rows": 120, "dim": 16, "k": 3, "j": 3, "exact_top": 20}
+    with torch.no_grad():
+        np.testing.assert_array_equal(module(torch.arange(20)).numpy(), weight[:20])      # the head is exact
+        tail = messi.fit(weight[20:], messi.Config(k=3, j=3)).module                       # same seeds
+        np.testing.assert_allclose(module(torch.arange(20, 120)).numpy(), tail(torch.arange(100)).numpy(), atol=1e-6)
+        mixed = torch.tensor([[0, 19, 20, 119], [5, 64, 64, 2]], dtype=torch.int32)
+        want = torch.stack([module(torch.tensor([int(i)]))[0] for i in mixed.flatten()]).reshape(2, 4, 16)
+        torch.testing.assert_close(module(mixed), want)
+    # The tail alone is fitted, so the whole error is the tail's residual over the whole matrix's norm.
+    expected = np.linalg.norm(weight[20:] - tail(torch.arange(100)).detach().numpy()) / np.linalg.norm(weight)
+    assert fitted.reconstruction_error == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5])
+def test_exact_top_keep_counts_the_exact_rows_in_the_budget(share: float) -> None:
+    rows, dim, top, k = 200, 16, 30, 2
+    fitted = messi.fit(_low_rank(rows, dim, 10), messi.Config(k=k, keep=share, exact_top=top))
+    j = fitted.info["j"]
+    assert fitted.params == top * dim + (rows - top) * j + k * j * dim <= share * rows * dim
+    assert j == dim or top * dim + (rows - top) * (j + 1) + k * (j + 1) * dim > share * rows * dim
+    assert fitted.info["exact_top"] == top
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    (messi.Config(k=2, j=3, exact_top=200), r"exact_top=200 keeps every one of the 200 rows exact; use exact_top < 200"),
+    (messi.Config(k=2, keep=0.1, exact_top=150), r"keep=0.1 is spent on the 150 exact rows .* use keep >= 0\.7"),
+    (messi.Config(k=60, j=2, exact_top=150), r"k=60 subspaces for only 50 rows; use k <= 50"),
+])
+def test_exact_top_refusals_say_what_would_work(cfg: messi.Config, message: str) -> None:
+    with pytest.raises(CompressError, match=message):
+        messi.fit(_low_rank(200, 16, 4), cfg)
+
+
+def test_exact_top_must_be_a_non_negative_int() -> None:
+    with pytest.raises(CompressError, match=r"exact_top must be an int >= 0"):
+        messi.Config(exact_top=-1)
+
+
 # -- rebuild and export ---------------------------------------------------------------------------
 
 _FITS = {
     "messi": lambda w: messi.fit(w, messi.Config(k=3, j=6)),
+    "messi-exact-top": lambda w: messi.fit(w, messi.Config(k=3, j=6, exact_top=25)),
     "svd": lambda w: svd.fit(w, svd.Config(rank=8)),
 }
 
@@ -141,7 +186,7 @@ _FITS = {
 @pytest.mark.parametrize("name", sorted(_FITS))
 def test_from_spec_rebuilds_a_module_of_the_same_shapes(name: str) -> None:
     fitted = _FITS[name](_low_rank(90, 16, 8))
-    empty = get(name).from_spec(fitted.spec)
+    empty = get(fitted.spec["type"]).from_spec(fitted.spec)
     want = {k: (tuple(v.shape), v.dtype) for k, v in fitted.module.state_dict().items()}
     assert {k: (tuple(v.shape), v.dtype) for k, v in empty.state_dict().items()} == want
     empty.load_state_dict(fitted.module.state_dict(), strict=True)
@@ -183,7 +228,8 @@ def test_onnx_export_matches_torch_and_survives_int8(name: str, tmp_path: Path) 
     graph = onnx.load(str(tmp_path / "emb.onnx")).graph
     # Plain ops only; the weights reach the graph as a Gather table and a MatMul initializer.
     assert {n.op_type for n in graph.node} <= {"Gather", "MatMul", "Equal", "Cast", "Mul", "Unsqueeze", "Reshape",
-                                               "Shape", "Slice", "Concat", "Constant"}
+                                               "Shape", "Slice", "Concat", "Constant",
+                                               "Sub", "Clip", "Less", "Where"}   # exact_top's head/tail pick
     ids = np.random.default_rng(1).integers(0, rows, (3, 7)).astype(np.int32)    # not the (2, 5) traced
     with torch.no_grad():
         ref = fitted.module(torch.from_numpy(ids)).numpy()

@@ -37,6 +37,11 @@ def test_only_a_compressed_embedding_gets_the_scaled_rate(tiny_model_dir, tiny_t
     svd = _model(tiny_model_dir, tiny_task, "svd")
     scaled = compressed_embedding_parameters(svd.model)
     assert len(scaled) == 2                                          # the two SVD factors
+    hybrid = _model(tiny_model_dir, tiny_task, None)
+    table = get_word_embeddings(hybrid.model).inner.weight.detach().numpy()
+    replace_inner(hybrid.model, get("messi").fit(table, get("messi").config(k=2, j=4, exact_top=10)).module)
+    names = {id(p): n for n, p in get_word_embeddings(hybrid.model).inner.named_parameters()}
+    assert sorted(names[id(p)] for p in compressed_embedding_parameters(hybrid.model)) == ["basis", "coeff"]  # exact rows: base rate
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, weight_decay=0.01, report_to=[], use_cpu=True)
     plain = Trainer(model=svd.model, args=args).create_optimizer()
     opt = _scaled_embedding_lr(Trainer, scaled, 20.0)(model=svd.model, args=args).create_optimizer()

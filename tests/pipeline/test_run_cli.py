@@ -261,3 +261,27 @@ def test_method_picks_names_the_most_accurate_variant_per_method():
     methods = {"dep": "table", "dep+pete": "fourier", "dep+pete-top1000": "fourier", "dep+svd": "svd"}
     assert method_picks(rows, methods) == [
         "fourier: pick dep+pete-top1000 (76.00% ORT accuracy, 827,136 embedding params); the others: dep+pete 55.00%"]
+
+
+def test_run_trims_positions_and_fits_a_head_tail_messi(tmp_path, tiny_model_dir, tiny_run):
+    import onnx
+    from onnx import numpy_helper
+
+    _, train, dev = tiny_run
+    out = tmp_path / "t"
+    fast = [a if a != "32" else "16" for a in FAST]                 # max_length 16; latency runs at 16 tokens too
+    assert main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
+                 "--targets", "arm64", "--trim-positions", "--variant", "messi:k=2,j=4,exact_top=20", *fast]) == 0
+    manifest = read_manifest(out)
+    assert manifest["stages"]["prune"]["trim_positions"] is True
+    tables = {i.name: numpy_helper.to_array(i).shape for i in onnx.load(str(out / "model.onnx")).graph.initializer}
+    assert [shape for name, shape in tables.items() if "position_embeddings" in name] == [(16, 32)]
+    assert tables["model.bert.embeddings.word_embeddings.inner.exact"] == (20, 32)
+    info = manifest["stages"]["compress"]["dep+messi(k=2,j=4,exact_top=20)"]["fit_info"]
+    assert info["exact_top"] == 20 and info["j"] == 4
+    unpruned = manifest["metrics"]["unpruned"]                       # the baseline keeps its whole table
+    assert manifest["metrics"]["dep+messi(k=2,j=4,exact_top=20) int8-arm64"]["latency_seq_len"] == 16
+    assert unpruned["onnx_bytes"] > manifest["metrics"]["dep+messi(k=2,j=4,exact_top=20)"]["onnx_bytes"]
+    clf = Classifier.from_bundle(out)
+    long_text = "the movie was good and the acting was fine " * 5    # past 16 tokens: truncated, still runs
+    assert clf.predict(long_text)[0].label in ("negative", "positive")

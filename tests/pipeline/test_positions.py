@@ -1,0 +1,56 @@
+"""prune.trim_positions: the position table cut to max_length rows, on tiny BERT, DistilBERT and
+RoBERTa models: same logits for every input the runtime can send, checkpoints and bundles reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.bundle import BundleMeta, export_model
+from pipeline.embedding import PositionError, load_checkpoint, save_checkpoint, trim_positions
+from pipeline.finetune import predict_logits
+from pipeline.model import load_classifier
+from runtime import Classifier
+from tiny_models import make_tiny_model_dir
+
+TEXTS = ["a good film", "the plot was a mess and the acting was flat but the music was lovely " * 2,
+         "not bad", "boring"]
+
+
+@pytest.mark.parametrize(("family", "rows"), [("bert", 16), ("distilbert", 16), ("roberta", 17)])
+def test_trimmed_table_gives_the_same_logits_up_to_max_length(family, rows, tmp_path):
+    lm = load_classifier(str(make_tiny_model_dir(tmp_path / family, family=family)), labels=["neg", "pos"])
+    lm.model.eval()
+    before = predict_logits(lm.model, lm.tokenizer, TEXTS, max_length=16, batch_size=2)
+    full = lm.model.config.max_position_embeddings
+    cut = trim_positions(lm.model, 16)
+    # RoBERTa numbers positions from padding_idx + 1 (pad id 0 here), so it keeps padding_idx + 1 more rows.
+    assert cut == full - rows and lm.model.config.max_position_embeddings == rows
+    table = lm.model.get_submodule(lm.family.word_embeddings.rpartition(".")[0]).position_embeddings
+    assert table.num_embeddings == rows
+    np.testing.assert_allclose(predict_logits(lm.model, lm.tokenizer, TEXTS, max_length=16, batch_size=2), before, atol=1e-6)
+    assert trim_positions(lm.model, 16) == 0                    # already trimmed: nothing more to cut
+
+    save_checkpoint(lm.model, lm.tokenizer, tmp_path / "ckpt")
+    model, tokenizer, _ = load_checkpoint(tmp_path / "ckpt")
+    np.testing.assert_allclose(predict_logits(model, tokenizer, TEXTS, max_length=16, batch_size=2), before, atol=1e-6)
+
+
+def test_trimmed_bundle_runs_under_the_runtime(tmp_path, tiny_model_dir):
+    lm = load_classifier(str(tiny_model_dir), labels=["neg", "pos"])
+    lm.model.eval()
+    ref = predict_logits(lm.model, lm.tokenizer, TEXTS, max_length=16, batch_size=4)
+    trim_positions(lm.model, 16)
+    meta = BundleMeta(task_name="tiny", labels=("neg", "pos"), is_pair=False, max_length=16, source={"name": "tiny"},
+                      input_names=lm.input_names, tokenizer_json=str(tiny_model_dir / "tokenizer.json"))
+    export_model(lm.model, lm.tokenizer, tmp_path / "bundle", meta=meta)
+    clf = Classifier.from_bundle(tmp_path / "bundle")
+    # The second text has over 16 tokens: the runtime truncates it, so the 16-row table suffices.
+    np.testing.assert_allclose(clf.logits(TEXTS, batch_size=4), ref, atol=1e-4)
+
+
+def test_relative_position_models_are_refused(tmp_path, tiny_model_dir):
+    lm = load_classifier(str(tiny_model_dir), labels=["neg", "pos"])
+    lm.model.config.position_embedding_type = "relative_key"
+    with pytest.raises(PositionError, match=r"'relative_key' has no absolute position table to trim; leave prune.trim_positions off"):
+        trim_positions(lm.model, 16)
