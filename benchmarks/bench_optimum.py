@@ -150,9 +150,11 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
 
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit."""
+    from exporters.compare import shapes_for
     from exporters.optimize import OptimizeConfig, fuse_for_quantization
     from exporters.quantize import QuantizeConfig, quantize
 
+    shapes = shapes_for(max_length)   # never past max_length: a trimmed position table has no rows beyond
     folder = work / f"ours-{name}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -160,8 +162,9 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> lis
         _link(bundle / f, folder / f)
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
     fused = fuse_for_quantization(folder / "model.onnx", folder, int4=True,
-                                  cfg=OptimizeConfig(validation_shapes=((4, 19), (1, max_length))))
-    for cfg in (QuantizeConfig(target="arm64"), QuantizeConfig(target="avx2"), QuantizeConfig(target="arm64", bits=4)):
+                                  cfg=OptimizeConfig(validation_shapes=shapes))
+    for cfg in (QuantizeConfig(target="arm64", validation_shapes=shapes), QuantizeConfig(target="avx2", validation_shapes=shapes),
+                QuantizeConfig(target="arm64", bits=4, validation_shapes=shapes)):
         source = fused[cfg.bits]
         result = quantize(source.path, folder / cfg.file_name, cfg=cfg)
         _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)
