@@ -180,6 +180,8 @@ def _detail_lines(variants: list[dict[str, Any]]) -> list[str]:
             bits.append(f"PyTorch accuracy {_fmt(v['torch_accuracy'], 'pct')}%")
         if _num(v.get("reconstruction_error")) is not None:
             bits.append(f"embedding reconstruction error {v['reconstruction_error']:.3g}")
+        if _num(v.get("token_weighted_error")) is not None:
+            bits.append(f"token-weighted {v['token_weighted_error']:.3g}")
         if _num(v.get("latency_seq_len")) is not None:
             bits.append(f"latency at {_fmt(v['latency_seq_len'], 'int')} tokens")
         if bits:
@@ -203,7 +205,7 @@ def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "fp32 MB", "int8 MB", "4-bit MB",
+_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
                  "fp32 accuracy %", "Δ fp32 (pts)", "int8 accuracy %", "4-bit accuracy %", "fp32 p50 ms",
                  "int8 p50 ms", "fp32 peak RSS MB", "int8 peak RSS MB")
 
@@ -224,6 +226,7 @@ def _side_by_side(variants: list[dict[str, Any]]) -> list[list[str]] | None:
             continue
         q8, q4 = quantized.get(v["name"], {}).get("int8", {}), quantized.get(v["name"], {}).get("int4", {})
         rows.append([v["name"], _fmt(v.get("embedding_params"), "params"), _fmt(v.get("reconstruction_error"), "adaptive"),
+                     _fmt(v.get("token_weighted_error"), "adaptive"),
                      _fmt(v.get("onnx_bytes"), "mb"), _fmt(q8.get("onnx_bytes"), "mb"), _fmt(q4.get("onnx_bytes"), "mb"),
                      _fmt(v.get("accuracy"), "pct"), _fmt(_diff(v.get("accuracy"), ref.get("accuracy")), "delta"),
                      _fmt(q8.get("accuracy"), "pct"), _fmt(q4.get("accuracy"), "pct"),
@@ -254,7 +257,8 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     side = _side_by_side(variants)
     if side:
         out.append(("Side by side", "lines", [f"Each model with its quantized files; Δ fp32 is against {ref['name']}. "
-                                              "Every row is detailed in the table below."]))
+                                              "The token-weighted error weighs each embedding row by how often the "
+                                              "training text uses it. Every row is detailed in the table below."]))
         out.append(("", "table", (list(_SIDE_COLUMNS), side)))
         out.append(("All files", "lines", []))
     out.append(("", "table", (list(_COLUMNS), _variant_rows(variants))))

@@ -184,6 +184,7 @@ def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "B
 def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: tuple[VariantConfig, ...]) -> dict[str, dict]:
     """A copy of the pruned model per variant, with its compressor fitted from the pruned matrix."""
     from pipeline.compress import CompressError, get
+    from pipeline.compress.base import token_weighted_error
     from pipeline.embedding import replace_inner
     from pipeline.model import get_word_embeddings
 
@@ -205,8 +206,9 @@ def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: t
                 fits[key] = compressor.fit(weight, method_cfg, counts=vocab.counts)
             fitted = fits[key]
             replace_inner(model, copy.deepcopy(fitted.module))
-            info |= {"reconstruction_error": fitted.reconstruction_error, "fit_seconds": round(fitted.fit_seconds, 2),
-                     "fit_info": fitted.info}
+            info |= {"reconstruction_error": fitted.reconstruction_error,
+                     "token_weighted_error": token_weighted_error(weight, fitted.module, vocab.counts),
+                     "fit_seconds": round(fitted.fit_seconds, 2), "fit_info": fitted.info}
         built[v.name] = {"model": model, "config": v, "info": info}
     return built
 
@@ -357,6 +359,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                     "embedding_params": embedding_params(v["model"]),
                     "onnx_embedding_bytes": embedding_bytes(v["model"]),
                     "reconstruction_error": v["info"].get("reconstruction_error"),
+                    "token_weighted_error": v["info"].get("token_weighted_error"),
                 })
 
         with stage(6, total, f"quantize for {', '.join(cfg.targets.targets) or 'no targets'}"

@@ -69,6 +69,26 @@ def relative_error(weight: np.ndarray, module: nn.Module) -> float:
     return float(np.linalg.norm(weight - approx) / max(np.linalg.norm(weight), 1e-12))
 
 
+def token_weighted_error(weight: np.ndarray, module: nn.Module, counts: np.ndarray | None) -> float | None:
+    """The reconstruction error as the task reads the rows: each row's squared error weighted by
+    how often the training text uses it, sqrt(sum c_i ||E_i - E_hat_i||^2 / sum c_i ||E_i||^2).
+    None without counts. A compressor that keeps the frequent rows exact (`exact_top`) can have
+    the larger plain error and the smaller weighted one."""
+    import torch
+
+    if counts is None:
+        return None
+    c = np.asarray(counts, dtype=np.float64)
+    if c.shape != (weight.shape[0],) or c.sum() <= 0:
+        return None
+    with torch.no_grad():
+        approx = module(torch.arange(weight.shape[0])).double().numpy()
+    w = np.asarray(weight, dtype=np.float64)
+    num = float((c * ((w - approx) ** 2).sum(1)).sum())
+    den = float((c * (w ** 2).sum(1)).sum())
+    return float(np.sqrt(num / max(den, 1e-30)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Small helpers the compressors share (numpy only; torch stays inside the modules).
 

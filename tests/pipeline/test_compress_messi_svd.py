@@ -261,3 +261,21 @@ def test_messi_on_minilm_fits_in_a_minute_and_beats_svd() -> None:
     assert fitted.info["j"] == 144 and fitted.params <= 0.4 * weight.size
     plain = svd.fit(weight, svd.Config(rank=fitted.params // (weight.shape[0] + weight.shape[1])))
     assert fitted.reconstruction_error < plain.reconstruction_error - 0.01
+
+
+def test_token_weighted_error_weighs_rows_by_their_counts() -> None:
+    from pipeline.compress.base import token_weighted_error
+
+    weight = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
+    table = torch.nn.Embedding(3, 2)
+    with torch.no_grad():
+        table.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]]))   # row 1 lost entirely
+    # sqrt(sum c_i err_i^2 / sum c_i |row_i|^2): row 1 (|err|^2 = 1) read 1 time in 10, or 9 in 10
+    assert token_weighted_error(weight, table, np.array([8, 1, 1])) == pytest.approx(np.sqrt(1 / (8 * 25 + 1 + 4)))
+    assert token_weighted_error(weight, table, np.array([0, 9, 1])) == pytest.approx(np.sqrt(9 / (9 + 4)))
+    assert token_weighted_error(weight, table, None) is None
+    # The head/tail hybrid keeps the frequent rows exact: its weighted error falls below its plain one.
+    w = _union_of_subspaces(per=50, dim=16, k=3, j=4, noise=0.2)
+    counts = np.r_[np.full(30, 100), np.ones(120)]
+    hybrid = messi.fit(w, messi.Config(k=3, j=2, exact_top=30))
+    assert token_weighted_error(w, hybrid.module, counts) < 0.5 * hybrid.reconstruction_error

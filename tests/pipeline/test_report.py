@@ -165,6 +165,7 @@ def test_side_by_side_puts_quantized_files_beside_their_model(tmp_path: Path) ->
     assert (dep[col["fp32 MB"]], dep[col["int8 MB"]], dep[col["4-bit MB"]]) == ("61.8", "15.6", "7.90")
     assert (dep[col["int8 accuracy %"]], dep[col["4-bit accuracy %"]], dep[col["Δ fp32 (pts)"]]) == ("83.14", "83.00", "-0.34")
     assert rows["unpruned"][col["int8 MB"]] == MISSING
+    assert rows["unpruned"][col["token-weighted error"]] == MISSING   # no compressor, no error
     assert len([l for l in side.splitlines() if l.startswith("| ")]) == 3   # header and the two models only
     plot_accuracy_vs_size(report, tmp_path / "acc.png")           # the grouped plot renders
     assert (tmp_path / "acc.png").read_bytes().startswith(PNG_MAGIC)

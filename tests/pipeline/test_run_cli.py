@@ -279,6 +279,8 @@ def test_run_trims_positions_and_fits_a_head_tail_messi(tmp_path, tiny_model_dir
     assert tables["model.bert.embeddings.word_embeddings.inner.exact"] == (20, 32)
     info = manifest["stages"]["compress"]["dep+messi(k=2,j=4,exact_top=20)"]["fit_info"]
     assert info["exact_top"] == 20 and info["j"] == 4
+    row = manifest["metrics"]["dep+messi(k=2,j=4,exact_top=20)"]
+    assert 0 <= row["token_weighted_error"] < 1 and 0 < row["reconstruction_error"] < 1
     unpruned = manifest["metrics"]["unpruned"]                       # the baseline keeps its whole table
     assert manifest["metrics"]["dep+messi(k=2,j=4,exact_top=20) int8-arm64"]["latency_seq_len"] == 16
     assert unpruned["onnx_bytes"] > manifest["metrics"]["dep+messi(k=2,j=4,exact_top=20)"]["onnx_bytes"]
