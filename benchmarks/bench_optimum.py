@@ -150,7 +150,7 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
 
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit."""
-    from exporters.compare import shapes_for
+    from exporters.onnx import shapes_for
     from exporters.optimize import OptimizeConfig, fuse_for_quantization
     from exporters.quantize import QuantizeConfig, quantize
 
@@ -163,8 +163,8 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> lis
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
     fused = fuse_for_quantization(folder / "model.onnx", folder, int4=True,
                                   cfg=OptimizeConfig(validation_shapes=shapes))
-    for cfg in (QuantizeConfig(target="arm64", validation_shapes=shapes), QuantizeConfig(target="avx2", validation_shapes=shapes),
-                QuantizeConfig(target="arm64", bits=4, validation_shapes=shapes)):
+    for target, bits in (("arm64", 8), ("avx2", 8), ("arm64", 4)):
+        cfg = QuantizeConfig(target=target, bits=bits, validation_shapes=shapes)
         source = fused[cfg.bits]
         result = quantize(source.path, folder / cfg.file_name, cfg=cfg)
         _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)

@@ -18,22 +18,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from exporters.onnx import ValidationReport, _dummy_inputs
+from exporters.onnx import DEFAULT_SHAPES, ValidationReport, _dummy_inputs
 
 if TYPE_CHECKING:
     import onnx
 
 log = logging.getLogger(__name__)
-
-# Both differ from the (2, 8) tracing input; the second is replaced by (1, max_length) by callers
-# that know the bundle's max_length (validate on the longest input the bundle accepts).
-DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
-
-
-def shapes_for(max_length: int) -> tuple[tuple[int, int], ...]:
-    """DEFAULT_SHAPES for a bundle that accepts at most `max_length` tokens: the long shape at
-    max_length, and no shape past it (a position table trimmed to max_length has no rows beyond)."""
-    return tuple((b, max_length if s == 128 else min(s, max_length)) for b, s in DEFAULT_SHAPES)
 
 
 @dataclass
@@ -89,12 +79,13 @@ def _session(path: Path, threads: int = 1, *, exact_int8: bool = True):
 
 
 def compare_onnx(reference: str | Path, candidate: str | Path, *,
-                 shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES, vocab_size: int | None = None,
+                 shapes: Sequence[tuple[int, int]] | None = None, vocab_size: int | None = None,
                  seed: int = 1, exact_int8: bool = True) -> Comparison:
     """Run both files on the same random batches (ragged right padding, both token types).
     exact_int8=False turns off the runtime's x86 u8 x u8 rewrite of s8-weight int8 layers
     (runtime.classifier.SESSION_CONFIG) for both files, e.g. to compare a .onnx with its .ort,
-    where ORT cannot apply that graph rewrite."""
+    where ORT cannot apply that graph rewrite. shapes=None: exporters.onnx.DEFAULT_SHAPES; callers
+    that know the bundle's max_length pass exporters.onnx.shapes_for(max_length)."""
     import onnx
 
     reference, candidate = Path(reference), Path(candidate)
@@ -113,7 +104,7 @@ def compare_onnx(reference: str | Path, candidate: str | Path, *,
     if vocab_size is None:
         raise ValueError(f"pass vocab_size= to compare {reference.name}: only .onnx files say it themselves")
     refs, news = [], []
-    for i, shape in enumerate(shapes):
+    for i, shape in enumerate(DEFAULT_SHAPES if shapes is None else shapes):
         feed = _dummy_inputs(tuple(shape), ref_in, vocab_size, seed=seed + i)
         ref = ref_sess.run([ref_out[0]], feed)[0]
         new = new_sess.run([new_out[0]], feed)[0]

@@ -82,7 +82,7 @@ def to_ort_format(model_onnx: str | Path, out_dir: str | Path, *,
         # Like with like: ORT cannot apply its x86 u8 x u8 rewrite (session.x64quantprecision) to an
         # .ort graph, so on x86 without VNNI the .onnx would run exact and the .ort saturating.
         # Compared without the rewrite on both sides they match exactly; on ARM there is no rewrite.
-        comparison = compare_onnx(model_onnx, made_ort, exact_int8=False, **({"shapes": shapes} if shapes else {}))
+        comparison = compare_onnx(model_onnx, made_ort, exact_int8=False, shapes=shapes)
         if comparison.ok:
             comparison.add("values", comparison.max_abs_diff <= atol,
                            f"max |diff| {comparison.max_abs_diff:.2e}, atol {atol:g}")

@@ -30,14 +30,25 @@ class OnnxValidationError(ValueError):
     """The exported graph disagrees with PyTorch (names, shapes or values)."""
 
 
+# (batch, sequence) shapes checked after export and after each graph rewrite; both differ from the
+# (2, 8) tracing input.
+DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
+
+
+def shapes_for(max_length: int, shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES) -> tuple[tuple[int, int], ...]:
+    """`shapes` for a bundle that accepts at most `max_length` tokens: the long shape (128) at
+    max_length, so checks run on the longest input the bundle accepts, and no shape past it (a
+    position table trimmed to max_length has no rows beyond)."""
+    return tuple((b, max_length if s == 128 else min(s, max_length)) for b, s in shapes)
+
+
 @dataclass(frozen=True)
 class OnnxContract:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...] = ("logits",)
     opset: int = 17
     atol: float = 1e-4                 # max |logit difference| vs PyTorch
-    # Shapes checked after export; both differ from the (2, 8) tracing input.
-    validation_shapes: tuple[tuple[int, int], ...] = ((4, 19), (1, 128))
+    validation_shapes: tuple[tuple[int, int], ...] = DEFAULT_SHAPES
 
     def __post_init__(self) -> None:
         if "input_ids" not in self.input_names:
@@ -132,10 +143,7 @@ def validate_onnx(model: "PreTrainedModel", onnx_path: str | Path, *, contract: 
     report.add("input names", set(got_in) == set(contract.input_names), f"expected {contract.input_names}, got {got_in}")
     report.add("output names", got_out == contract.output_names, f"expected {contract.output_names}, got {got_out}")
     if report.ok:
-        # The long shape runs at the bundle's max_length, and no shape runs past it: a model whose
-        # position table was trimmed to max_length (prune.trim_positions) has no rows beyond.
-        shapes = [(b, s if not max_length else max_length if s == 128 else min(s, max_length))
-                  for b, s in contract.validation_shapes]
+        shapes = shapes_for(max_length, contract.validation_shapes) if max_length else contract.validation_shapes
         for i, shape in enumerate(shapes):
             feed = _dummy_inputs(shape, contract.input_names, int(model.config.vocab_size), seed=i + 1)
             (onnx_logits,) = session.run(["logits"], feed)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from exporters.compare import DEFAULT_SHAPES, Comparison, compare_onnx
+from exporters.compare import Comparison, compare_onnx
+from exporters.onnx import DEFAULT_SHAPES
 
 log = logging.getLogger(__name__)
 

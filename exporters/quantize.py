@@ -92,7 +92,7 @@ class QuantizeConfig:
     # (faster on CPUs with int8 dot products, slightly less accurate).
     accuracy_level: Literal[0, 1, 2, 3, 4] = 0
     # (batch, sequence) shapes of the random-input comparison with the float model; callers that know
-    # the bundle's max_length pass exporters.compare.shapes_for(max_length). None: DEFAULT_SHAPES.
+    # the bundle's max_length pass exporters.onnx.shapes_for(max_length). None: DEFAULT_SHAPES.
     validation_shapes: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
@@ -383,7 +383,7 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in left_weights for w in ws))
     int4 = Counter(n.op_type for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
     try:
-        comparison = compare_onnx(model_in, model_out, **({"shapes": cfg.validation_shapes} if cfg.validation_shapes else {}))
+        comparison = compare_onnx(model_in, model_out, shapes=cfg.validation_shapes)
         snr, agreement = comparison.snr_db, comparison.agreement
     except ValueError as e:   # a graph whose vocabulary size cannot be read: the SNR is only a diagnostic
         log.warning("no random-input comparison for %s: %s", model_out.name, e)

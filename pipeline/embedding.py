@@ -93,8 +93,9 @@ def replace_inner(model: "PreTrainedModel", inner: nn.Module) -> None:
     emb = get_word_embeddings(model)
     if not isinstance(emb, RemappedEmbedding):
         raise CheckpointError("compress after pruning: the model's embedding has no remap yet")
-    if inner_rows(inner) <= int(emb.remap.max()):
-        raise CheckpointError(f"the new embedding has {inner_rows(inner)} rows but the remap reaches row "
+    rows = inner_rows(inner)
+    if rows <= int(emb.remap.max()):
+        raise CheckpointError(f"the new embedding has {rows} rows but the remap reaches row "
                               f"{int(emb.remap.max())}; fit the compressor on the pruned matrix")
     emb.inner = inner
     emb.embedding_dim = int(inner.embedding_dim)

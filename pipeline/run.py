@@ -190,7 +190,7 @@ def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: t
 
     weight = get_word_embeddings(pruned).inner.weight.detach().numpy()
     built = {}
-    fits: dict[str, Any] = {}   # variants that differ only in distillation share one (deterministic) fit
+    fits: dict[str, Any] = {}   # variants that differ only in distillation share one (deterministic) fit and its errors
     for v in variants:
         model = copy.deepcopy(pruned)
         info: dict[str, Any] = {"method": v.method or "table", "options": dict(v.options), "distill": v.distill}
@@ -203,11 +203,11 @@ def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: t
                 except TypeError as e:
                     known = ", ".join(f.name for f in fields(compressor.config))
                     raise CompressError(f"variant {v.name!r}: {e}; {v.method} options are: {known}") from e
-                fits[key] = compressor.fit(weight, method_cfg, counts=vocab.counts)
-            fitted = fits[key]
+                fitted = compressor.fit(weight, method_cfg, counts=vocab.counts)
+                fits[key] = (fitted, token_weighted_error(weight, fitted.module, vocab.counts))
+            fitted, weighted = fits[key]
             replace_inner(model, copy.deepcopy(fitted.module))
-            info |= {"reconstruction_error": fitted.reconstruction_error,
-                     "token_weighted_error": token_weighted_error(weight, fitted.module, vocab.counts),
+            info |= {"reconstruction_error": fitted.reconstruction_error, "token_weighted_error": weighted,
                      "fit_seconds": round(fitted.fit_seconds, 2), "fit_info": fitted.info}
         built[v.name] = {"model": model, "config": v, "info": info}
     return built

@@ -70,13 +70,12 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
     return one metrics row per artifact for the report."""
     from exporters.mobile import to_ort_format
+    from exporters.onnx import shapes_for
     from exporters.optimize import OptimizeConfig, fuse_for_quantization
     from exporters.quantize import QuantizeConfig, check_quantized, quantize
     from pipeline.bundle import add_artifacts, artifact_entry
     from pipeline.probe import measure
     from pipeline.validate import latency_ids
-
-    from exporters.compare import shapes_for
     from runtime import Classifier
 
     bundle, work = Path(bundle), Path(work)
@@ -99,8 +98,8 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     rows = []
     fp32_logits = fp32.logits(list(split.texts), list(split.pairs) if split.pairs is not None else None,
                               batch_size=validate.batch_size)
-    seq_len = min(validate.latency_seq_len, fp32.max_length)   # as validate_artifact: never past max_length
-    ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=seq_len) if validate.measure else None
+    ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len,
+                      max_length=fp32.max_length) if validate.measure else None
     for plan in plans:
         source = fused.get(plan.bits)
         q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan)

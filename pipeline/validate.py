@@ -61,10 +61,15 @@ def parity(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
             "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max())}
 
 
-def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: int) -> list[int]:
-    """Exactly `seq_len` real token ids ([CLS] ... [SEP]) made from the eval texts."""
+def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: int,
+                max_length: int | None = None) -> list[int]:
+    """Exactly `seq_len` real token ids ([CLS] ... [SEP]) made from the eval texts; never more than
+    the bundle's `max_length` when given: the runtime would truncate there, and a trimmed position
+    table (prune.trim_positions) has no rows beyond it."""
     from tokenizers import Tokenizer
 
+    if max_length is not None:
+        seq_len = min(seq_len, max_length)
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.no_padding()
     tok.enable_truncation(seq_len)
@@ -90,9 +95,7 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
     if cfg.measure:
         from pipeline.probe import measure
 
-        # Never past the bundle's max_length: the runtime would truncate, and a trimmed position
-        # table (prune.trim_positions) has no rows beyond it.
-        ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=min(cfg.latency_seq_len, clf.max_length))
+        ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
     log.info("%s: accuracy %.2f%%%s%s", file, 100 * metrics["accuracy"],
              f", agreement {100 * metrics['agreement']:.2f}%, max |dlogit| {metrics['max_logit_diff']:.1e}" if "agreement" in metrics else "",

@@ -224,9 +224,10 @@ def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) ->
 
 def _fit(x: np.ndarray, cfg: Config) -> Fitted:
     start = time.perf_counter()
-    full_rows, dim = x.shape
+    full = x
+    full_rows, dim = full.shape
     j = cfg.j_for(full_rows, dim)
-    head, x = x[: cfg.exact_top], x[cfg.exact_top:]
+    head, x = full[: cfg.exact_top], full[cfg.exact_top:]
     rows = x.shape[0]
     x2 = np.einsum("ij,ij->i", x, x)
     # k-means on the rows' directions: the subspaces pass through the origin, so a row's length says
@@ -253,7 +254,7 @@ def _fit(x: np.ndarray, cfg: Config) -> Fitted:
         if cfg.exact_top:
             module.exact.copy_(torch.from_numpy(head))
     params = cfg.exact_top * dim + rows * j + cfg.k * j * dim
-    err = relative_error(np.concatenate([head, x]), module)
+    err = relative_error(full, module)
     seconds = time.perf_counter() - start
     log.info("messi k=%d j=%d%s: %d params (%.1f%% of the matrix), reconstruction error %.4f, %.1f s (%d restarts)",
              cfg.k, j, f" exact_top={cfg.exact_top}" if cfg.exact_top else "", params,
