@@ -9,15 +9,15 @@
 with Optimum (`main_export`, task text-classification) and quantized with Optimum's
 `ORTQuantizer` (`AutoQuantizationConfig.arm64` and `.avx512_vnni`, dynamic, per channel); the
 same fp32 export also goes through our 4-bit path ("ORT 4-bit of the baseline" in DESIGN.md).
-Each --bundle's model.onnx is fused (exporters.optimize) and quantized with exporters.quantize:
+Each --bundle's model.onnx is fused (embslim.exporters.optimize) and quantized with embslim.exporters.quantize:
 int8 for arm64 and avx2, and 4-bit.
 
 Measured for every model, on this machine:
 - bytes of the model file (each bundle also ships a ~0.5-0.7 MB tokenizer.json, Optimum's too);
-- accuracy on the eval split through runtime.Classifier (stock tokenizer, per-batch padding) at
+- accuracy on the eval split through embslim.runtime.Classifier (stock tokenizer, per-batch padding) at
   batch 32 and batch 1, and label agreement with the fp32 model it came from;
 - latency at batch 1 and --seq-len tokens with 1 and 2 intra-op threads: each round launches a
-  fresh process per model (pipeline.probe: warm-up, then --runs timed runs), the model order
+  fresh process per model (embslim.pipeline.probe: warm-up, then --runs timed runs), the model order
   rotating every round so drift hits all models alike; p50/p95 are the medians over rounds;
 - peak RSS (VmHWM) of those fresh processes at 1 thread (model load + inference).
 
@@ -51,7 +51,7 @@ REFERENCE = "optimum int8-arm64"
 
 @dataclass
 class Model:
-    """One file to measure, inside a folder that runtime.Classifier can load."""
+    """One file to measure, inside a folder that embslim.runtime.Classifier can load."""
 
     name: str
     folder: Path            # has manifest.json listing `file` and `fp32_file`
@@ -70,7 +70,7 @@ class Model:
 # -- preparing the models ---------------------------------------------------------------------
 
 def _checkpoint_dir(baseline: Path) -> Path:
-    from pipeline.embedding import SPEC_FILE
+    from embslim.pipeline.embedding import SPEC_FILE
 
     if (baseline / SPEC_FILE).is_file():
         return baseline
@@ -91,7 +91,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _register(folder: Path, file: str, *, variant: str, target: str = "any") -> None:
-    from pipeline.bundle import add_artifacts, artifact_entry
+    from embslim.pipeline.bundle import add_artifacts, artifact_entry
 
     add_artifacts(folder, [artifact_entry(folder, file, variant=variant, target=target)])
 
@@ -103,9 +103,9 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from exporters.quantize import QuantizeConfig, quantize
-    from pipeline.bundle import BundleMeta, artifact_entry, write_manifest, write_tokenizer_and_config
-    from pipeline.embedding import load_checkpoint
+    from embslim.exporters.quantize import QuantizeConfig, quantize
+    from embslim.pipeline.bundle import BundleMeta, artifact_entry, write_manifest, write_tokenizer_and_config
+    from embslim.pipeline.embedding import load_checkpoint
 
     ckpt = _checkpoint_dir(baseline)
     model, tokenizer, meta = load_checkpoint(ckpt)
@@ -144,15 +144,15 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
     quantize(folder / "model.onnx", folder / cfg.file_name, cfg=cfg)
     _register(folder, cfg.file_name, variant="int4", target="arm64")
     models.append(Model("baseline int4", folder, cfg.file_name, "model.onnx", "optimum", "int4",
-                        "Optimum's fp32 export, exporters.quantize bits=4 (MatMulNBits + 4-bit Gather, unfused)"))
+                        "Optimum's fp32 export, embslim.exporters.quantize bits=4 (MatMulNBits + 4-bit Gather, unfused)"))
     return models
 
 
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit."""
-    from exporters.onnx import shapes_for
-    from exporters.optimize import OptimizeConfig, fuse_for_quantization
-    from exporters.quantize import QuantizeConfig, quantize
+    from embslim.exporters.onnx import shapes_for
+    from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
+    from embslim.exporters.quantize import QuantizeConfig, quantize
 
     shapes = shapes_for(max_length)   # never past max_length: a trimmed position table has no rows beyond
     folder = work / f"ours-{name}"
@@ -177,8 +177,8 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> lis
 # -- measuring --------------------------------------------------------------------------------
 
 def measure_accuracy(models: Sequence[Model], split, *, n_labels: int) -> None:
-    from pipeline.validate import task_metrics
-    from runtime import Classifier
+    from embslim.pipeline.validate import task_metrics
+    from embslim.runtime import Classifier
 
     texts = list(split.texts)
     pairs = list(split.pairs) if split.pairs is not None else None
@@ -205,7 +205,7 @@ def measure_accuracy(models: Sequence[Model], split, *, n_labels: int) -> None:
 def measure_speed(models: Sequence[Model], ids: Sequence[int], *, threads: Sequence[int], rounds: int, runs: int,
                   warmup: int, latency_fp32: bool) -> None:
     """Interleaved rounds of fresh-process probes; the order rotates each round."""
-    from pipeline.probe import measure
+    from embslim.pipeline.probe import measure
 
     timed = [m for m in models if latency_fp32 or m.precision != "fp32"]
     samples: dict[tuple[str, int], list[dict]] = {}
@@ -264,7 +264,7 @@ def markdown(models: Sequence[Model], info: dict) -> str:
         "# embslim vs Optimum: size, accuracy, latency, memory",
         "",
         f"{info['created']} on {info['machine']} ({info['cpu_count']} CPUs; {info['note']}).  ",
-        (f"Eval: {info['task']} ({info['n_eval']} examples), through runtime.Classifier. Latency: batch 1, "
+        (f"Eval: {info['task']} ({info['n_eval']} examples), through embslim.runtime.Classifier. Latency: batch 1, "
          f"{info['seq_len']} tokens, median over {info['rounds']} interleaved rounds of {info['runs']} runs, "
          f"each in a fresh process. MB = 10^6 bytes. Ratios vs **{REFERENCE}**."),
         "",
@@ -318,19 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also time the fp32 references (slow)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("root", "onnxruntime", "optimum", "exporters.compare", "transformers"):
+    for noisy in ("root", "onnxruntime", "optimum", "embslim.exporters.compare", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
     logging.getLogger("exporters").setLevel(logging.INFO)
 
-    from pipeline.data import DataConfig, load_task
-    from pipeline.validate import latency_ids
+    from embslim.pipeline.data import DataConfig, load_task
+    from embslim.pipeline.validate import latency_ids
 
     t_start = time.perf_counter()
     task = load_task(DataConfig(train=args.train, eval=args.eval), data_root=args.data_root)
     if args.max_eval:
-        from pipeline.data import Split
+        from embslim.pipeline.data import Split
 
         e = task.eval
         n = args.max_eval

@@ -28,11 +28,11 @@ def main() -> None:
     p.add_argument("--max-length", type=int, help="default: the checkpoint's recorded max length")
     args = p.parse_args()
 
-    from pipeline.data import DataConfig, load_task
-    from pipeline.embedding import apply_pruning, load_checkpoint
-    from pipeline.finetune import predict_logits
-    from pipeline.model import get_word_embeddings, load_classifier
-    from pipeline.vocab import PruneConfig, prune
+    from embslim.pipeline.data import DataConfig, load_task
+    from embslim.pipeline.embedding import apply_pruning, load_checkpoint
+    from embslim.pipeline.finetune import predict_logits
+    from embslim.pipeline.model import get_word_embeddings, load_classifier
+    from embslim.pipeline.vocab import PruneConfig, prune
 
     task = load_task(DataConfig(train=args.train, eval=args.eval), data_root=args.data_root)
     full, tokenizer, meta = load_checkpoint(f"{args.work}/checkpoint-unpruned")

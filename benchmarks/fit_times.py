@@ -40,7 +40,7 @@ def _row(label: str, fitted: Any, size: int) -> dict[str, Any]:
 
 
 def run(weight: np.ndarray, *, threads: int | None) -> list[dict[str, Any]]:
-    from pipeline.compress import messi, subembed, svd
+    from embslim.pipeline.compress import messi, subembed, svd
 
     rows, dim = weight.shape
     results = []

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from exporters.onnx import DEFAULT_SHAPES, ValidationReport, _dummy_inputs
+from embslim.exporters.onnx import DEFAULT_SHAPES, ValidationReport, _dummy_inputs
 
 if TYPE_CHECKING:
     import onnx
@@ -71,7 +71,7 @@ def input_vocab_size(model: "onnx.ModelProto", *, default: int | None = None) ->
 def _session(path: Path, threads: int = 1, *, exact_int8: bool = True):
     import onnxruntime as ort
 
-    from runtime.classifier import session_options
+    from embslim.runtime.classifier import session_options
 
     opts = session_options(threads, exact_int8=exact_int8)   # the runtime's kernels: a diff here is what an app sees
     opts.log_severity_level = 3
@@ -83,9 +83,9 @@ def compare_onnx(reference: str | Path, candidate: str | Path, *,
                  seed: int = 1, exact_int8: bool = True) -> Comparison:
     """Run both files on the same random batches (ragged right padding, both token types).
     exact_int8=False turns off the runtime's x86 u8 x u8 rewrite of s8-weight int8 layers
-    (runtime.classifier.SESSION_CONFIG) for both files, e.g. to compare a .onnx with its .ort,
-    where ORT cannot apply that graph rewrite. shapes=None: exporters.onnx.DEFAULT_SHAPES; callers
-    that know the bundle's max_length pass exporters.onnx.shapes_for(max_length)."""
+    (embslim.runtime.classifier.SESSION_CONFIG) for both files, e.g. to compare a .onnx with its .ort,
+    where ORT cannot apply that graph rewrite. shapes=None: embslim.exporters.onnx.DEFAULT_SHAPES; callers
+    that know the bundle's max_length pass embslim.exporters.onnx.shapes_for(max_length)."""
     import onnx
 
     reference, candidate = Path(reference), Path(candidate)

@@ -44,7 +44,7 @@ def to_ort_format(model_onnx: str | Path, out_dir: str | Path, *,
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    from exporters.compare import compare_onnx
+    from embslim.exporters.compare import compare_onnx
 
     model_onnx, out_dir = Path(model_onnx), Path(out_dir)
     if model_onnx.suffix != ".onnx" or not model_onnx.is_file():

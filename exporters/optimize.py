@@ -8,7 +8,7 @@ embedding is ours (a remap Gather, a compressor's ops); that costs nothing measu
 rest of the graph fuses as usual.
 
 The fused Attention takes the attention mask as per-row lengths, so it assumes RIGHT padding
-(what `runtime.Classifier` and Hugging Face tokenizers do); the parity check feeds ragged,
+(what `embslim.runtime.Classifier` and Hugging Face tokenizers do); the parity check feeds ragged,
 right-padded batches.
 
 After fusion the two files are compared on shapes other than the tracing input (names, then
@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from exporters.compare import Comparison, compare_onnx
-from exporters.onnx import DEFAULT_SHAPES
+from embslim.exporters.compare import Comparison, compare_onnx
+from embslim.exporters.onnx import DEFAULT_SHAPES
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ each table is checked to be byte-for-byte the same integer tensor behind a plain
 Quantization is lossy, so values are not held to an atol: `QuantizeResult` records the SNR and
 argmax agreement of the logits against `model_in` on random inputs (a diagnostic), and
 `check_quantized` judges the task: accuracy and agreement with fp32 on the eval split through
-`runtime.Classifier`, raising `QuantizationAccuracyError` when accuracy drops more than allowed.
+`embslim.runtime.Classifier`, raising `QuantizationAccuracyError` when accuracy drops more than allowed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx
 
-    from pipeline.data import Split
+    from embslim.pipeline.data import Split
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class QuantizeConfig:
     # (faster on CPUs with int8 dot products, slightly less accurate).
     accuracy_level: Literal[0, 1, 2, 3, 4] = 0
     # (batch, sequence) shapes of the random-input comparison with the float model; callers that know
-    # the bundle's max_length pass exporters.onnx.shapes_for(max_length). None: DEFAULT_SHAPES.
+    # the bundle's max_length pass embslim.exporters.onnx.shapes_for(max_length). None: DEFAULT_SHAPES.
     validation_shapes: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
@@ -330,7 +330,7 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     import onnx
     import onnxruntime as ort
 
-    from exporters.compare import compare_onnx
+    from embslim.exporters.compare import compare_onnx
 
     model_in, model_out = Path(model_in), Path(model_out)
     if not model_in.is_file():
@@ -406,12 +406,12 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
 def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labels: int,
                     fp32_file: str = "model.onnx", max_drop: float = 0.01, allow_drop: bool = False,
                     batch_size: int = 32, fp32_logits: np.ndarray | None = None) -> dict:
-    """Accuracy of `file` vs `fp32_file` on `split`, both through `runtime.Classifier` with the same
+    """Accuracy of `file` vs `fp32_file` on `split`, both through `embslim.runtime.Classifier` with the same
     batching; both must be listed in the bundle's manifest. Raises QuantizationAccuracyError when
     accuracy drops more than `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`, in which
     case the returned dict says "flagged": True."""
-    from pipeline.validate import task_metrics
-    from runtime import Classifier
+    from embslim.pipeline.validate import task_metrics
+    from embslim.runtime import Classifier
 
     if not 0.0 <= max_drop <= 1.0:
         raise ValueError(f"max_drop is a share of examples in [0, 1] (0.01 = 1 point), got {max_drop}")
@@ -440,6 +440,6 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
 
 
 def _snr(reference: np.ndarray, other: np.ndarray) -> float:
-    from exporters.compare import snr_db
+    from embslim.exporters.compare import snr_db
 
     return snr_db(reference, other)

@@ -1,6 +1,6 @@
-"""Runs INSIDE the emulated aarch64 Python: classify a JSON file's texts with runtime.Classifier.
+"""Runs INSIDE the emulated aarch64 Python: classify a JSON file's texts with embslim.runtime.Classifier.
 
-`pipeline.aarch64.validate_arm64` starts it as `python -m pipeline._arm_eval SPEC.json` under
+`embslim.pipeline.aarch64.validate_arm64` starts it as `python -m embslim.pipeline._arm_eval SPEC.json` under
 qemu. SPEC holds {bundle, file, texts, pairs (or null), batch_size}; the result is one JSON
 line on stdout: {logits, machine, onnxruntime, load_seconds, eval_seconds}; after each batch
 a line `progress DONE/TOTAL SECONDS` goes to stderr. Only the standard
@@ -19,12 +19,12 @@ from pathlib import Path
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        raise SystemExit("usage: python -m pipeline._arm_eval SPEC.json")
+        raise SystemExit("usage: python -m embslim.pipeline._arm_eval SPEC.json")
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
 
     import onnxruntime
 
-    from runtime import Classifier
+    from embslim.runtime import Classifier
 
     t0 = time.perf_counter()
     # The host verified the sha256 before starting us; hashing 90 MB under emulation adds nothing.

@@ -15,8 +15,8 @@ emulated environment from Debian packages and PyPI only (no VM, chroot, binfmt o
 
 It is built in a temporary folder inside the cache and renamed into place only after an
 emulated `import onnxruntime` worked, so a half-built cache is never used. `validate_arm64`
-then runs `runtime.Classifier` in the emulated Python (`pipeline._arm_eval`, data in and
-results out as JSON) and the latency/memory probe (`pipeline.probe`) in a second emulated
+then runs `embslim.runtime.Classifier` in the emulated Python (`embslim.pipeline._arm_eval`, data in and
+results out as JSON) and the latency/memory probe (`embslim.pipeline.probe`) in a second emulated
 process. Emulated latency and RSS are qemu's, not a device's: they are reported with an
 `emulated_` prefix and a note saying so.
 """
@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline.data import Split
+from embslim.pipeline.data import Split
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -576,12 +576,12 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
 
     Returns accuracy (and F1), agreement and max |logit difference| with x86 (`x86_logits`: rows
     for the split's examples in order, of which the first n are used; computed here with
-    runtime.Classifier when None), and emulated_* latency (batch 1, `latency_seq_len` tokens,
+    embslim.runtime.Classifier when None), and emulated_* latency (batch 1, `latency_seq_len` tokens,
     median of `latency_runs`; 0 skips that probe) and peak RSS. Raises EmulationUnavailable when
     the environment cannot be built, ValidationFailed when the emulated run fails.
     """
-    from pipeline.validate import ValidationFailed, latency_ids, parity, task_metrics
-    from runtime import Classifier
+    from embslim.pipeline.validate import ValidationFailed, latency_ids, parity, task_metrics
+    from embslim.runtime import Classifier
 
     if n < 1 or batch_size < 1 or latency_runs < 0:
         raise ValueError(f"n >= 1, batch_size >= 1 and latency_runs >= 0 are required, got {n}, {batch_size}, "
@@ -608,7 +608,7 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
         spec = Path(tmp) / "eval.json"
         spec.write_text(json.dumps({"bundle": str(bundle), "file": file, "texts": texts, "pairs": pairs,
                                     "batch_size": batch_size}), encoding="utf-8")
-        out = _run_emulated(env, ["-m", "pipeline._arm_eval", str(spec)], what=f"{file}: the emulated evaluation",
+        out = _run_emulated(env, ["-m", "embslim.pipeline._arm_eval", str(spec)], what=f"{file}: the emulated evaluation",
                             timeout=timeout, error=ValidationFailed, on_stderr=_log_progress(file))
     arm = np.asarray(out["logits"], dtype=np.float32).reshape(n, -1)
     metrics: dict[str, Any] = {"file": file, "target": "aarch64 (emulated)"}
@@ -629,7 +629,7 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
     metrics |= {"emulated_eval_seconds": out["eval_seconds"], "emulated_load_seconds": out["load_seconds"]}
     if latency_runs:
         ids = latency_ids(bundle / clf.manifest["tokenizer"]["file"], split.texts, seq_len=latency_seq_len)
-        probe = _run_emulated(env, ["-m", "pipeline.probe", str(bundle / file), "--ids", ",".join(map(str, ids)),
+        probe = _run_emulated(env, ["-m", "embslim.pipeline.probe", str(bundle / file), "--ids", ",".join(map(str, ids)),
                                     "--runs", str(latency_runs), "--warmup", "1", "--threads", "1"],
                               what=f"{file}: the emulated latency probe", timeout=timeout, error=ValidationFailed)
         metrics |= {f"emulated_{k}": v for k, v in probe.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Iterator
 
-from runtime.manifest import SCHEMA_VERSION, sha256_file
+from embslim.runtime.manifest import SCHEMA_VERSION, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -124,7 +124,7 @@ def export_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
                  meta: BundleMeta, opset: int = 17, atol: float = 1e-4, stages: dict | None = None) -> list[dict]:
     """Write tokenizer, config and a validated fp32 model.onnx into `folder`, plus a manifest
     without metrics. Raises OnnxValidationError (and writes no manifest) if parity fails."""
-    from exporters.onnx import OnnxContract, export_onnx, validate_onnx
+    from embslim.exporters.onnx import OnnxContract, export_onnx, validate_onnx
 
     folder = Path(folder)
     write_tokenizer_and_config(model, tokenizer, folder, meta=meta)
@@ -144,7 +144,7 @@ def add_artifacts(folder: str | Path, entries: list[dict]) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; export the bundle first (pipeline.bundle.export_model)")
+        raise FileNotFoundError(f"{path} not found; export the bundle first (embslim.pipeline.bundle.export_model)")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     files = {e["file"] for e in entries}
     manifest["artifacts"] = [e for e in manifest.get("artifacts", []) if e.get("file") not in files] + list(entries)

@@ -131,14 +131,14 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     if a.variant:
-        from pipeline.run import parse_variant
+        from embslim.pipeline.run import parse_variant
 
         raw["variants"] = [vars(parse_variant(text)) for text in a.variant]
     return raw
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from pipeline.run import config_from_dict, load_config, run
+    from embslim.pipeline.run import config_from_dict, load_config, run
 
     raw = load_config(a.config) if a.config else {}
     out = a.out or raw.pop("out", None)
@@ -152,16 +152,16 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _load_task_and_model(a: argparse.Namespace):
-    from pipeline.data import DataConfig, load_task
-    from pipeline.model import load_classifier
+    from embslim.pipeline.data import DataConfig, load_task
+    from embslim.pipeline.model import load_classifier
 
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     return task, load_classifier(a.model or "default", labels=task.label_names)
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
-    from pipeline.model import get_word_embeddings
-    from pipeline.vocab import PruneConfig, oov_stats, prune
+    from embslim.pipeline.model import get_word_embeddings
+    from embslim.pipeline.vocab import PruneConfig, oov_stats, prune
 
     task, loaded = _load_task_and_model(a)
     emb = get_word_embeddings(loaded.model)
@@ -175,10 +175,10 @@ def _cmd_prune(a: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
-    from pipeline.embedding import apply_pruning, save_checkpoint
-    from pipeline.finetune import FinetuneConfig, finetune
-    from pipeline.run import bundle_meta
-    from pipeline.vocab import PrunedVocab
+    from embslim.pipeline.embedding import apply_pruning, save_checkpoint
+    from embslim.pipeline.finetune import FinetuneConfig, finetune
+    from embslim.pipeline.run import bundle_meta
+    from embslim.pipeline.vocab import PrunedVocab
 
     task, loaded = _load_task_and_model(a)
     if a.vocab:
@@ -191,8 +191,8 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from pipeline.bundle import BundleMeta, export_model, staged_bundle
-    from pipeline.embedding import CheckpointError, load_checkpoint
+    from embslim.pipeline.bundle import BundleMeta, export_model, staged_bundle
+    from embslim.pipeline.embedding import CheckpointError, load_checkpoint
 
     model, tokenizer, meta = load_checkpoint(a.checkpoint)
     if meta is None:
@@ -205,16 +205,16 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
-    from pipeline.data import DataConfig, load_task
-    from pipeline.validate import ValidateConfig, check_parity, validate_artifact
+    from embslim.pipeline.data import DataConfig, load_task
+    from embslim.pipeline.validate import ValidateConfig, check_parity, validate_artifact
 
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     cfg = ValidateConfig(**_section(a, "validate"))
     torch_logits = None
     if a.checkpoint:
-        from pipeline.embedding import load_checkpoint
-        from pipeline.finetune import predict_logits
-        from runtime.manifest import read_manifest
+        from embslim.pipeline.embedding import load_checkpoint
+        from embslim.pipeline.finetune import predict_logits
+        from embslim.runtime.manifest import read_manifest
 
         model, tokenizer, _ = load_checkpoint(a.checkpoint)
         torch_logits = predict_logits(model, tokenizer, task.eval.texts, task.eval.pairs,
@@ -232,9 +232,9 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 def _cmd_quantize(a: argparse.Namespace) -> int:
     import tempfile
 
-    from pipeline.data import DataConfig, load_task
-    from pipeline.targets import TargetsConfig, build_targets
-    from pipeline.validate import ValidateConfig
+    from embslim.pipeline.data import DataConfig, load_task
+    from embslim.pipeline.targets import TargetsConfig, build_targets
+    from embslim.pipeline.validate import ValidateConfig
 
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     cfg = TargetsConfig(**_section(a, "targets"))
@@ -249,7 +249,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
 def _validate_arm64(a: argparse.Namespace, task) -> int:
     """Run the bundle's arm64 artifact under emulated aarch64 ONNX Runtime (qemu user mode)."""
-    from pipeline.aarch64 import EmulationUnavailable, validate_arm64
+    from embslim.pipeline.aarch64 import EmulationUnavailable, validate_arm64
 
     file = a.file if a.file != "model.onnx" else "model.int8-arm64.onnx"   # fp32 is ~10x slower under emulation
     try:
@@ -264,7 +264,7 @@ def _validate_arm64(a: argparse.Namespace, task) -> int:
 
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
-    from runtime.manifest import read_manifest, verify_artifact
+    from embslim.runtime.manifest import read_manifest, verify_artifact
 
     manifest = read_manifest(a.bundle)
     for entry in manifest["artifacts"]:
@@ -280,7 +280,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from pipeline.report import compare_reports, write_report
+    from embslim.pipeline.report import compare_reports, write_report
 
     report = compare_reports([a.bundle])
     paths = write_report(report, a.out or a.bundle)
@@ -289,7 +289,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from pipeline.report import compare_reports, write_report
+    from embslim.pipeline.report import compare_reports, write_report
 
     paths = write_report(compare_reports(a.bundles), a.out)
     print(f"comparison: {paths['md']}")

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pipeline.model import family_of, get_word_embeddings, set_word_embeddings
+from embslim.pipeline.model import family_of, get_word_embeddings, set_word_embeddings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from pipeline.vocab import PrunedVocab
+    from embslim.pipeline.vocab import PrunedVocab
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def embedding_spec(model: nn.Module) -> dict:
 
 
 def _module_from_spec(spec: dict) -> nn.Module:
-    from pipeline.compress import COMPRESSORS, get
+    from embslim.pipeline.compress import COMPRESSORS, get
 
     inner_spec = spec["inner"]
     kind = inner_spec.get("type")
@@ -192,7 +192,7 @@ META_FILE = "embslim_meta.json"
 
 def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path,
                     *, meta: dict | None = None) -> Path:
-    """`meta` (task labels, max length, source model; see pipeline.bundle.BundleMeta) lets
+    """`meta` (task labels, max length, source model; see embslim.pipeline.bundle.BundleMeta) lets
     `embslim export` build a bundle from the checkpoint alone."""
     from safetensors.torch import save_file
 

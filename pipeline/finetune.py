@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.data import Split, subsample
+from embslim.pipeline.data import Split, subsample
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -120,8 +120,8 @@ def compressed_embedding_parameters(model: PreTrainedModel) -> list:
     train at the base rate, as DEP's table does."""
     from torch import nn
 
-    from pipeline.embedding import RemappedEmbedding
-    from pipeline.model import get_word_embeddings
+    from embslim.pipeline.embedding import RemappedEmbedding
+    from embslim.pipeline.model import get_word_embeddings
 
     emb = get_word_embeddings(model)
     if isinstance(emb, RemappedEmbedding) and not isinstance(emb.inner, nn.Embedding):

@@ -89,7 +89,7 @@ def family_of(model: "torch.nn.Module") -> Family:
     if model_type not in FAMILIES:
         raise ModelError(
             f"model type {model_type!r} is not supported yet; supported: {', '.join(sorted(FAMILIES))}. "
-            "Add its word-embedding path to pipeline.model.FAMILIES"
+            "Add its word-embedding path to embslim.pipeline.model.FAMILIES"
         )
     return FAMILIES[model_type]
 

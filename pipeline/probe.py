@@ -1,6 +1,6 @@
 """Latency and peak memory of one ONNX model, measured in a fresh process.
 
-Run as `python -m pipeline.probe MODEL.onnx --ids 101,2023,...` (imports only onnxruntime and
+Run as `python -m embslim.pipeline.probe MODEL.onnx --ids 101,2023,...` (imports only onnxruntime and
 numpy, like an app would). It loads the model, runs warm-up iterations, then times `--runs`
 single-example inferences at the given token ids, and prints one JSON line: latency p50/p95 in
 ms and the process's peak resident memory (VmHWM; a forked child's ru_maxrss would include the
@@ -43,9 +43,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from runtime.classifier import session_options
+    from embslim.runtime.classifier import session_options
 
-    opts = session_options(args.threads)   # what runtime.Classifier runs, so latency is of the same kernels
+    opts = session_options(args.threads)   # what embslim.runtime.Classifier runs, so latency is of the same kernels
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     ids = np.asarray([[int(i) for i in args.ids.split(",")]], dtype=np.int64)
@@ -66,7 +66,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
 def measure(model: str | Path, ids: Sequence[int], *, runs: int = 200, warmup: int = 20, threads: int = 1,
             python: str | None = None, timeout: float = 600) -> dict:
     """Launch the probe in a fresh interpreter and return its figures."""
-    cmd = [python or sys.executable, "-m", "pipeline.probe", str(model), "--ids", ",".join(str(int(i)) for i in ids),
+    cmd = [python or sys.executable, "-m", "embslim.pipeline.probe", str(model), "--ids", ",".join(str(int(i)) for i in ids),
            "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     src_root = str(Path(__file__).resolve().parents[1])

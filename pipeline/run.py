@@ -18,18 +18,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from pipeline.data import DataConfig, TaskData, load_task
-from pipeline.finetune import FinetuneConfig
-from pipeline.targets import TargetsConfig
-from pipeline.validate import ValidateConfig
-from pipeline.vocab import PruneConfig
+from embslim.pipeline.data import DataConfig, TaskData, load_task
+from embslim.pipeline.finetune import FinetuneConfig
+from embslim.pipeline.targets import TargetsConfig
+from embslim.pipeline.validate import ValidateConfig
+from embslim.pipeline.vocab import PruneConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from pipeline.bundle import BundleMeta
-    from pipeline.model import LoadedModel
-    from pipeline.vocab import PrunedVocab
+    from embslim.pipeline.bundle import BundleMeta
+    from embslim.pipeline.model import LoadedModel
+    from embslim.pipeline.vocab import PrunedVocab
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,12 @@ class VariantConfig:
     """One model to build from the DEP-pruned encoder: the pruned table alone, or a compressor."""
 
     name: str = "dep"
-    method: str | None = None         # a key of pipeline.compress.COMPRESSORS; None keeps the pruned table
+    method: str | None = None         # a key of embslim.pipeline.compress.COMPRESSORS; None keeps the pruned table
     options: dict = field(default_factory=dict)   # fields of that compressor's Config (it validates them)
     distill: bool = False             # fine-tune against the fine-tuned DEP model's logits too (needs a "dep" variant)
 
     def __post_init__(self) -> None:
-        from pipeline.compress import COMPRESSORS
+        from embslim.pipeline.compress import COMPRESSORS
 
         if not self.name or self.name == "unpruned":
             raise ConfigError(f"variant name {self.name!r} is reserved or empty; name it after its method, e.g. 'dep+messi'")
@@ -174,7 +174,7 @@ def stage(n: int, total: int, what: str) -> Iterator[None]:
 
 
 def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "BundleMeta":
-    from pipeline.bundle import BundleMeta
+    from embslim.pipeline.bundle import BundleMeta
 
     return BundleMeta(task_name=task.name, labels=tuple(task.label_names), is_pair=task.is_pair, max_length=max_length,
                       source={"name": loaded.name, "family": loaded.model.config.model_type, "weights_sha256": loaded.weights_sha256},
@@ -183,10 +183,10 @@ def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "B
 
 def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: tuple[VariantConfig, ...]) -> dict[str, dict]:
     """A copy of the pruned model per variant, with its compressor fitted from the pruned matrix."""
-    from pipeline.compress import CompressError, get
-    from pipeline.compress.base import token_weighted_error
-    from pipeline.embedding import replace_inner
-    from pipeline.model import get_word_embeddings
+    from embslim.pipeline.compress import CompressError, get
+    from embslim.pipeline.compress.base import token_weighted_error
+    from embslim.pipeline.embedding import replace_inner
+    from embslim.pipeline.model import get_word_embeddings
 
     weight = get_word_embeddings(pruned).inner.weight.detach().numpy()
     built = {}
@@ -239,7 +239,7 @@ def _resume(model: "PreTrainedModel", folder: Path, fingerprint: str) -> dict | 
     inputs (model weights, data, vocabulary, compressor, fine-tune settings); None otherwise."""
     from safetensors.torch import load_file
 
-    from pipeline.embedding import META_FILE
+    from embslim.pipeline.embedding import META_FILE
 
     try:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
@@ -260,14 +260,14 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     With `resume`, a variant whose checkpoint in `<out>.work/` came from the same inputs (model
     weights, data, vocabulary, compressor and its options, fine-tune settings, teacher) is loaded
     instead of fine-tuned again, so a run that died in a later stage restarts in minutes."""
-    from pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
-    from pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint, trim_positions
-    from pipeline.finetune import finetune, predict_logits
-    from pipeline.model import get_word_embeddings, load_classifier
-    from pipeline.report import write_report
-    from pipeline.targets import build_targets
-    from pipeline.validate import check_parity, validate_artifact
-    from pipeline.vocab import fingerprint_dict, oov_stats, prune
+    from embslim.pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
+    from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint, trim_positions
+    from embslim.pipeline.finetune import finetune, predict_logits
+    from embslim.pipeline.model import get_word_embeddings, load_classifier
+    from embslim.pipeline.report import write_report
+    from embslim.pipeline.targets import build_targets
+    from embslim.pipeline.validate import check_parity, validate_artifact
+    from embslim.pipeline.vocab import fingerprint_dict, oov_stats, prune
 
     out = Path(out).resolve()
     if out.exists() and not force:

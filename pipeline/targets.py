@@ -2,7 +2,7 @@
 4-bit), optionally convert one variant to ORT's mobile format, and validate every artifact on the
 task (accuracy and agreement against fp32, latency and memory in a fresh process).
 
-Each artifact is added to the manifest with its target, so `runtime.Classifier.from_bundle(path,
+Each artifact is added to the manifest with its target, so `embslim.runtime.Classifier.from_bundle(path,
 variant="auto")` picks the one for the machine it runs on. A quantized variant whose accuracy
 falls more than `max_drop` below fp32 fails the stage unless `allow_drop` is set, in which case
 the report flags it.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.data import Split
-from pipeline.validate import ValidateConfig
+from embslim.pipeline.data import Split
+from embslim.pipeline.validate import ValidateConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TargetsConfig:
     all_variants: bool = False
 
     def __post_init__(self) -> None:
-        from exporters.quantize import TARGETS
+        from embslim.exporters.quantize import TARGETS
 
         object.__setattr__(self, "targets", tuple(self.targets))
         unknown = [t for t in self.targets if t not in TARGETS]
@@ -69,14 +69,14 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                   work: str | Path) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
     return one metrics row per artifact for the report."""
-    from exporters.mobile import to_ort_format
-    from exporters.onnx import shapes_for
-    from exporters.optimize import OptimizeConfig, fuse_for_quantization
-    from exporters.quantize import QuantizeConfig, check_quantized, quantize
-    from pipeline.bundle import add_artifacts, artifact_entry
-    from pipeline.probe import measure
-    from pipeline.validate import latency_ids
-    from runtime import Classifier
+    from embslim.exporters.mobile import to_ort_format
+    from embslim.exporters.onnx import shapes_for
+    from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
+    from embslim.exporters.quantize import QuantizeConfig, check_quantized, quantize
+    from embslim.pipeline.bundle import add_artifacts, artifact_entry
+    from embslim.pipeline.probe import measure
+    from embslim.pipeline.validate import latency_ids
+    from embslim.runtime import Classifier
 
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:

@@ -1,8 +1,8 @@
 """Validate an exported model under ONNX Runtime: task accuracy, parity with PyTorch, latency, memory.
 
-Accuracy is measured through `runtime.Classifier`, i.e. exactly the code an app runs (stock
+Accuracy is measured through `embslim.runtime.Classifier`, i.e. exactly the code an app runs (stock
 tokenizer, per-batch padding, the graph's own remap). Parity compares those logits with PyTorch's
-on the same batches. Latency and peak RSS come from a fresh process per model (pipeline.probe),
+on the same batches. Latency and peak RSS come from a fresh process per model (embslim.pipeline.probe),
 so one model's memory never inflates another's.
 """
 
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.data import Split
+from embslim.pipeline.data import Split
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: in
 def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: int, cfg: ValidateConfig,
                       torch_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json)."""
-    from runtime import Classifier
+    from embslim.runtime import Classifier
 
     bundle = Path(bundle)
     clf = Classifier.from_bundle(bundle, file=file, threads=None)
@@ -93,7 +93,7 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
         metrics |= parity(logits, torch_logits)
         metrics["torch_accuracy"] = task_metrics(torch_logits, split.labels, n_labels=n_labels)["accuracy"]
     if cfg.measure:
-        from pipeline.probe import measure
+        from embslim.pipeline.probe import measure
 
         ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)

@@ -92,7 +92,7 @@ class PrunedVocab:
 
     def save(self, folder: str | Path) -> None:
         """vocab.json: plain data, readable and diffable (no pickles)."""
-        from pipeline.bundle import write_json_atomic
+        from embslim.pipeline.bundle import write_json_atomic
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

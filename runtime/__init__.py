@@ -1,6 +1,6 @@
 """embslim runtime: classify text with an embslim bundle (onnxruntime + numpy + tokenizers only).
 
-    from runtime import Classifier
+    from embslim.runtime import Classifier
 
     clf = Classifier.from_bundle("out/demo/bundle", variant="auto", threads=1)
     pred = clf.predict("a gripping, beautifully acted film")[0]

@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_task():
     """A small sentiment task (generated, deterministic) whose words the tiny tokenizer knows."""
-    from pipeline.data import synthetic_sentiment, subsample
+    from embslim.pipeline.data import synthetic_sentiment, subsample
 
     task = synthetic_sentiment(n_train=200, n_eval=40, seed=0)
     return type(task)(name=task.name, train=subsample(task.train, 200, seed=0), eval=task.eval,

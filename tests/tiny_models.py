@@ -9,7 +9,7 @@ WORDS = ("the a an and or but not no very really quite so too movie film story p
          "weak worst mess flat slow tedious it is was are be this that with of to in for on as at by "
          "what how when where who can could would i you we they he she my your our play set alarm "
          "weather rain sun call mom transfer money bank card balance paris london song ##s ##ing ##ed ##ly "
-         # the generated sentiment task's words (pipeline.data.synthetic_sentiment)
+         # the generated sentiment task's words (embslim.pipeline.data.synthetic_sentiment)
          "wonderful delightful excellent enjoyable fantastic clever terrible clumsy disappointing painful "
          "forgettable annoying dialogue ending every felt finish found friends from honestly me overall "
          "pacing said scene sounded soundtrack start think truly").split()

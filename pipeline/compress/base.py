@@ -1,6 +1,6 @@
 """The contract every compressor meets.
 
-A compressor replaces the `inner` table of `pipeline.embedding.RemappedEmbedding`: its module
+A compressor replaces the `inner` table of `embslim.pipeline.embedding.RemappedEmbedding`: its module
 takes NEW ids (int32 or int64 tensors of any shape, values in [0, N)) and returns [..., d]
 float32 vectors. It is written with ops that export to plain ONNX (Gather via F.embedding,
 MatMul, Concat, Sin/Cos...) and that int8 quantization handles; integer index tables are

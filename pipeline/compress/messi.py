@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compress.base import (
+from embslim.pipeline.compress.base import (
     CompressError,
     Compressor,
     Fitted,
@@ -48,7 +48,7 @@ from pipeline.compress.base import (
     relative_error,
     run_fit,
 )
-from pipeline.compress.svd import DEFAULT_SHARE, basis_from_gram
+from embslim.pipeline.compress.svd import DEFAULT_SHARE, basis_from_gram
 
 log = logging.getLogger(__name__)
 

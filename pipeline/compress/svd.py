@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compress.base import (
+from embslim.pipeline.compress.base import (
     CompressError,
     Compressor,
     Fitted,

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, TextIO
 
-from runtime import DEFAULT_MAX_CHARS, BundleError, Classifier, InputError, Prediction
+from embslim.runtime import DEFAULT_MAX_CHARS, BundleError, Classifier, InputError, Prediction
 
 __all__ = ["main"]
 

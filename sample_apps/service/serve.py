@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from runtime import BundleError, Classifier, InputError, Prediction
+from embslim.runtime import BundleError, Classifier, InputError, Prediction
 
 from .._http import QuietThreadingHTTPServer
 from .metrics import Metrics

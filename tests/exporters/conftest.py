@@ -4,7 +4,7 @@ The tiny tokenizer from tests/tiny_models.py, a random BERT with hidden size 128
 4-bit weights visibly beat int8 on bytes, still ~1.8 MB fp32), trained for a few seconds on the
 generated sentiment task so that label agreement between fp32 and quantized models means
 something (a random model's logits differ by less than the quantization noise), then DEP-pruned
-and exported with `pipeline.bundle.export_model` (which checks parity with PyTorch).
+and exported with `embslim.pipeline.bundle.export_model` (which checks parity with PyTorch).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ HIDDEN, HEADS, LAYERS = 128, 4, 2
 
 class TinyBundle(NamedTuple):
     path: Path
-    task: object            # pipeline.data.TaskData
+    task: object            # embslim.pipeline.data.TaskData
     n_labels: int
     kept_rows: int
     original_rows: int
@@ -62,10 +62,10 @@ def build_tiny_bundle(folder: Path, task) -> TinyBundle:
     from tiny_models import make_tiny_model_dir
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
 
-    from pipeline.bundle import BundleMeta, export_model
-    from pipeline.embedding import apply_pruning
-    from pipeline.model import get_word_embeddings, load_classifier
-    from pipeline.vocab import PruneConfig, prune
+    from embslim.pipeline.bundle import BundleMeta, export_model
+    from embslim.pipeline.embedding import apply_pruning
+    from embslim.pipeline.model import get_word_embeddings, load_classifier
+    from embslim.pipeline.vocab import PruneConfig, prune
 
     src = make_tiny_model_dir(folder / "src")
     vocab_size = len(AutoTokenizer.from_pretrained(src))
@@ -97,7 +97,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_task) -> TinyBund
 @pytest.fixture(scope="session")
 def fused_model(tiny_bundle: TinyBundle):
     """model.fused.onnx beside model.onnx, and the OptimizeResult."""
-    from exporters.optimize import OptimizeConfig, optimize
+    from embslim.exporters.optimize import OptimizeConfig, optimize
 
     cfg = OptimizeConfig(validation_shapes=((4, 19), (1, 64)))
     return optimize(tiny_bundle.path / "model.onnx", tiny_bundle.path / "model.fused.onnx", cfg=cfg)

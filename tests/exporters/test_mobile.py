@@ -6,14 +6,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from exporters.compare import compare_onnx
-from exporters.mobile import OPERATORS_CONFIG, MobileConversionError, to_ort_format
-from exporters.quantize import QuantizeConfig, quantize
-from pipeline.bundle import add_artifacts, artifact_entry
+from embslim.exporters.compare import compare_onnx
+from embslim.exporters.mobile import OPERATORS_CONFIG, MobileConversionError, to_ort_format
+from embslim.exporters.quantize import QuantizeConfig, quantize
+from embslim.pipeline.bundle import add_artifacts, artifact_entry
 
 
 def test_ort_round_trip_predicts_the_same_labels(tiny_bundle, fused_model):
-    from runtime import Classifier
+    from embslim.runtime import Classifier
 
     bundle = tiny_bundle.path
     cfg = QuantizeConfig(target="arm64")

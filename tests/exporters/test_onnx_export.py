@@ -7,10 +7,10 @@ import onnx
 import pytest
 import torch
 
-from exporters.onnx import OnnxContract, OnnxValidationError, export_onnx, validate_onnx
-from pipeline.embedding import apply_pruning, load_checkpoint, save_checkpoint
-from pipeline.model import get_word_embeddings, load_classifier
-from pipeline.vocab import prune
+from embslim.exporters.onnx import OnnxContract, OnnxValidationError, export_onnx, validate_onnx
+from embslim.pipeline.embedding import apply_pruning, load_checkpoint, save_checkpoint
+from embslim.pipeline.model import get_word_embeddings, load_classifier
+from embslim.pipeline.vocab import prune
 from tiny_models import make_tiny_model_dir
 
 TRAIN = ["the movie was good", "the plot was dull and slow", "a great film", "the acting was bad"]
@@ -35,7 +35,7 @@ def test_export_takes_original_ids_and_remaps_in_graph(tmp_path, family):
 
     graph = onnx.load(str(path)).graph
     inits = {i.name: i for i in graph.initializer}
-    # int16: the tiny vocabulary's kept rows fit (pipeline.embedding.index_dtype)
+    # int16: the tiny vocabulary's kept rows fit (embslim.pipeline.embedding.index_dtype)
     remaps = [i for i in inits.values() if i.data_type == onnx.TensorProto.INT16 and list(i.dims) == [vocab.original_size]]
     assert len(remaps) == 1, "the remap must be one int16 initializer of the original vocabulary size"
     gathers_on_remap = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == remaps[0].name]

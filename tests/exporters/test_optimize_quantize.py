@@ -1,7 +1,7 @@
 """Fusion and quantization of a tiny DEP bundle (tests/exporters/conftest.py builds it).
 
 Lossy steps are judged the way DESIGN.md asks: label agreement with fp32 and accuracy on the tiny
-task's eval split (40 sentences) through `runtime.Classifier`, plus the SNR of the logits. The
+task's eval split (40 sentences) through `embslim.runtime.Classifier`, plus the SNR of the logits. The
 tiny model is trained for a few seconds first: a random model's logit margins are smaller than
 int8 noise, so its labels would flip by chance. Measured here: int8 SNR 28-53 dB and 100%
 agreement, 4-bit 28 dB and 100%; the thresholds below leave room for other CPUs' kernels.
@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-from exporters.optimize import OptimizationError, OptimizeConfig, optimize
-from exporters.quantize import (
+from embslim.exporters.optimize import OptimizationError, OptimizeConfig, optimize
+from embslim.exporters.quantize import (
     TARGETS,
     QuantizationAccuracyError,
     QuantizationError,
@@ -25,7 +25,7 @@ from exporters.quantize import (
     index_tables,
     quantize,
 )
-from pipeline.bundle import add_artifacts, artifact_entry
+from embslim.pipeline.bundle import add_artifacts, artifact_entry
 
 MIN_AGREEMENT = 0.95     # 40 eval sentences: at most 2 flips
 MIN_SNR_DB_INT8 = 20.0

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from runtime import Classifier
-from runtime.manifest import read_manifest
+from embslim.pipeline.cli import main
+from embslim.runtime import Classifier
+from embslim.runtime.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,8 @@ def test_optimum_loads_the_bundle_and_predicts_what_runtime_predicts(sst2_bundle
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
-    from pipeline.data import DataConfig, load_task
-    from pipeline.model import resolve_model
+    from embslim.pipeline.data import DataConfig, load_task
+    from embslim.pipeline.model import resolve_model
 
     task = load_task(DataConfig(train="sst2/train.tsv", eval="sst2/dev.tsv"), data_root=str(shared_data))
     texts = list(task.eval.texts[:96])

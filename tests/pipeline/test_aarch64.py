@@ -1,4 +1,4 @@
-"""pipeline.aarch64: config and cache-key logic, EmulationUnavailable messages, and (slow) a real
+"""embslim.pipeline.aarch64: config and cache-key logic, EmulationUnavailable messages, and (slow) a real
 emulated aarch64 run of a tiny bundle whose predictions must equal x86's."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import aarch64
-from pipeline.aarch64 import (
+from embslim.pipeline import aarch64
+from embslim.pipeline.aarch64 import (
     CACHE_ENV,
     DEFAULT_CACHE,
     EmulationUnavailable,
@@ -22,7 +22,7 @@ from pipeline.aarch64 import (
     host_versions,
     validate_arm64,
 )
-from pipeline.data import Split
+from embslim.pipeline.data import Split
 
 VERSIONS = {"onnxruntime": "1.31.1", "numpy": "2.4.6", "tokenizers": "0.22.2"}
 
@@ -143,7 +143,7 @@ def test_a_cache_folder_without_env_json_is_rebuilt(monkeypatch, tmp_path):
 def test_a_crash_under_emulation_fails_validation_loudly(monkeypatch, tmp_path):
     from tiny_bundle import make_tiny_bundle
 
-    from pipeline.validate import ValidationFailed
+    from embslim.pipeline.validate import ValidationFailed
 
     crashing = tmp_path / "qemu-crash"
     crashing.write_text("#!/bin/sh\necho 'Illegal instruction in onnxruntime' >&2\nkill -SEGV $$\n")
@@ -161,7 +161,7 @@ def test_a_crash_under_emulation_fails_validation_loudly(monkeypatch, tmp_path):
 def test_an_emulated_run_past_its_timeout_is_killed_and_fails(monkeypatch, tmp_path):
     from tiny_bundle import make_tiny_bundle
 
-    from pipeline.validate import ValidationFailed
+    from embslim.pipeline.validate import ValidationFailed
 
     hanging = tmp_path / "qemu-hang"
     hanging.write_text("#!/bin/sh\nsleep 60 &\nwait\n")  # a child keeps the pipes open: the group must die
@@ -211,7 +211,7 @@ def arm_env():
 def test_tiny_bundle_under_emulation_predicts_like_x86(arm_env, tmp_path, pair):
     from tiny_bundle import make_tiny_bundle
 
-    from runtime import Classifier
+    from embslim.runtime import Classifier
 
     bundle = make_tiny_bundle(tmp_path / "bundle", pair=pair)
     texts = TEXTS * 3  # 24 examples in batches of 5: padded batches, a ragged last one

@@ -1,4 +1,4 @@
-"""Tests for pipeline.compress.fourier (PETE): the features against the paper's formula, ONNX export
+"""Tests for embslim.pipeline.compress.fourier (PETE): the features against the paper's formula, ONNX export
 (Sin/Cos, no vocabulary-sized initializer, parity), int8 dynamic quantization, the exact-row
 hybrid, fitting and from_spec round trips."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compress import get
-from pipeline.compress.base import CompressError, relative_error
-from pipeline.compress.fourier import (
+from embslim.pipeline.compress import get
+from embslim.pipeline.compress.base import CompressError, relative_error
+from embslim.pipeline.compress.fourier import (
     COMPRESSOR,
     Config,
     FourierEmbedding,
@@ -214,7 +214,7 @@ def test_fit_copies_exact_rows_and_reports_token_share() -> None:
 
 def test_fit_reduces_error_on_a_smooth_matrix(caplog: pytest.LogCaptureFixture) -> None:
     w = smooth_matrix(300, 16)
-    with caplog.at_level(logging.INFO, logger="pipeline.compress.fourier"):
+    with caplog.at_level(logging.INFO, logger="embslim.pipeline.compress.fourier"):
         fitted = fit(w, Config(hidden=32, epochs=2))
     unfitted = FourierEmbedding(300, 16, hidden=32)
     assert fitted.reconstruction_error < 0.2

@@ -1,4 +1,4 @@
-"""Tests for pipeline.compress.messi and pipeline.compress.svd: factorised embeddings on tiny matrices."""
+"""Tests for embslim.pipeline.compress.messi and embslim.pipeline.compress.svd: factorised embeddings on tiny matrices."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compress import CompressError, get, messi, svd
-from pipeline.compress.base import rank_for_share
+from embslim.pipeline.compress import CompressError, get, messi, svd
+from embslim.pipeline.compress.base import rank_for_share
 
 
 def _low_rank(rows: int, dim: int, rank: int, *, seed: int = 0, noise: float = 0.1) -> np.ndarray:
@@ -122,9 +122,9 @@ def test_messi_module_reads_coefficients_and_its_cluster_basis() -> None:
 
 
 def test_messi_logs_one_line_per_fit(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="pipeline.compress.messi"):
+    with caplog.at_level(logging.INFO, logger="embslim.pipeline.compress.messi"):
         fitted = messi.fit(_low_rank(80, 12, 4), messi.Config(k=2, j=3))
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.compress.messi" and r.levelno == logging.INFO]
+    lines = [r.getMessage() for r in caplog.records if r.name == "embslim.pipeline.compress.messi" and r.levelno == logging.INFO]
     assert len(lines) == 1
     assert f"{fitted.params} params" in lines[0] and "reconstruction error" in lines[0] and " s (" in lines[0]
     assert len(fitted.info["restarts"]) == 3 and fitted.info["k"] == 2
@@ -264,7 +264,7 @@ def test_messi_on_minilm_fits_in_a_minute_and_beats_svd() -> None:
 
 
 def test_token_weighted_error_weighs_rows_by_their_counts() -> None:
-    from pipeline.compress.base import token_weighted_error
+    from embslim.pipeline.compress.base import token_weighted_error
 
     weight = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
     table = torch.nn.Embedding(3, 2)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bundle import BundleMeta, export_model
-from pipeline.compress import COMPRESSORS, CompressError, get
-from pipeline.embedding import apply_pruning, embedding_params, load_checkpoint, replace_inner, save_checkpoint
-from pipeline.finetune import predict_logits
-from pipeline.model import get_word_embeddings, load_classifier
-from pipeline.vocab import prune
-from runtime import Classifier
+from embslim.pipeline.bundle import BundleMeta, export_model
+from embslim.pipeline.compress import COMPRESSORS, CompressError, get
+from embslim.pipeline.embedding import apply_pruning, embedding_params, load_checkpoint, replace_inner, save_checkpoint
+from embslim.pipeline.finetune import predict_logits
+from embslim.pipeline.model import get_word_embeddings, load_classifier
+from embslim.pipeline.vocab import prune
+from embslim.runtime import Classifier
 
 # Options for a 32-wide tiny model where a default does not fit; every other entry uses its defaults.
 TINY_OPTIONS: dict[str, dict] = {"fourier": {"epochs": 20}}
@@ -54,7 +54,7 @@ def test_unknown_compressor_lists_the_known_ones():
 
 
 def test_replace_inner_needs_a_pruned_model(tiny_model_dir):
-    from pipeline.embedding import CheckpointError
+    from embslim.pipeline.embedding import CheckpointError
 
     lm = load_classifier(str(tiny_model_dir), labels=["a", "b"])
     with pytest.raises(CheckpointError, match="compress after pruning"):

@@ -1,4 +1,4 @@
-"""Tests for pipeline.compress.subembed: k-sub-embedding (modulo | kmeans | kmeans-equal) on tiny matrices."""
+"""Tests for embslim.pipeline.compress.subembed: k-sub-embedding (modulo | kmeans | kmeans-equal) on tiny matrices."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compress import CompressError, get
-from pipeline.compress.subembed import Config, check_unique, fit, from_spec, modulo_codes, slice_widths, smallest_m
+from embslim.pipeline.compress import CompressError, get
+from embslim.pipeline.compress.subembed import Config, check_unique, fit, from_spec, modulo_codes, slice_widths, smallest_m
 
 
 def _random(rows: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -147,14 +147,14 @@ def test_tables_start_at_the_mean_of_their_assigned_slices(assignment: str) -> N
 
 def test_fitted_figures_and_log_line(caplog: pytest.LogCaptureFixture) -> None:
     weight = _random(120, 16)
-    with caplog.at_level(logging.INFO, logger="pipeline.compress.subembed"):
+    with caplog.at_level(logging.INFO, logger="embslim.pipeline.compress.subembed"):
         fitted = fit(weight, Config(k=2, assignment="kmeans-equal"))
     assert fitted.params == sum(p.numel() for p in fitted.module.parameters()) == 11 * 16
     approx = fitted.module(torch.arange(120)).detach().numpy()
     assert fitted.reconstruction_error == pytest.approx(np.linalg.norm(weight - approx) / np.linalg.norm(weight), rel=1e-5)
     assert fitted.module.embedding_dim == 16 and fitted.module.spec == fitted.spec
     assert fitted.module.codes.dtype == torch.int32
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.compress.subembed"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "embslim.pipeline.compress.subembed"]
     assert len(lines) == 1 and "176 params" in lines[0] and "reconstruction error" in lines[0] and " s" in lines[0]
 
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.data: every format and every bad-input message on tiny files; counts on the real data."""
+"""Tests for embslim.pipeline.data: every format and every bad-input message on tiny files; counts on the real data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import DataConfig, DataError, Split, TaskData, load_task, subsample, synthetic_sentiment
+from embslim.pipeline.data import DataConfig, DataError, Split, TaskData, load_task, subsample, synthetic_sentiment
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -173,9 +173,9 @@ def test_summary_is_json(tmp_path: Path) -> None:
 
 def test_logs_one_line_per_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     train = tsv(tmp_path / "t.tsv", TRAIN)
-    with caplog.at_level(logging.INFO, logger="pipeline.data"):
+    with caplog.at_level(logging.INFO, logger="embslim.pipeline.data"):
         load_task(DataConfig(train=str(train), eval=str(train)))
-    msgs = [r.getMessage() for r in caplog.records if r.name == "pipeline.data"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "embslim.pipeline.data"]
     assert len(msgs) == 2 and "train: 4 rows" in msgs[0] and "eval: 4 rows" in msgs[1]
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.bundle import BundleMeta, export_model
-from pipeline.embedding import PositionError, load_checkpoint, save_checkpoint, trim_positions
-from pipeline.finetune import predict_logits
-from pipeline.model import load_classifier
-from runtime import Classifier
+from embslim.pipeline.bundle import BundleMeta, export_model
+from embslim.pipeline.embedding import PositionError, load_checkpoint, save_checkpoint, trim_positions
+from embslim.pipeline.finetune import predict_logits
+from embslim.pipeline.model import load_classifier
+from embslim.runtime import Classifier
 from tiny_models import make_tiny_model_dir
 
 TEXTS = ["a good film", "the plot was a mess and the acting was flat but the music was lovely " * 2,
@@ -60,7 +60,7 @@ def test_relative_position_models_are_refused(tmp_path, tiny_model_dir):
 def test_remap_is_int16_when_the_rows_fit_and_int32_beyond():
     import torch
 
-    from pipeline.embedding import CheckpointError, RemappedEmbedding, index_dtype
+    from embslim.pipeline.embedding import CheckpointError, RemappedEmbedding, index_dtype
 
     assert index_dtype(11575) == torch.int16 and index_dtype(32768) == torch.int16
     assert index_dtype(32769) == torch.int32 and index_dtype(250_002) == torch.int32
@@ -78,9 +78,9 @@ def test_a_checkpoint_with_an_int32_remap_still_loads(tmp_path, tiny_model_dir):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from pipeline.embedding import apply_pruning
-    from pipeline.model import get_word_embeddings
-    from pipeline.vocab import prune
+    from embslim.pipeline.embedding import apply_pruning
+    from embslim.pipeline.model import get_word_embeddings
+    from embslim.pipeline.vocab import prune
 
     lm = load_classifier(str(tiny_model_dir), labels=["neg", "pos"])
     apply_pruning(lm.model, prune(lm.tokenizer, TEXTS, weight=get_word_embeddings(lm.model).weight.detach().numpy()))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.compress import get
-from pipeline.data import subsample
-from pipeline.embedding import apply_pruning, replace_inner
-from pipeline.finetune import (
+from embslim.pipeline.compress import get
+from embslim.pipeline.data import subsample
+from embslim.pipeline.embedding import apply_pruning, replace_inner
+from embslim.pipeline.finetune import (
     FinetuneConfig,
     FinetuneError,
     _scaled_embedding_lr,
     compressed_embedding_parameters,
     finetune,
 )
-from pipeline.model import get_word_embeddings, load_classifier
-from pipeline.vocab import prune
+from embslim.pipeline.model import get_word_embeddings, load_classifier
+from embslim.pipeline.vocab import prune
 
 
 def _model(tiny_model_dir, tiny_task, method: str | None):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tiny_models import make_tiny_model_dir
-from pipeline.embedding import RemappedEmbedding, apply_pruning
-from pipeline.model import ModelError, get_word_embeddings, load_classifier
-from pipeline.vocab import PruneConfig, PrunedVocab, VocabError, count_ids, oov_stats, prune
+from embslim.pipeline.embedding import RemappedEmbedding, apply_pruning
+from embslim.pipeline.model import ModelError, get_word_embeddings, load_classifier
+from embslim.pipeline.vocab import PruneConfig, PrunedVocab, VocabError, count_ids, oov_stats, prune
 
 TRAIN = ["the movie was good", "the plot was dull and slow", "a great film", "the acting was bad"]
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.report: the footprint report bundle (JSON, Markdown, HTML, plots) and compare_reports."""
+"""Tests for embslim.pipeline.report: the footprint report bundle (JSON, Markdown, HTML, plots) and compare_reports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.report import (
+from embslim.pipeline.report import (
     MISSING,
     ReportError,
     compare_reports,
@@ -269,7 +269,7 @@ def test_failed_replace_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("pipeline.report.os.replace", boom)
+    monkeypatch.setattr("embslim.pipeline.report.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_report(_report(2), tmp_path)
     assert _files_under(tmp_path) == set()

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.cli import main
-from runtime import BundleError, Classifier
-from runtime.manifest import read_manifest, sha256_file
+from embslim.pipeline.cli import main
+from embslim.runtime import BundleError, Classifier
+from embslim.runtime.manifest import read_manifest, sha256_file
 
 FAST = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--latency-runs", "3"]
 
@@ -145,7 +145,7 @@ def test_existing_output_needs_force(tmp_path, tiny_model_dir, tiny_run, capsys)
 
 def test_failed_parity_leaves_no_bundle(tmp_path, tiny_model_dir, tiny_run, capsys, monkeypatch):
     """A validation failure inside the staged bundle: exit 3, no bundle, no staging folder."""
-    import pipeline.validate as validate
+    import embslim.pipeline.validate as validate
 
     _, train, dev = tiny_run
     monkeypatch.setattr(validate.ValidateConfig, "__post_init__", lambda self: None)
@@ -175,17 +175,17 @@ def test_help_is_fast_in_a_real_subprocess():
     import time
 
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "embslim.pipeline.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "embslim" in proc.stdout
     assert time.perf_counter() - t0 < 5, "--help must not import torch/transformers"
-    proc = subprocess.run([sys.executable, "-c", "import pipeline.cli, sys; print('torch' in sys.modules)"],
+    proc = subprocess.run([sys.executable, "-c", "import embslim.pipeline.cli, sys; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False"
 
 
 def test_unknown_hub_id_offline_is_one_clear_error(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "prune", "--model", "no-such-org/no-such-model",
+    proc = subprocess.run([sys.executable, "-m", "embslim.pipeline.cli", "prune", "--model", "no-such-org/no-such-model",
                            "--dataset", "synthetic-sentiment", "--out", str(tmp_path / "v")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2
@@ -237,7 +237,7 @@ def test_resume_reuses_checkpoints_with_the_same_inputs(tmp_path, tiny_model_dir
     assert main(args) == 0
     first = read_manifest(out)["metrics"]
     caplog.clear()
-    with caplog.at_level("INFO", logger="pipeline.run"):
+    with caplog.at_level("INFO", logger="embslim.pipeline.run"):
         assert main(args + ["--force", "--resume"]) == 0
     resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
     assert len(resumed) == 3                                  # dep, dep+svd(rank=8) and unpruned
@@ -245,13 +245,13 @@ def test_resume_reuses_checkpoints_with_the_same_inputs(tmp_path, tiny_model_dir
     for name in first:                                        # the same weights: the same predictions
         assert again[name]["accuracy"] == first[name]["accuracy"]
     caplog.clear()
-    with caplog.at_level("INFO", logger="pipeline.run"):      # another learning rate is another run
+    with caplog.at_level("INFO", logger="embslim.pipeline.run"):      # another learning rate is another run
         assert main(args + ["--force", "--resume", "--learning-rate", "1e-4"]) == 0
     assert not [r for r in caplog.records if "resumed from" in r.getMessage()]
 
 
 def test_method_picks_names_the_most_accurate_variant_per_method():
-    from pipeline.run import method_picks
+    from embslim.pipeline.run import method_picks
 
     rows = [{"name": "dep", "accuracy": 0.80, "embedding_params": 4_444_800},
             {"name": "dep+pete", "accuracy": 0.55, "embedding_params": 443_136},

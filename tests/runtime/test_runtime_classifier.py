@@ -22,9 +22,9 @@ from tiny_bundle import (
     write_manifest,
 )
 
-from runtime import Classifier, Prediction
-from runtime.classifier import softmax
-from runtime.manifest import machine_targets
+from embslim.runtime import Classifier, Prediction
+from embslim.runtime.classifier import softmax
+from embslim.runtime.manifest import machine_targets
 
 TEXTS = [
     "A great movie!",

@@ -7,8 +7,8 @@ import shutil
 import pytest
 from tiny_bundle import make_tiny_bundle, read_manifest_json, write_manifest
 
-from runtime import BundleError, Classifier, InputError
-from runtime.errors import InputTypeError
+from embslim.runtime import BundleError, Classifier, InputError
+from embslim.runtime.errors import InputTypeError
 
 HEX = "[0-9a-f]{64}"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tiny_bundle import make_tiny_bundle
 
-from runtime import DEFAULT_MAX_CHARS, Classifier, InputError
+from embslim.runtime import DEFAULT_MAX_CHARS, Classifier, InputError
 
 REPO = Path(__file__).resolve().parents[2]
 

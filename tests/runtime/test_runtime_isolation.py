@@ -39,7 +39,7 @@ CHILD = textwrap.dedent(
         else:
             raise SystemExit(f"the blocker failed: {name} imported")
 
-    from runtime import Classifier
+    from embslim.runtime import Classifier
 
     clf = Classifier.from_bundle(sys.argv[1], variant="auto", threads=1)
     preds = clf.predict(["a great movie", "the plot was awful"], top_k=2)

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from tiny_bundle import make_tiny_bundle
 
-from runtime import BundleError
-from runtime.manifest import (
+from embslim.runtime import BundleError
+from embslim.runtime.manifest import (
     SCHEMA_VERSION,
     artifact,
     machine_targets,
@@ -146,7 +146,7 @@ def test_file_overrides_variant():
 
 def test_sessions_ask_for_exact_int8_on_x86():
     """Without VNNI, x86's u8 x s8 kernel saturates; every runtime session asks ORT to use u8 x u8 there."""
-    from runtime.classifier import session_options
+    from embslim.runtime.classifier import session_options
 
     options = session_options(threads=2)
     assert options.get_session_config_entry("session.x64quantprecision") == "1"

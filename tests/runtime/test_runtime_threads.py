@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_bundle import make_tiny_bundle
 
-from runtime import Classifier
+from embslim.runtime import Classifier
 
 THREADS = 8
 CALLS_PER_THREAD = 2_000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Classifier
+from embslim.runtime import Classifier
 from sample_apps.cli.classify import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from runtime import Classifier
+from embslim.runtime import Classifier
 from sample_apps.service.metrics import Metrics
 from sample_apps.service.serve import ServiceConfig, make_server, parse_predict_request
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Classifier
+from embslim.runtime import Classifier
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = 8

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Classifier
+from embslim.runtime import Classifier
 from sample_apps.web.serve import ORT_DIST, make_server
 
 PAGE_TIMEOUT_S = 120

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.tokens import load_tokenizer
+from embslim.runtime.tokens import load_tokenizer
 
 HERE = Path(__file__).resolve().parent
 HELPER = HERE / "wordpiece_ids.mjs"
