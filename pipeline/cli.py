@@ -22,6 +22,10 @@ EXIT_VALIDATION = 3
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task data")
     g.add_argument("--train", help="training file: TSV/CSV/JSONL/JSON, or CLINC150's data_full.json")
+    g.add_argument("--text", dest="texts", action="append", metavar="FILE",
+                   help="unlabelled task text (repeatable): a file with one text per line, or a folder of .txt files; "
+                        "DEP counts it, distillation learns the given model's outputs on it; alone it is enough for a "
+                        "model that is already trained (--no-finetune)")
     g.add_argument("--eval", dest="eval_file", help="eval file (default: a seeded split of --train)")
     g.add_argument("--dataset", help="'synthetic-sentiment', or a Hugging Face datasets name (needs `datasets`)")
     g.add_argument("--format", choices=["auto", "tsv", "csv", "jsonl", "json", "clinc150"])
@@ -37,7 +41,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _data_overrides(a: argparse.Namespace) -> dict:
     pairs = {"train": a.train, "eval": a.eval_file, "dataset": a.dataset, "format": a.format, "text_column": a.text_column,
              "text_pair_column": a.text_pair_column, "label_column": a.label_column, "eval_fraction": a.eval_fraction,
-             "clinc_eval_split": a.clinc_eval_split, "name": a.task_name}
+             "clinc_eval_split": a.clinc_eval_split, "name": a.task_name, "texts": a.texts}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -51,8 +55,21 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="cut the position table to max_length rows (the runtime never reads more)")
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2): a pretrained encoder, "
+                                   "or a classifier that is already fine-tuned (its head and labels are kept)")
+    p.add_argument("--task", choices=["text-classification", "feature-extraction", "token-classification"],
+                   help="Optimum's task name (default: inferred from the model's architectures; a bare encoder gets "
+                        "text-classification)")
+    p.add_argument("--new-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="replace a fine-tuned classifier's own head and labels with a fresh head for the data's labels")
+
+
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning")
+    g.add_argument("--no-finetune", dest="finetune_enabled", action="store_false", default=None,
+                   help="keep the given (already trained) model's weights: prune, export, quantize and validate it as "
+                        "it is, compared with the original; only +distill variants learn, from it (same as epochs = 0)")
     g.add_argument("--epochs", type=float)
     g.add_argument("--max-steps", type=int)
     g.add_argument("--batch-size", type=int)
@@ -88,7 +105,7 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML or YAML file with the same options (flags override it)")
-    p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
+    _add_model_args(p)
     _add_data_args(p)
     _add_prune_args(p)
     _add_finetune_args(p)
@@ -99,7 +116,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", metavar="METHOD[:k=v,...]",
                    help="a model to build and compare (repeatable): dep, svd, messi, subembed, fourier, with options, "
                         "e.g. messi:k=5,compression=0.4 or subembed:assignment=kmeans,k=2; append +distill to the "
-                        "method to distil from the fine-tuned dep model. Default: dep")
+                        "method to distil from the fine-tuned dep model (from the given model with --no-finetune). "
+                        "Default: dep")
     p.add_argument("--bundle-variant", help="which variant becomes the bundle's model.onnx (default: the first)")
     p.add_argument("--resume", action="store_true",
                    help="reuse fine-tuned checkpoints in <out>.work from an earlier run with the same inputs")
@@ -113,7 +131,7 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text",
                   "trim_positions": "trim_positions"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
-                                  "max_train_samples", "seed")},
+                                  "max_train_samples", "seed")} | {"enabled": "finetune_enabled"},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
     }[section]
@@ -127,7 +145,7 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw["data"].update(_data_overrides(a))
     for section in ("prune", "finetune", "validate", "targets"):
         raw[section].update(_section(a, section))
-    for key in ("model", "baseline", "bundle_variant"):
+    for key in ("model", "task", "new_head", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     if a.variant:
@@ -152,11 +170,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _load_task_and_model(a: argparse.Namespace):
-    from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.model import load_classifier
+    from embslim.pipeline.data import DataConfig
+    from embslim.pipeline.finetune import FinetuneConfig
+    from embslim.pipeline.run import RunConfig, load_inputs
 
-    task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
-    return task, load_classifier(a.model or "default", labels=task.label_names)
+    cfg = RunConfig(model=a.model or "default", task=a.task, new_head=bool(a.new_head),
+                    data=DataConfig(**_data_overrides(a)), finetune=FinetuneConfig(**_section(a, "finetune")))
+    return load_inputs(cfg, data_root=a.data_root)
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
@@ -166,7 +186,7 @@ def _cmd_prune(a: argparse.Namespace) -> int:
     task, loaded = _load_task_and_model(a)
     emb = get_word_embeddings(loaded.model)
     vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=emb.weight.detach().numpy(),
-                  cfg=PruneConfig(**_section(a, "prune")))
+                  cfg=PruneConfig(**_section(a, "prune")), extra_texts=task.texts)
     vocab.save(a.out)
     stats = vocab.stats(emb.embedding_dim) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
     (Path(a.out) / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -184,6 +204,9 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     if a.vocab:
         apply_pruning(loaded.model, PrunedVocab.load(a.vocab))
     cfg = FinetuneConfig(**_section(a, "finetune"))
+    if not cfg.enabled:
+        raise ValueError("`embslim finetune` with --no-finetune (or epochs = 0) has nothing to do; "
+                         "use `embslim run --no-finetune` to bundle a trained model as it is")
     summary = finetune(loaded.model, loaded.tokenizer, task.train, task.eval, cfg=cfg, name=Path(a.out).name)
     save_checkpoint(loaded.model, loaded.tokenizer, a.out, meta=bundle_meta(loaded, task, max_length=cfg.max_length).to_json())
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
@@ -308,15 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace --out if it exists")
     r.set_defaults(func=_cmd_run)
 
-    pr = sub.add_parser("prune", help="DEP only: count the training vocabulary, write vocab.json + stats.json")
-    pr.add_argument("--model")
+    pr = sub.add_parser("prune", help="DEP only: count the task text's vocabulary, write vocab.json + stats.json")
+    _add_model_args(pr)
     _add_data_args(pr)
     _add_prune_args(pr)
     pr.add_argument("--out", required=True, help="folder for vocab.json and stats.json")
     pr.set_defaults(func=_cmd_prune)
 
     ft = sub.add_parser("finetune", help="fine-tune (optionally pruned with --vocab) and write a checkpoint folder")
-    ft.add_argument("--model")
+    _add_model_args(ft)
     ft.add_argument("--vocab", help="folder written by `embslim prune`")
     _add_data_args(ft)
     _add_finetune_args(ft)

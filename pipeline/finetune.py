@@ -33,6 +33,9 @@ class FinetuneError(ValueError):
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    # False (--no-finetune, or epochs = 0 with no max_steps): keep the given model's trained weights;
+    # only variants that distil learn, from the given model, for `epochs` (1 when 0) or max_steps.
+    enabled: bool = True
     epochs: float = 1.0
     max_steps: int = -1               # > 0 overrides epochs (quick runs, tests)
     batch_size: int = 32
@@ -54,8 +57,10 @@ class FinetuneConfig:
     embedding_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise FinetuneError("set epochs > 0 or max_steps > 0")
+        if self.epochs < 0:
+            raise FinetuneError(f"epochs must be >= 0 (0: no fine-tuning, as --no-finetune), got {self.epochs}")
+        if self.epochs == 0 and self.max_steps <= 0:
+            object.__setattr__(self, "enabled", False)
         for name in ("batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -77,7 +82,9 @@ class _Encoded:
                  teacher_logits: np.ndarray | None = None) -> None:
         enc = tokenizer(list(split.texts), list(split.pairs) if split.pairs is not None else None,
                         truncation=True, max_length=max_length, padding=False)
-        self.features = [{k: enc[k][i] for k in enc} | {"labels": split.labels[i]} for i in range(len(split))]
+        labels = split.labels
+        self.features = [{k: enc[k][i] for k in enc} | ({"labels": labels[i]} if labels is not None else {})
+                         for i in range(len(split))]
         if teacher_logits is not None:
             for f, t in zip(self.features, teacher_logits):
                 f["teacher_logits"] = t.tolist()
@@ -107,7 +114,8 @@ def _distill_trainer(alpha: float, temperature: float) -> type:
             outputs = model(**inputs)
             kl = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.softmax(teacher / temperature, -1),
                           reduction="batchmean") * temperature ** 2
-            loss = (1 - alpha) * outputs.loss + alpha * kl
+            # Unlabelled text (or alpha = 1): the teacher's logits are the whole target.
+            loss = kl if outputs.loss is None or alpha == 1 else (1 - alpha) * outputs.loss + alpha * kl
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
@@ -163,6 +171,8 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     from transformers.utils import logging as hf_logging
 
     train = subsample(train, cfg.max_train_samples, seed=cfg.seed)
+    if train.labels is None and teacher is None:
+        raise FinetuneError("the training text has no labels: fine-tuning on it needs a teacher (distillation)")
     teacher_logits = None
     if teacher is not None:
         teacher_logits = predict_logits(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length, batch_size=64)

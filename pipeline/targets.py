@@ -14,10 +14,13 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from embslim.pipeline.data import Split
 from embslim.pipeline.validate import ValidateConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,10 @@ class TargetsConfig:
 
 
 def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: TargetsConfig, validate: ValidateConfig,
-                  work: str | Path) -> list[dict]:
+                  work: str | Path, original_logits: "np.ndarray | None" = None) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
-    return one metrics row per artifact for the report."""
+    return one metrics row per artifact for the report. `original_logits` (the user's trained model
+    on `split`) adds each artifact's agreement with that model to its row."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
@@ -113,22 +117,26 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                         artifact_entry(bundle, ops.name, variant="required-operators", target=plan.target)]
         add_artifacts(bundle, entries)
         check = check_quantized(bundle, plan.file_name, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
+                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits,
+                                original_logits=original_logits)
         row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
                "description": f"{'fused, ' if source else ''}{plan.variant} for {plan.target}"
                               + (" (FLAGGED: accuracy drop above max_drop)" if check["flagged"] else ""),
                "onnx_bytes": q.bytes_out, "accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
-               "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized}
+               "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized,
+               **{k: check[k] for k in ("original_agreement", "original_max_logit_diff") if k in check}}
         if ids is not None:
             row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
         rows.append(row)
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_file = Path(plan.file_name).with_suffix(".ort").name
             ort_check = check_quantized(bundle, ort_file, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
+                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits,
+                                        original_logits=original_logits)
             row = {"name": f"{plan.variant}-{plan.target}-ort", "precision": plan.variant, "file": ort_file,
                    "description": f"ORT mobile format of {plan.file_name}", "onnx_bytes": (bundle / ort_file).stat().st_size,
-                   "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"]}
+                   "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"],
+                   **{k: ort_check[k] for k in ("original_agreement", "original_max_logit_diff") if k in ort_check}}
             rows.append(row | (measure(bundle / ort_file, ids, runs=validate.latency_runs, threads=validate.threads)
                                if ids is not None else {}))
     return rows

@@ -61,6 +61,15 @@ def parity(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
             "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max())}
 
 
+def against_original(logits: np.ndarray, original_logits: np.ndarray | None) -> dict:
+    """Label agreement and max |logit difference| with the ORIGINAL (given, trained) model on the same
+    eval texts: the main metric when a trained model is shrunk as it is (`--no-finetune`); {} without one."""
+    if original_logits is None:
+        return {}
+    got = parity(logits, original_logits)
+    return {"original_agreement": got["agreement"], "original_max_logit_diff": got["max_logit_diff"]}
+
+
 def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: int,
                 max_length: int | None = None) -> list[int]:
     """Exactly `seq_len` real token ids ([CLS] ... [SEP]) made from the eval texts; never more than
@@ -81,8 +90,11 @@ def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: in
 
 
 def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: int, cfg: ValidateConfig,
-                      torch_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json)."""
+                      torch_logits: np.ndarray | None = None,
+                      original_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json):
+    task metrics on `split`'s labels, parity with `torch_logits` (the same model in PyTorch) and
+    agreement with `original_logits` (the model the user gave, before pruning), each when given."""
     from embslim.runtime import Classifier
 
     bundle = Path(bundle)
@@ -92,12 +104,15 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
     if torch_logits is not None:
         metrics |= parity(logits, torch_logits)
         metrics["torch_accuracy"] = task_metrics(torch_logits, split.labels, n_labels=n_labels)["accuracy"]
+    metrics |= against_original(logits, original_logits)
     if cfg.measure:
         from embslim.pipeline.probe import measure
 
         ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
-    log.info("%s: accuracy %.2f%%%s%s", file, 100 * metrics["accuracy"],
+    log.info("%s: accuracy %.2f%%%s%s%s", file, 100 * metrics["accuracy"],
+             f", agreement with the original model {100 * metrics['original_agreement']:.2f}%"
+             if "original_agreement" in metrics else "",
              f", agreement {100 * metrics['agreement']:.2f}%, max |dlogit| {metrics['max_logit_diff']:.1e}" if "agreement" in metrics else "",
              f", p50 {metrics['latency_ms_p50']:.2f} ms, peak RSS {metrics['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in metrics else "")
     return metrics, logits
