@@ -157,12 +157,14 @@ def export_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     """Write tokenizer, config and a validated fp32 model.onnx into `folder`, plus a manifest
     without metrics. Raises OnnxValidationError (and writes no manifest) if parity fails."""
     from embslim.exporters.onnx import OnnxContract, export_onnx, validate_onnx
+    from embslim.pipeline.embedding import export_index_dtypes
 
     folder = Path(folder)
     write_tokenizer_and_config(model, tokenizer, folder, meta=meta)
     contract = OnnxContract(input_names=meta.input_names, opset=opset, atol=atol)
-    export_onnx(model, folder / "model.onnx", contract=contract)
-    validate_onnx(model, folder / "model.onnx", contract=contract, max_length=meta.max_length)
+    with export_index_dtypes(model):
+        export_onnx(model, folder / "model.onnx", contract=contract)
+        validate_onnx(model, folder / "model.onnx", contract=contract, max_length=meta.max_length)
     artifacts = [artifact_entry(folder, f, variant=v) for f, v in
                  (("model.onnx", "fp32"), ("tokenizer.json", "tokenizer"), ("config.json", "config"))]
     write_manifest(folder, meta=meta, pad_id=int(tokenizer.pad_token_id or 0), artifacts=artifacts,

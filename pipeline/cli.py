@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -165,7 +166,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
         raise ValueError("no output folder: pass --out DIR (or set out = \"DIR\" in the config file)")
     cfg = config_from_dict(_merge(raw, a), where=a.config or "flags")
     bundle = run(cfg, out=out, force=a.force, data_root=a.data_root, resume=a.resume)
-    print(f"bundle: {bundle}\nreport: {bundle / 'report.md'}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"bundle: {bundle}\nreport: {bundle / 'report.md'}")
     return 0
 
 
@@ -398,7 +400,8 @@ _VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationEr
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    main_rank = os.environ.get("RANK", "0") == "0"   # under torchrun / accelerate only rank 0 logs progress
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if main_rank else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
     try:

@@ -8,12 +8,15 @@ checkpoint (by accuracy) is what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +32,39 @@ log = logging.getLogger(__name__)
 
 class FinetuneError(ValueError):
     """A fine-tuning option is wrong."""
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun or `accelerate launch` (their RANK and
+    WORLD_SIZE variables); (0, 1) when launched alone. Every rank trains; rank 0 alone writes."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_rank()[0] == 0
+
+
+@contextlib.contextmanager
+def _trainer_dir(work_dir: str | None, name: str) -> Iterator[str]:
+    """The Trainer's output folder. Alone: a temporary folder. Under a launcher: one folder every
+    rank names alike (`<work>/.trainer-<name>`), since the best epoch is saved by rank 0 and loaded
+    by every rank; rank 0 removes it once all ranks are done."""
+    rank, world = process_rank()
+    if world == 1 or work_dir is None:
+        with _trainer_dir(work_dir, name) as tmp:
+            yield tmp
+        return
+    folder = Path(work_dir) / f".trainer-{''.join(c if c.isalnum() or c in '+-_.' else '_' for c in name)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(folder)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -180,7 +216,7 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix=f".trainer-{name}-") as tmp:
+    with _trainer_dir(work_dir, name) as tmp:
         args = TrainingArguments(
             output_dir=tmp,
             num_train_epochs=cfg.epochs,

@@ -322,7 +322,7 @@ def _train_variants(variants: dict[str, dict], plan: dict[str, tuple | None], *,
     """Fine-tune (or distil) each variant in place per `plan`, teachers first; checkpoints go to
     `work` so `--resume` can reuse them."""
     from embslim.pipeline.embedding import save_checkpoint
-    from embslim.pipeline.finetune import finetune
+    from embslim.pipeline.finetune import finetune, is_main_process
 
     # A distilled variant's teacher ("dep" when fine-tuning) is trained first.
     order = sorted(variants, key=lambda n: (n != "dep", variants[n]["config"] is not None and variants[n]["config"].distill))
@@ -349,8 +349,9 @@ def _train_variants(variants: dict[str, dict], plan: dict[str, tuple | None], *,
             continue
         v["finetune"] = finetune(v["model"], loaded.tokenizer, split, task.eval, cfg=ft_cfg, name=name,
                                  work_dir=str(work), teacher=teacher)
-        save_checkpoint(v["model"], loaded.tokenizer, folder,
-                        meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
+        if is_main_process():
+            save_checkpoint(v["model"], loaded.tokenizer, folder,
+                            meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
 
 
 def _teacher_fingerprint(teacher: "PreTrainedModel | None", variants: dict[str, dict], loaded: "LoadedModel") -> str | None:
@@ -373,7 +374,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     pruned and exported as it is, and every artifact is compared with it."""
     from embslim.pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
     from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, trim_positions
-    from embslim.pipeline.finetune import predict_logits
+    from embslim.pipeline.finetune import is_main_process, predict_logits, process_rank
     from embslim.pipeline.model import get_word_embeddings
     from embslim.pipeline.report import write_report
     from embslim.pipeline.targets import build_targets
@@ -432,6 +433,9 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                         fingerprint_parts={"weights": loaded.weights_sha256, "model": loaded.name,
                                            "data": _task_digest(task), "max_length": max_length,
                                            "prune": fingerprint_dict(cfg.prune), "kept": vocab.kept_ids.tolist()})
+    if not is_main_process():   # under torchrun / accelerate: every rank trained; rank 0 exports and writes
+        log.info("rank %d of %d: fine-tuning done; rank 0 writes the bundle", *process_rank())
+        return out
 
     stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
               "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},
