@@ -299,7 +299,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embslim", description="Prune and compress a text classifier's embedding, "
                                 "export it to ONNX and validate it under ONNX Runtime.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: also the libraries' INFO logs (ONNX Runtime, Optimum, transformers); -vv: DEBUG")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="the whole pipeline: prune, fine-tune, export, validate, bundle, report")
@@ -375,8 +376,9 @@ _VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationEr
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from embslim.pipeline.logs import setup_logging
+
+    setup_logging(args.verbose)
     t0 = time.perf_counter()
     try:
         code = args.func(args)

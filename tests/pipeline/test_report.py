@@ -275,7 +275,7 @@ def test_failed_replace_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.
     assert _files_under(tmp_path) == set()
 
 
-def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> None:
+def test_compare_reports_merges_and_prefixes_every_name(tmp_path: Path) -> None:
     a, b = _report(2), _report(3)
     b["variants"][2]["name"] = "int8-only-in-b"
     b["notes"] = ["run b used a different seed"]
@@ -284,7 +284,7 @@ def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> N
 
     merged = compare_reports([tmp_path / "run-a", tmp_path / "run-b" / "report.json"])
     names = [v["name"] for v in merged["variants"]]
-    assert names == ["run-a/unpruned", "run-a/dep", "run-b/unpruned", "run-b/dep", "int8-only-in-b"]
+    assert names == ["run-a/unpruned", "run-a/dep", "run-b/unpruned", "run-b/dep", "run-b/int8-only-in-b"]
     assert [v["source"] for v in merged["variants"]] == ["run-a"] * 2 + ["run-b"] * 3
     assert merged["vocab"] == a["vocab"]
     assert "run-b: run b used a different seed" in merged["notes"]
@@ -297,8 +297,11 @@ def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> N
 def test_compare_reports_custom_names(tmp_path: Path) -> None:
     for d in ("x/out", "y/out"):
         write_report(_report(2), tmp_path / d)
-    with pytest.raises(ReportError, match=r"still clash .*pass distinct names"):
-        compare_reports([tmp_path / "x/out", tmp_path / "y/out"])
+    # bundles in folders of one name are told apart by their parent folders
+    merged = compare_reports([tmp_path / "x/out", tmp_path / "y/out"])
+    assert [v["name"] for v in merged["variants"]][::2] == ["x/out/unpruned", "y/out/unpruned"]
+    with pytest.raises(ReportError, match=r"bundle names clash: .*pass one distinct name per report"):
+        compare_reports([tmp_path / "x/out", tmp_path / "x/out"])
     merged = compare_reports([tmp_path / "x/out", tmp_path / "y/out"], names=["seed0", "seed1"])
     assert merged["variants"][0]["name"] == "seed0/unpruned"
     with pytest.raises(ReportError, match="got 1 names for 2 reports"):
