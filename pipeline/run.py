@@ -261,6 +261,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     weights, data, vocabulary, compressor and its options, fine-tune settings, teacher) is loaded
     instead of fine-tuned again, so a run that died in a later stage restarts in minutes."""
     from embslim.pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint, trim_positions
     from embslim.pipeline.finetune import finetune, predict_logits
     from embslim.pipeline.model import get_word_embeddings, load_classifier
@@ -339,13 +340,15 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         for name, v in variants.items():
             v["folder"] = bundle if name == cfg.chosen else work / _slug(name)
         with stage(4, total, "export to ONNX and check parity with PyTorch"):
-            for name, v in variants.items():
+            for i, (name, v) in enumerate(variants.items(), start=1):
+                log.info("export %d/%d: %s", i, len(variants), name)
                 v["artifacts"] = export_model(v["model"], loaded.tokenizer, v["folder"], meta=meta, opset=cfg.opset,
                                               atol=cfg.validate.parity_atol, stages=stages)
 
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
             rows = []
-            for name in (["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"]:
+            for i, name in enumerate((["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"], start=1):
+                log.info("validate %d/%d: %s", i, len(variants), name)
                 v = variants[name]
                 torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
                                               max_length=max_length, batch_size=cfg.validate.batch_size)
@@ -406,6 +409,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                          + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}),
             }
             write_report(report, bundle)
+            write_card(bundle, report=report, source_dir=loaded.path)
     return out
 
 
