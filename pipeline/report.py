@@ -423,6 +423,11 @@ def _size_png(report: dict[str, Any]) -> bytes:
 
 
 def _accuracy_png(report: dict[str, Any]) -> bytes:
+    return _png(accuracy_figure(report))
+
+
+def accuracy_figure(report: dict[str, Any]) -> Any:
+    """The accuracy-vs-size matplotlib figure (the caller closes it); plot_accuracy_vs_size saves it."""
     plt = _pyplot()
     variants = _check(report)
     pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get("accuracy"))) for v in variants]
@@ -431,7 +436,7 @@ def _accuracy_png(report: dict[str, Any]) -> bytes:
     ax.set_title("Accuracy vs ONNX size")
     if not pts:
         _no_data(ax, "no variant has both a size and an accuracy")
-        return _png(fig)
+        return fig
     # With quantized rows (those naming a `base` model) each precision gets a colour and only the
     # models are labelled, so a comparison of many variants stays readable.
     grouped = any(v.get("base") for v in variants)
@@ -446,14 +451,15 @@ def _accuracy_png(report: dict[str, Any]) -> bytes:
     if ref_acc is not None:
         ax.axhline(ref_acc * 100, ls="--", lw=1, color="#666", zorder=1,
                    label=f"reference ({variants[0]['name']}): {ref_acc * 100:.2f}%")
-        ax.legend(loc="best", fontsize=9)
+        # Below the axes, so it never covers a point or a label.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=9, frameon=False)
     ax.set_xlim(0, max(x for _, x, _ in pts) * 1.25)  # from 0, so the size gap reads honestly
     ax.margins(y=0.3)
     ax.set_xlabel("ONNX file size (MB)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     _place_labels(fig, ax, [(n, x, y) for n, x, y in pts if n in labelled], fontsize=8 if grouped else 9)
-    return _png(fig)
+    return fig
 
 
 # Offsets (points) tried in turn for a point's label: right, then above and below at growing distance.
@@ -464,6 +470,8 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[str, float, float]], *, 
     """Annotate each point with its name at the first offset whose text box overlaps no label
     placed before (bundles compared side by side often share a size and an accuracy); a label
     with no free spot is drawn with a leader line at the last offset tried."""
+    from matplotlib.text import Text
+
     renderer = fig.canvas.get_renderer()
     placed: list[Any] = []
     texts = []
@@ -472,7 +480,7 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[str, float, float]], *, 
             text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
                                va="center", arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6}
                                if abs(dy) > 11 else None)
-            box = text.get_window_extent(renderer).expanded(1.0, 1.1)
+            box = Text.get_window_extent(text, renderer).expanded(1.0, 1.1)   # the text, not its leader line
             if not any(box.overlaps(other) for other in placed):
                 break
             text.remove()
