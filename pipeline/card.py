@@ -144,8 +144,7 @@ _TABLE_HEAD = ("file", "precision", "target", "MB", "accuracy %", "Δ vs model.o
 def _done_lines(manifest: dict[str, Any], report: dict[str, Any], source_name: str) -> list[str]:
     stages = manifest.get("stages") or {}
     chosen = stages.get("bundle_variant") or MISSING
-    lines = [f"**Source model**: `{source_name}` ({(manifest.get('source_model') or {}).get('family', MISSING)}), "
-             "with a fresh classification head."]
+    lines = [f"**Source model**: `{source_name}` ({(manifest.get('source_model') or {}).get('family', MISSING)})."]
     vocab = report.get("vocab") or {}
     if vocab:
         lines.append(f"**Vocabulary pruning (DEP)**: the embedding keeps the {_fmt(vocab.get('kept_rows'), 'int')} of "
@@ -158,7 +157,7 @@ def _done_lines(manifest: dict[str, Any], report: dict[str, Any], source_name: s
         opts = ", ".join(f"{k}={v}" for k, v in (info.get("options") or {}).items())
         lines.append(f"**Embedding compression**: `{method}`" + (f" ({opts})" if opts else "")
                      + (", distilled from the fine-tuned DEP model" if info.get("distill") else "") + ".")
-    else:
+    elif method == "table":
         lines.append("**Embedding compression**: none (the pruned table is kept as it is).")
     ft = report.get("finetune") or {}
     if ft:
@@ -222,25 +221,55 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any], *, source: dic
            f"Inputs are truncated at {info.get('max_length', MISSING)} tokens.", "",
            "## What was done", "", *[f"- {line}" for line in _done_lines(manifest, report, source_name)], "",
            "## Footprint and accuracy", "",
-           f"Accuracy on the task's eval split ({_fmt(n_eval, 'int')} examples) under ONNX Runtime (CPU); "
-           "MB = 10^6 bytes; latency at batch 1 on the build machine, one thread. "
-           "`report.md` in this folder has every measurement.", "",
+           (f"Accuracy on the task's eval split ({_fmt(n_eval, 'int')} examples) under ONNX Runtime (CPU); "
+            "MB = 10^6 bytes; latency at batch 1 on the build machine, one thread. "
+            "`report.md` in this folder has every measurement." if report.get("variants") else
+            "Sizes from manifest.json (MB = 10^6 bytes). This bundle has no report, so no accuracy yet: "
+            "`embslim validate` measures it."), "",
            "| " + " | ".join(_TABLE_HEAD) + " |", "|---|---|---|" + "---:|" * (len(_TABLE_HEAD) - 3)]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in footprint_rows(manifest, report)]
     out += ["", "## How to use", "", *_usage(manifest, task)]
     return "\n".join(out)
 
 
-def write_card(bundle: str | Path, *, report: dict[str, Any], source_dir: str | Path | None = None) -> Path:
-    """Write README.md (the model card) into `bundle` from its manifest.json and `report`."""
+def write_card(bundle: str | Path, *, report: dict[str, Any] | None = None, source_dir: str | Path | None = None,
+               rows: list[dict[str, Any]] | tuple = ()) -> Path:
+    """Write README.md (the model card) into `bundle` from its manifest.json and `report` (default:
+    the bundle's report.json, if any). `rows` are metrics rows of files measured since (e.g. by
+    `embslim quantize`), which replace the report's rows for the same file. `source_dir` (default:
+    the manifest's source model when it is a local folder or the bundled default) gives the
+    source card's language and license."""
     bundle = Path(bundle)
     try:
         manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CardError(f"cannot read {bundle / 'manifest.json'} for the model card: {err}; write the manifest first") from err
-    if not isinstance(report, dict) or not isinstance(report.get("variants"), list):
+    if report is None:
+        try:
+            report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            report = {}   # a bundle from `embslim export` has no report: sizes only
+    if not isinstance(report, dict) or not isinstance(report.get("variants", []), list):
         raise CardError("the model card needs the report dict with its 'variants' (as write_report takes it)")
+    if rows:
+        files = {r.get("file") for r in rows}
+        report = report | {"variants": [v for v in report.get("variants", []) if v.get("file") not in files] + list(rows)}
+    if source_dir is None:
+        source_dir = _local_source((manifest.get("source_model") or {}).get("name"))
     text = render_card(manifest, report, source=source_card_header(source_dir))
     path = _atomic_write(bundle / CARD_FILE, text.encode("utf-8"))
     log.info("wrote the model card %s", CARD_FILE)
     return path
+
+
+def _local_source(name: Any) -> Path | None:
+    """The source model's folder when the manifest names a local folder or the bundled default."""
+    from embslim.pipeline.model import ModelError, resolve_model
+
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        folder = Path(resolve_model(name)).expanduser()
+    except ModelError:   # the default model's package is not installed
+        return None
+    return folder if folder.is_dir() else None

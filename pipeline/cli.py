@@ -192,6 +192,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 def _cmd_export(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import BundleMeta, export_model, staged_bundle
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import CheckpointError, load_checkpoint
 
     model, tokenizer, meta = load_checkpoint(a.checkpoint)
@@ -200,6 +201,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
                               "write it with `embslim finetune` or use `embslim run`")
     with staged_bundle(a.out, force=a.force) as folder:
         export_model(model, tokenizer, folder, meta=BundleMeta.from_json(meta), opset=a.opset, atol=a.atol)
+        write_card(folder)
     print(f"bundle: {Path(a.out).resolve()}")
     return 0
 
@@ -232,6 +234,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 def _cmd_quantize(a: argparse.Namespace) -> int:
     import tempfile
 
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.targets import TargetsConfig, build_targets
     from embslim.pipeline.validate import ValidateConfig
@@ -241,6 +244,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as work:
         rows = build_targets(a.bundle, task.eval, n_labels=len(task.label_names), cfg=cfg,
                              validate=ValidateConfig(**_section(a, "validate")), work=work)
+    write_card(a.bundle, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
               + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))

@@ -169,3 +169,26 @@ def test_source_card_header_reads_data_only(tmp_path: Path) -> None:
     assert not marker.exists()
     (tmp_path / "README.md").write_text("---\r\nlanguage:\r\n- en\r\n- de\r\nlicense: mit\r\n---\r\nbody", encoding="utf-8")
     assert source_card_header(tmp_path) == {"language": ["en", "de"], "license": "mit"}
+
+
+def test_export_and_quantize_commands_write_the_card_too(tmp_path: Path, tiny_model_dir: Path, carded_bundle: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from embslim.pipeline.cli import main
+
+    data = ["--train", str(carded_bundle.parent / "data" / "train.tsv"), "--eval", str(carded_bundle.parent / "data" / "dev.tsv")]
+    assert main(["finetune", "--model", str(tiny_model_dir), *data, "--max-steps", "2", "--max-length", "32",
+                 "--out", str(tmp_path / "ckpt")]) == 0
+    assert main(["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b")]) == 0
+    card = (tmp_path / "b" / "README.md").read_text(encoding="utf-8")
+    size = (tmp_path / "b" / "model.onnx").stat().st_size
+    assert _front_matter(card)["pipeline_tag"] == "text-classification"
+    assert "This bundle has no report, so no accuracy yet" in card
+    assert _table(card)["`model.onnx`"][3:5] == [_fmt(size, "mb"), MISSING]
+    assert "Embedding compression" not in card   # nothing recorded, nothing claimed
+
+    assert main(["quantize", str(tmp_path / "b"), *data, "--targets", "avx2", "--no-measure"]) == 0
+    printed = capsys.readouterr().out
+    accuracy = re.search(r"model\.int8-avx2\.onnx .* accuracy ([\d.]+)%", printed).group(1)
+    row = _table((tmp_path / "b" / "README.md").read_text(encoding="utf-8"))["`model.int8-avx2.onnx`"]
+    assert row[1:3] == ["int8", "avx2"] and row[4] == accuracy
+    assert main(["inspect", str(tmp_path / "b")]) == 0   # the card is no artifact: checksums still hold
