@@ -412,18 +412,16 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
     accuracy drops more than `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`, in which
     case the returned dict says "flagged": True. With `original_logits` (the user's own trained
     model on the same texts) it also reports `original_agreement` and `original_max_logit_diff`."""
-    from embslim.pipeline.validate import task_metrics
+    from embslim.pipeline.validate import eval_logits, task_metrics
     from embslim.runtime import Classifier
 
     if not 0.0 <= max_drop <= 1.0:
         raise ValueError(f"max_drop is a share of examples in [0, 1] (0.01 = 1 point), got {max_drop}")
-    texts = list(split.texts)
-    pairs = list(split.pairs) if split.pairs is not None else None
     logits = {} if fp32_logits is None else {fp32_file: fp32_logits}   # callers checking many files pass it once
     for name in (fp32_file, file):
         if name not in logits:
             clf = Classifier.from_bundle(bundle_dir, file=name, threads=None)
-            logits[name] = clf.logits(texts, pairs, batch_size=batch_size)
+            logits[name] = eval_logits(clf, split, batch_size=batch_size, desc=f"{name}: eval")
     ref = task_metrics(logits[fp32_file], split.labels, n_labels=n_labels)
     got = task_metrics(logits[file], split.labels, n_labels=n_labels)
     drop = ref["accuracy"] - got["accuracy"]

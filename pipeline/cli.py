@@ -217,6 +217,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 def _cmd_export(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import BundleMeta, export_model, staged_bundle
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import CheckpointError, load_checkpoint
 
     model, tokenizer, meta = load_checkpoint(a.checkpoint)
@@ -225,6 +226,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
                               "write it with `embslim finetune` or use `embslim run`")
     with staged_bundle(a.out, force=a.force) as folder:
         export_model(model, tokenizer, folder, meta=BundleMeta.from_json(meta), opset=a.opset, atol=a.atol)
+        write_card(folder)
     print(f"bundle: {Path(a.out).resolve()}")
     return 0
 
@@ -257,6 +259,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 def _cmd_quantize(a: argparse.Namespace) -> int:
     import tempfile
 
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.targets import TargetsConfig, build_targets
     from embslim.pipeline.validate import ValidateConfig
@@ -266,6 +269,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as work:
         rows = build_targets(a.bundle, task.eval, n_labels=len(task.label_names), cfg=cfg,
                              validate=ValidateConfig(**_section(a, "validate")), work=work)
+    write_card(a.bundle, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
               + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))
@@ -324,7 +328,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embslim", description="Prune and compress a text classifier's embedding, "
                                 "export it to ONNX and validate it under ONNX Runtime.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: also the libraries' INFO logs (ONNX Runtime, Optimum, transformers); -vv: DEBUG")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="the whole pipeline: prune, fine-tune, export, validate, bundle, report")
@@ -400,9 +405,10 @@ _VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationEr
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    main_rank = os.environ.get("RANK", "0") == "0"   # under torchrun / accelerate only rank 0 logs progress
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if main_rank else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from embslim.pipeline.logs import setup_logging
+
+    # Under torchrun / accelerate only rank 0 logs progress; the other ranks say only what goes wrong.
+    setup_logging(args.verbose if os.environ.get("RANK", "0") == "0" else -1)
     t0 = time.perf_counter()
     try:
         code = args.func(args)

@@ -279,10 +279,13 @@ def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks)."""
     import torch
 
+    from embslim.pipeline.logs import progress
+
     out = []
     model.eval()
+    starts = range(0, len(texts), batch_size)
     with torch.inference_mode():
-        for s in range(0, len(texts), batch_size):
+        for s in progress(starts, total=len(starts), desc="PyTorch logits for the parity check", logger=log):
             enc = tokenizer(list(texts[s:s + batch_size]), list(pairs[s:s + batch_size]) if pairs is not None else None,
                             truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             out.append(model(**enc).logits.float().numpy())

@@ -373,6 +373,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     With fine-tuning off (`cfg.finetune.enabled` False, --no-finetune) the given trained model is
     pruned and exported as it is, and every artifact is compared with it."""
     from embslim.pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, trim_positions
     from embslim.pipeline.finetune import is_main_process, predict_logits, process_rank
     from embslim.pipeline.model import get_word_embeddings
@@ -446,13 +447,15 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         for name, v in variants.items():
             v["folder"] = bundle if name == cfg.chosen else work / _slug(name)
         with stage(4, total, "export to ONNX and check parity with PyTorch"):
-            for name, v in variants.items():
+            for i, (name, v) in enumerate(variants.items(), start=1):
+                log.info("export %d/%d: %s", i, len(variants), name)
                 v["artifacts"] = export_model(v["model"], loaded.tokenizer, v["folder"], meta=meta, opset=cfg.opset,
                                               atol=cfg.validate.parity_atol, stages=stages)
 
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
             rows = []
-            for name in (["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"]:
+            for i, name in enumerate((["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"], start=1):
+                log.info("validate %d/%d: %s", i, len(variants), name)
                 v = variants[name]
                 torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
                                               max_length=max_length, batch_size=cfg.validate.batch_size)
@@ -488,9 +491,10 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
             write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts,
                            stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
                            metrics={r["name"]: r for r in rows})
-            write_report(_report(cfg, task, loaded, vocab, vocab_stats, variants, rows, ft_cfg=ft_cfg, hidden=hidden,
-                                 params_before=params_before, work=work, seconds=time.perf_counter() - t_start),
-                         bundle)
+            report = _report(cfg, task, loaded, vocab, vocab_stats, variants, rows, ft_cfg=ft_cfg, hidden=hidden,
+                             params_before=params_before, work=work, seconds=time.perf_counter() - t_start)
+            write_report(report, bundle)
+            write_card(bundle, report=report, source_dir=loaded.path)
     return out
 
 

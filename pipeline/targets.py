@@ -79,7 +79,7 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     from embslim.exporters.quantize import QuantizeConfig, check_quantized, quantize
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
-    from embslim.pipeline.validate import latency_ids
+    from embslim.pipeline.validate import eval_logits, latency_ids
     from embslim.runtime import Classifier
 
     bundle, work = Path(bundle), Path(work)
@@ -87,6 +87,8 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
         return []
     fp32 = Classifier.from_bundle(bundle, file="model.onnx")
     shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
+    if cfg.fuse:
+        log.info("fusing model.onnx (ORT transformer optimizer%s)", ", and once without Attention for 4-bit" if cfg.int4 else "")
     # bits -> the fused graph that precision is quantized from (unfused model.onnx without fusion)
     fused = fuse_for_quantization(bundle / "model.onnx", work, int4=cfg.int4,
                                   cfg=OptimizeConfig(config_json=str(bundle / "config.json"), validation_shapes=shapes)
@@ -100,12 +102,13 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                                     validation_shapes=shapes))
 
     rows = []
-    fp32_logits = fp32.logits(list(split.texts), list(split.pairs) if split.pairs is not None else None,
-                              batch_size=validate.batch_size)
+    fp32_logits = eval_logits(fp32, split, batch_size=validate.batch_size, desc="model.onnx: eval (fp32 reference)")
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len,
                       max_length=fp32.max_length) if validate.measure else None
-    for plan in plans:
+    for i, plan in enumerate(plans, start=1):
         source = fused.get(plan.bits)
+        log.info("[%d/%d] %s: quantize, then accuracy on %d examples%s", i, len(plans), plan.file_name, len(split),
+                 " and latency/memory" if ids is not None else "")
         q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan)
         entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from embslim.pipeline.data import Split
+
+if TYPE_CHECKING:
+    from embslim.runtime import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,20 @@ def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: in
     return ids
 
 
+def eval_logits(clf: "Classifier", split: Split, *, batch_size: int, desc: str) -> np.ndarray:
+    """`clf.logits` over the whole split, one batch per call so a long eval shows progress
+    (embslim.pipeline.logs.progress); the batches and their padding are those of a single call."""
+    from embslim.pipeline.logs import progress
+
+    texts = list(split.texts)
+    pairs = list(split.pairs) if split.pairs is not None else None
+    starts = range(0, len(texts), batch_size)
+    chunks = [clf.logits(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs is not None else None,
+                         batch_size=batch_size)
+              for i in progress(starts, total=len(starts), desc=desc, logger=log)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(clf.labels)), np.float32)
+
+
 def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: int, cfg: ValidateConfig,
                       torch_logits: np.ndarray | None = None,
                       original_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
@@ -99,7 +116,7 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
 
     bundle = Path(bundle)
     clf = Classifier.from_bundle(bundle, file=file, threads=None)
-    logits = clf.logits(list(split.texts), list(split.pairs) if split.pairs is not None else None, batch_size=cfg.batch_size)
+    logits = eval_logits(clf, split, batch_size=cfg.batch_size, desc=f"{file}: eval")
     metrics = task_metrics(logits, split.labels, n_labels=n_labels) | {"file": file, "onnx_bytes": (bundle / file).stat().st_size}
     if torch_logits is not None:
         metrics |= parity(logits, torch_logits)
@@ -108,6 +125,7 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
     if cfg.measure:
         from embslim.pipeline.probe import measure
 
+        log.info("%s: latency and memory in a fresh process (%d runs)", file, cfg.latency_runs)
         ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
     log.info("%s: accuracy %.2f%%%s%s%s", file, 100 * metrics["accuracy"],
