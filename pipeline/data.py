@@ -177,16 +177,22 @@ def load_task(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
 def match_labels(task: TaskData, model_labels: Sequence[str], *, model: str, training: bool) -> TaskData:
     """`task` with its label indices re-pointed at `model_labels` (a kept head's id2label order).
 
-    Labels are matched by name, never by position: a data label equals a model label when their
-    strings are equal, so integer-looking names match as strings ("1" = "1"); a model saved without
-    names (transformers' defaults LABEL_0, LABEL_1, ...) matches integer data labels by number.
-    Every data label must be one of the model's; when `training`, every model label must also
-    occur in the data (a head trained on no example of a class would be ruined for it). Raises
-    DataError listing both sets otherwise."""
+    Labels are matched by name, never by position in the file: a data label equals a model label
+    when their strings are equal (integer-looking names match as strings, "1" = "1"). Data whose
+    labels are all integers that are not the model's names (GLUE's 0/1 for a model with
+    negative/positive) holds class ids, as `datasets` and transformers store labels: integer i is
+    the model's id i (a model saved without names, LABEL_0, LABEL_1, ..., is the same case). Every
+    data label must be one of the model's; when `training`, every model label must also occur in
+    the data (a head trained on no example of a class would be ruined for it). Raises DataError
+    listing both sets otherwise."""
     model_labels = [str(x) for x in model_labels]
     index = {name: i for i, name in enumerate(model_labels)}
-    if all(re.fullmatch(r"LABEL_\d+", n) for n in model_labels) and all(_INT.fullmatch(n) for n in task.label_names):
-        index = {str(int(n.removeprefix("LABEL_"))): i for i, n in enumerate(model_labels)}
+    data_labels = set(task.label_names)
+    if (not data_labels <= set(index) and data_labels and all(_INT.fullmatch(n) for n in data_labels)
+            and all(0 <= int(n) < len(model_labels) for n in data_labels)):
+        index = {str(i): i for i in range(len(model_labels))}
+        logger.info("data labels %s are class ids of the model: %s", sorted(data_labels, key=int),
+                    ", ".join(f"{i} = {name}" for i, name in enumerate(model_labels)))
     used = set()
     for split in (task.train, task.eval):
         if split.labels is not None:

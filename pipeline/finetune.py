@@ -51,7 +51,7 @@ def _trainer_dir(work_dir: str | None, name: str) -> Iterator[str]:
     by every rank; rank 0 removes it once all ranks are done."""
     rank, world = process_rank()
     if world == 1 or work_dir is None:
-        with _trainer_dir(work_dir, name) as tmp:
+        with tempfile.TemporaryDirectory(dir=work_dir, prefix=f".trainer-{name}-") as tmp:
             yield tmp
         return
     folder = Path(work_dir) / f".trainer-{''.join(c if c.isalnum() or c in '+-_.' else '_' for c in name)}"

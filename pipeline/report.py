@@ -170,6 +170,7 @@ def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
     return lines
 
 
+_ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
 _COLUMNS = ("variant", "precision", "params (M)", "embedding params (M)", "ONNX MB", "embedding MB",
             "accuracy %", "macro-F1 %", "Δ accuracy (pts)", "agreement %", "max |Δlogit|",
             "agrees with given model %", "p50 ms", "p95 ms", "peak RSS MB", "size vs ref")
@@ -222,7 +223,8 @@ def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
+_SIDE_ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
+_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
                  "fp32 accuracy %", "Δ fp32 (pts)", "int8 accuracy %", "4-bit accuracy %", "fp32 p50 ms",
                  "int8 p50 ms", "fp32 peak RSS MB", "int8 peak RSS MB")
 
@@ -278,7 +280,11 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
                                               "training text uses it. Every row is detailed in the table below."]))
         out.append(("", "table", (list(_SIDE_COLUMNS), side)))
         out.append(("All files", "lines", []))
-    out.append(("", "table", (list(_COLUMNS), _variant_rows(variants))))
+    head, rows = list(_COLUMNS), _variant_rows(variants)
+    if not any("original_agreement" in v for v in variants):   # only runs that kept a trained model have it
+        keep = [i for i, h in enumerate(head) if h != _ORIGINAL_COLUMN]
+        head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    out.append(("", "table", (head, rows)))
     out.append(("", "bullets", _detail_lines(variants)))
     if len(variants) > 1:
         out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants)))
