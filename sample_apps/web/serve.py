@@ -74,41 +74,31 @@ def check_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     Raises SetupError with one line saying what is wrong and what to do.
     """
     from embslim.runtime.errors import BundleError
-    from embslim.runtime.manifest import read_manifest, verify_artifact
+    from embslim.runtime.manifest import read_manifest, sha256_file, verify_artifact
 
     bundle_dir = Path(bundle).resolve()
+    where = bundle_dir / "manifest.json"
     try:
-        manifest = read_manifest(bundle_dir)
+        manifest = read_manifest(bundle_dir)  # checks every key, and names that leave the bundle
+        names = [entry["file"] for entry in manifest["artifacts"]]
+        for name in [*names, manifest["tokenizer"]["file"]]:
+            if Path(name).name != name:  # the page fetches /bundle/<name>: one flat folder
+                raise SetupError(f"{where} lists {name!r}, in a sub-folder; {_FIX}")
+        if not any(name.endswith(".onnx") for name in names):
+            raise SetupError(f"{where} lists no .onnx model; {_FIX}")
+        for entry in manifest["artifacts"]:
+            verify_artifact(bundle_dir, entry)
     except BundleError as e:
         raise SetupError(str(e)) from e
-    artifacts = manifest.get("artifacts")
-    tokenizer = manifest.get("tokenizer")
-    task = manifest.get("task")
-    if not (isinstance(artifacts, list) and all(isinstance(a, dict) for a in artifacts)):
-        raise SetupError(f"{bundle_dir / 'manifest.json'}: 'artifacts' is not a list of "
-                         f"entries; {_FIX}")  # fmt: skip
-    if not (isinstance(tokenizer, dict) and isinstance(tokenizer.get("file"), str)):
-        raise SetupError(f"{bundle_dir / 'manifest.json'}: no 'tokenizer.file'; {_FIX}")
-    if not (isinstance(task, dict) and isinstance(task.get("max_length"), int)):
-        raise SetupError(f"{bundle_dir / 'manifest.json'}: no 'task.max_length'; {_FIX}")
-    names = [a.get("file") for a in artifacts]
-    if not any(isinstance(n, str) and n.endswith(".onnx") for n in names):
-        raise SetupError(f"{bundle_dir / 'manifest.json'} lists no .onnx model; {_FIX}")
-    for name in [*names, tokenizer["file"]]:
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise SetupError(f"{bundle_dir / 'manifest.json'} lists {name!r}, not a file name "
-                             f"inside the bundle; {_FIX}")  # fmt: skip
-    for entry in artifacts:
-        try:
-            verify_artifact(bundle_dir, entry)
-        except BundleError as e:
-            raise SetupError(str(e)) from e
-        except (KeyError, TypeError) as e:
-            raise SetupError(f"{bundle_dir / 'manifest.json'}: the entry for "
-                             f"{entry.get('file')!r} has no valid {e}; {_FIX}") from e  # fmt: skip
+    tokenizer = manifest["tokenizer"]
     tokenizer_path = bundle_dir / tokenizer["file"]
     if not tokenizer_path.is_file():
         raise SetupError(f"{tokenizer_path}: the bundle's tokenizer is missing; {_FIX}")
+    pinned = tokenizer.get("sha256")  # older manifests pin it here, not in "artifacts"
+    if tokenizer["file"] not in names and isinstance(pinned, str):
+        if sha256_file(tokenizer_path) != pinned.lower():
+            raise SetupError(f"{tokenizer_path}: sha256 mismatch with the manifest's "
+                             f"'tokenizer.sha256'; {_FIX}")  # fmt: skip
     try:
         json.loads(tokenizer_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -280,7 +270,9 @@ def make_server(
             if body:
                 self.wfile.write(data)
 
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
             """http.server's malformed-request answers (400, 414, 431, 505), as JSON."""
             status = HTTPStatus(code)
             self.close_connection = True

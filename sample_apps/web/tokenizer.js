@@ -3,7 +3,8 @@
 // post-processors do the tokenizing. This file only adds what the library leaves to the caller
 // and the Python runtime (runtime/tokens.py) configures: no padding, truncation of the text (or
 // of both texts of a pair, "longest_first") at the bundle's max_length, and the well-formed-text
-// rule for lone surrogates. The ids must equal `tokenizers.Tokenizer.from_file` configured that
+// rule for lone surrogates; plus three places where tokenizers.js 0.2.0 differs from the Rust
+// library (word-final capital sigma, RoBERTa type ids, ByteLevel-only post-processors). The ids must equal `tokenizers.Tokenizer.from_file` configured that
 // way; tests/sample_apps/test_web_tokenizer.py checks it in headless Chromium.
 //
 // "@huggingface/tokenizers" resolves through index.html's import map (served by serve.py from
@@ -66,10 +67,10 @@ export class BundleTokenizer {
     }
     this.maxLength = maxLength;
     this.modelType = json.model?.type ?? "unknown";
-    // Rust's RobertaProcessing gives every token type id 0, the pair's second text too
-    // (RoBERTa has one token type); tokenizers.js gives that text 1.
     this.lowercases = usesComponent(json.normalizer, "normalizers", (c) =>
       c.type === "Lowercase" || (c.type === "BertNormalizer" && c.lowercase !== false));
+    // Rust's RobertaProcessing gives every token type id 0, the pair's second text too
+    // (RoBERTa has one token type); tokenizers.js gives that text 1.
     this.typeIdsAllZero = usesComponent(json.post_processor, "processors",
       (c) => c.type === "RobertaProcessing");
     // How many special tokens the post-processor adds to one text and to a pair.
@@ -97,24 +98,31 @@ export class BundleTokenizer {
     } else {
       out = { tokens: b === null ? a : [...a, ...b] };
     }
+    let { tokens, token_type_ids: typeIds } = out;
+    if (Array.isArray(out.tokens_pair)) {
+      // A ByteLevel post-processor alone hands both texts back unjoined; Rust joins them.
+      tokens = [...tokens, ...out.tokens_pair];
+      typeIds = null;
+    }
     // Post-processors put special tokens in as strings and content as the ids they were given.
-    const ids = out.tokens.map((t) => (typeof t === "string" ? this.idOf(t) : t));
+    const ids = tokens.map((t) => (typeof t === "string" ? this.idOf(t) : t));
     if (this.typeIdsAllZero) return { ids, typeIds: new Array(ids.length).fill(0) };
-    const typeIds = out.token_type_ids ?? (b === null
-      ? new Array(ids.length).fill(0)
-      : [...new Array(a.length).fill(0), ...new Array(b.length).fill(1)]);
+    // No template: Rust gives the first text type id 0 and the second 1.
+    typeIds ??= [...new Array(a.length).fill(0), ...new Array(b === null ? 0 : b.length).fill(1)];
     return { ids, typeIds };
   }
 
   idOf(token) {
     const id = this.tokenizer.token_to_id(token);
     if (id === undefined) {
-      throw new TokenizerError(`the post-processor's special token ${token} is not in the vocabulary`);
+      throw new TokenizerError(
+        `the post-processor's special token ${token} is not in the vocabulary`,
+      );
     }
     return id;
   }
 
-  /** {inputIds, attentionMask, typeIds} for one text or a pair, as the Python runtime builds them. */
+  /** {inputIds, attentionMask, typeIds} for one text or a pair, as the Python runtime has them. */
   encode(text, pair = null) {
     const a = this.contentIds(text);
     const b = pair === null || pair === undefined ? null : this.contentIds(pair);

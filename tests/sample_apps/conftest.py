@@ -109,8 +109,9 @@ TOKENIZER_CORPUS = PARITY_TEXTS * 3 + [
 ] * 5
 
 
-def build_byte_level_bpe(path: Path, *, vocab_size: int = 400) -> Path:
-    """A RoBERTa-style tokenizer.json: byte-level BPE, <s> x </s></s> y </s>, <pad>=1.
+def build_byte_level_bpe(path: Path, *, vocab_size: int = 400, roberta: bool = True) -> Path:
+    """A RoBERTa-style tokenizer.json: byte-level BPE, <s> x </s></s> y </s>, <pad>=1
+    (`roberta=False`: GPT-2 style, a ByteLevel post-processor and no special tokens added).
 
     Saved with fixed padding and truncation on, like real model files, so tests prove the
     page (and the runtime) override both.
@@ -125,7 +126,10 @@ def build_byte_level_bpe(path: Path, *, vocab_size: int = 400) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )  # fmt: skip
     tok.train_from_iterator(TOKENIZER_CORPUS, trainer)
-    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0))
+    if roberta:
+        tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0))
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.enable_padding(length=32, pad_id=1, pad_token="<pad>")
     tok.enable_truncation(32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +191,12 @@ def tiny_bpe_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundle = folder / "bundle"
     export_model(model, tokenizer, bundle, meta=meta)
     return bundle
+
+
+@pytest.fixture(scope="session")
+def gpt2_style_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("apps-gpt2") / "tokenizer.json"
+    return build_byte_level_bpe(path, roberta=False)
 
 
 @pytest.fixture(scope="session")
@@ -337,7 +347,7 @@ class DevTools:
         return "\n".join(lines[-20:])
 
 
-# -- Chromium and the page server -----------------------------------------------------------------------------
+# -- Chromium and the page server ---------------------------------------------------------
 
 
 def _chromium() -> str:

@@ -32,7 +32,7 @@ SLACK_S = 3.0  # how much later than the timeout a connection may close on a bus
 def port(tiny_bundle):
     for dist, probe in ((ORT_DIST, "ort.wasm.min.mjs"), (TOKENIZERS_DIST, "tokenizers.min.mjs")):
         if not (dist / probe).is_file():
-            pytest.skip(f"the page's JavaScript libraries are not installed: run `npm ci` in {WEB_DIR}")
+            pytest.skip(f"{dist / probe} is not installed: run `npm ci` in {WEB_DIR}")
     server = make_server(tiny_bundle, host="127.0.0.1", port=0, timeout_s=TIMEOUT_S)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
@@ -270,7 +270,7 @@ BAD_BUNDLES = {
     "manifest names ../../etc/passwd": (_manifest_escapes_the_bundle, "points outside the bundle"),
     "sha256 mismatch": (_sha256_mismatch, "model.onnx: sha256 mismatch"),
     "truncated model": (_truncated_model, "model.onnx: size mismatch"),
-    "missing tokenizer": (_missing_tokenizer, "tokenizer.json: listed in manifest.json but missing"),
+    "missing tokenizer": (_missing_tokenizer, "tokenizer.json: listed in manifest.json but"),
     "tokenizer not JSON": (_unreadable_tokenizer, "is not a readable tokenizer.json"),
 }
 

@@ -1,8 +1,8 @@
 """The page's tokenizer (sample_apps/web/tokenizer.js over tokenizers.js, @huggingface/tokenizers)
 runs in headless Chromium and gives the same ids and type ids as the Python runtime's
 tokenizer (`tokenizers.Tokenizer.from_file`, padding off, truncation "longest_first" at
-max_length: embslim.runtime.tokens.load_tokenizer) for WordPiece, byte-level BPE and Unigram
-tokenizer.json files, on 60+ texts and 8 pairs each.
+max_length: embslim.runtime.tokens.load_tokenizer) for WordPiece, byte-level BPE (RoBERTa and
+GPT-2 style) and Unigram tokenizer.json files, on 66 texts and 8 pairs each.
 
 Lone surrogates: the page tokenizes the text as a browser sends it, with each lone UTF-16
 surrogate replaced by U+FFFD (`String.prototype.toWellFormed`); the Python side is given the
@@ -191,6 +191,14 @@ def test_wordpiece_tiny_bundle_tokenizer_matches_python(page, texts, tiny_bundle
 def test_byte_level_bpe_bundle_tokenizer_matches_python(page, texts, tiny_bpe_bundle, max_length):
     items = texts + KNOWN_BERT_DIFFERENCES + PAIRS
     assert check_parity(page, tiny_bpe_bundle / "tokenizer.json", max_length, items) >= 40
+
+
+@pytest.mark.parametrize("max_length", [128, 16])
+def test_gpt2_style_byte_level_tokenizer_matches_python(page, texts, gpt2_style_tokenizer,
+                                                        max_length):  # fmt: skip
+    """A ByteLevel post-processor (no special tokens): pairs are joined as Rust joins them."""
+    items = texts + KNOWN_BERT_DIFFERENCES + PAIRS
+    assert check_parity(page, gpt2_style_tokenizer, max_length, items) >= 40
 
 
 @pytest.mark.parametrize("max_length", [128, 16])
