@@ -222,6 +222,9 @@ def make_server(
 
         def dispatch(self) -> None:
             if self.command in ("GET", "HEAD"):
+                has_body = self.headers.get("Content-Length", "0") != "0"
+                if has_body or self.headers["Transfer-Encoding"]:
+                    self.close_connection = True  # a body is never read: never parse it next
                 self.send_file(body=self.command == "GET")
             elif self.command == "OPTIONS":
                 self.send_json(HTTPStatus.OK, {"allow": list(ALLOWED_METHODS)})
@@ -250,6 +253,8 @@ def make_server(
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(path.stat().st_size))
             self.send_header("Cache-Control", "no-cache")
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             if body:
                 with open(path, "rb") as f:

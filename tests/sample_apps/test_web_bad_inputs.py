@@ -116,6 +116,17 @@ def test_bad_request_gets_a_json_4xx(port, case):
         assert headers["allow"] == "GET, HEAD, OPTIONS"
 
 
+def test_a_get_with_a_body_is_answered_then_closed(port):
+    """The body is not read, so it must not be parsed as the next request either."""
+    body = b"DELETE / HTTP/1.1\r\n\r\n"
+    request = b"GET /app.js HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        status, headers, answer = read_response(sock)
+        assert (status, headers["connection"]) == (200, "close") and answer
+        assert closed_after(sock)[1] == b""
+
+
 def test_head_answers_like_get_without_a_body(port, tiny_bundle):
     status, headers, _ = exchange(port, get("/bundle/model.onnx", "HEAD"), head_only=True)
     assert status == 200
