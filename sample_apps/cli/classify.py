@@ -6,7 +6,7 @@ Each non-blank line is one text (blank lines are skipped); for a text-pair bundl
 `text<TAB>text_pair`. FILES default to stdin ("-" also means stdin); they are read as UTF-8
 (a leading byte-order mark is ignored). Lines are classified `--batch-size` at a time, so
 output starts at once and memory stays flat on files of any length; a line is read at most
-4 x --max-chars bytes far, so a huge file without newlines is refused, not loaded.
+8 x --max-chars bytes far, so a huge file without newlines is refused, not loaded.
 
 Text rule (the runtime's): a lone UTF-16 surrogate becomes U+FFFD, as browsers do. In a
 file it arrives as WTF-8/CESU-8 bytes (ED A0..BF xx, what some tools write after cutting an
@@ -153,7 +153,8 @@ def _lines(
 ) -> Iterator[tuple[int, str]]:
     """(line number, text) for each non-blank line of a UTF-8 stream (bytes), or of a text
     stream (e.g. sys.stdin decoded with surrogateescape)."""
-    limit = 4 * (max_chars or DEFAULT_MAX_CHARS) + 8  # UTF-8: at most 4 bytes a character
+    # UTF-8 takes at most 4 bytes a character, and a pair line holds two texts.
+    limit = 8 * (max_chars or DEFAULT_MAX_CHARS) + 16
     for number, raw in enumerate(_read_lines(name, stream, limit=limit), start=1):
         text = raw if isinstance(raw, str) else _decode(raw, name=name, number=number)
         text = text.rstrip("\r\n")

@@ -179,7 +179,7 @@ CLI_CASES = [
     ("line-over-max-chars", ["{b}", "--max-chars", "20"], b"fine\n" + b"x" * 21 + b"\n",
      r"^error: <stdin>:2: texts\[0\] has 21 characters, more than max_chars=20; "),
     ("huge-line-no-newline", ["{b}", "--max-chars", "10"], b"ok\n" + b"y" * 10_000,
-     r"^error: <stdin>:2: the line is longer than 48 bytes without a newline; split the text "),
+     r"^error: <stdin>:2: the line is longer than 96 bytes without a newline; split the text "),
 ]  # fmt: skip
 
 
