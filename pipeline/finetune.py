@@ -91,6 +91,10 @@ class FinetuneConfig:
     # rate. A compressed embedding starts far from the pretrained rows (k-sub reconstructs ~5% of
     # them) and has to move much further than the encoder in one short fine-tune.
     embedding_lr_scale: float = 1.0
+    # Train only a compressed word embedding (encoder and head frozen). None: only when a variant
+    # distils from a model that is kept as trained (--no-finetune), whose encoder and head ARE the
+    # teacher's own weights, so the embedding is the one thing that differs from the teacher.
+    embedding_only: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -174,6 +178,24 @@ def compressed_embedding_parameters(model: PreTrainedModel) -> list:
     return []
 
 
+def _freeze_all_but_the_embedding(model: PreTrainedModel) -> list:
+    """Stop gradients everywhere but the compressed word embedding's fitted parameters (a head/tail
+    MESSI's exact rows freeze too: they are the teacher's own rows); returns the parameters frozen
+    here, to thaw after training."""
+    from embslim.pipeline.embedding import RemappedEmbedding
+    from embslim.pipeline.model import get_word_embeddings
+
+    emb = get_word_embeddings(model)
+    keep = {id(p) for p in compressed_embedding_parameters(model)}
+    if not keep or not isinstance(emb, RemappedEmbedding):
+        raise FinetuneError("embedding_only trains a compressed embedding, but this model's embedding is a plain table; "
+                            "use it with a compressed variant (messi, svd, subembed, fourier)")
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
 def _scaled_embedding_lr(trainer_cls: type, scaled: list, scale: float) -> type:
     """`trainer_cls` whose optimizer (the Trainer's own: same class, betas, decay groups) has the
     compressed embedding's parameters moved into groups of their own at `scale` x the base rate."""
@@ -244,6 +266,7 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             remove_unused_columns=teacher is None,  # keep teacher_logits for the distillation loss
         )
         trainer_cls = _distill_trainer(cfg.distill_alpha, cfg.distill_temperature) if teacher is not None else Trainer
+        frozen = _freeze_all_but_the_embedding(model) if cfg.embedding_only else []
         scaled = compressed_embedding_parameters(model) if cfg.embedding_lr_scale != 1.0 else []
         if scaled:   # a plain table (DEP, unpruned) trains exactly as without the option
             trainer_cls = _scaled_embedding_lr(trainer_cls, scaled, cfg.embedding_lr_scale)
@@ -265,6 +288,8 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             result = trainer.train()
         finally:
             hf_logging.set_verbosity(verbosity)
+            for p in frozen:
+                p.requires_grad_(True)
         seconds = time.perf_counter() - t0
     model.eval()
     epochs = [{"epoch": h["epoch"], "accuracy": h["eval_accuracy"]} for h in trainer.state.log_history if "eval_accuracy" in h]

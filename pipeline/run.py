@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from embslim.pipeline.bundle import BundleMeta
-    from embslim.pipeline.finetune import FinetuneConfig
     from embslim.pipeline.model import LoadedModel
     from embslim.pipeline.vocab import PrunedVocab
 
@@ -300,13 +299,15 @@ def _training_plan(cfg: RunConfig, task: TaskData, variants: dict[str, dict], or
     Fine-tuning on (default): every variant trains on the labelled split; a distilled one learns
     from the fine-tuned "dep" variant too. Off (--no-finetune): the given model's weights are kept,
     so DEP and the unpruned model are used as they are, and only distilled variants learn, from the
-    given model's logits on the task's text (labels unused)."""
+    given model's logits on the task's text (labels unused), and by default only in their compressed
+    embedding: the encoder and head are the given model's own (FinetuneConfig.embedding_only)."""
     from embslim.pipeline.data import Split
 
     plan: dict[str, tuple | None] = {}
     if not ft_cfg.enabled:
         texts = Split(task.corpus, None, None) if not task.is_pair else Split(task.train.texts, task.train.pairs, None)
-        distill_cfg = replace(ft_cfg, enabled=True, epochs=ft_cfg.epochs or 1.0, distill_alpha=1.0)
+        distill_cfg = replace(ft_cfg, enabled=True, epochs=ft_cfg.epochs or 1.0, distill_alpha=1.0,
+                              embedding_only=True if ft_cfg.embedding_only is None else ft_cfg.embedding_only)
         for name, v in variants.items():
             distill = v["config"] is not None and v["config"].distill
             plan[name] = (texts, original, distill_cfg) if distill else None

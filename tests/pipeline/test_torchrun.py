@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from embslim.runtime import Classifier
 from embslim.runtime.manifest import read_manifest, sha256_file
 
