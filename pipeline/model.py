@@ -122,27 +122,59 @@ def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
     path = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(path, use_fast=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        # a folder without tokenizer files fails deep inside transformers (TypeError: stat: path should be ...)
+        if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+            raise ModelError(f"model folder {path!r} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
+                             "copy them from the source model into the folder") from e
         raise ModelError(_not_found(name, path, e)) from e
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+
+
+def _cause(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
 def _not_found(name: str, path: str, err: Exception) -> str:
-    if _looks_like_path(name):
-        return f"model folder {path!r} not found or not a Hugging Face model folder ({type(err).__name__}); check the path given to --model"
+    if _looks_like_path(name) or Path(path).is_dir():
+        return (f"model folder {path!r} is not a loadable Hugging Face model folder ({_cause(err)}); check the path "
+                "given to --model, or copy the model's files (config.json, model.safetensors, tokenizer) again")
     return (
         f"could not load model {name!r}: it is not a local folder and the Hugging Face hub did not provide it "
         f"({type(err).__name__}); pass --model with a local folder, or check the hub id and your network"
     )
 
 
+def _check_config(path: str) -> None:
+    """A local folder's config.json must exist and be a JSON object: say so, not transformers' traceback."""
+    import json
+
+    config = Path(path).expanduser() / "config.json"
+    if not Path(path).expanduser().is_dir():
+        return   # a hub id: transformers checks it
+    if not config.is_file():
+        raise ModelError(f"model folder {path!r} has no config.json; copy the model's config.json into it")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{config} is not valid JSON ({_cause(e)}); copy the model's config.json again") from e
+    if not isinstance(data, dict) or not isinstance(data.get("model_type", ""), str):
+        raise ModelError(f"{config} must be a JSON object with a 'model_type'; copy the model's config.json again")
+
+
 def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
     """Load `name` as a sequence classifier with a fresh head for `labels`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve_model(name)
     if _looks_like_path(name) and not Path(path).expanduser().is_dir():
         raise ModelError(f"model folder {path!r} does not exist; check the path given to --model")
+    _check_config(path)
     tokenizer = load_tokenizer(name)
     if not tokenizer.is_fast:
         raise ModelError(f"model {name!r} has no fast (Rust) tokenizer; embslim bundles need tokenizer.json")
@@ -154,11 +186,19 @@ def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
             path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
             ignore_mismatched_sizes=True,  # a classifier trained for other labels gets a fresh head
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
+        weights = Path(path) / "model.safetensors"
+        if isinstance(e, SafetensorError) or (weights.is_file() and "safetensors" in str(e).lower()):
+            raise ModelError(f"{weights} is truncated or damaged ({_cause(e)}); copy or download the model's weights "
+                             "again") from e
         raise ModelError(_not_found(name, path, e)) from e
     finally:
         hf_logging.set_verbosity(verbosity)
     family_of(model)  # fail early on unsupported families
+    if int(getattr(model.config, "type_vocab_size", 2) or 0) <= 1 and "token_type_ids" in tokenizer.model_input_names:
+        # one token type (e.g. a BERT tokenizer on a model trained with one segment): type 1 has no
+        # embedding row, so neither fine-tuning nor the exported graph (and hence the runtime) gets type ids
+        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
     log.info("loaded %s (%s, %.1fM parameters) from %s", name, model.config.model_type,
              sum(p.numel() for p in model.parameters()) / 1e6, path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name,
