@@ -79,7 +79,8 @@ OUTPUT_KINDS = {
     "checkpoint": ("a checkpoint (a folder written by `embslim finetune`)",
                    lambda p: _has_json(p, "embslim_embedding.json", "inner")),
     "vocab": ("a vocabulary folder (written by `embslim prune`)", lambda p: _has_json(p, "vocab.json", "kept_ids", "remap")),
-    "report": ("a report folder (written by `embslim report` or `compare`)", lambda p: _has_json(p, "report.json", "variants")),
+    "report": ("a report folder (written by `embslim report --out` or `compare`)",
+               lambda p: _has_json(p, "report.json", "variants") and not (p / MANIFEST).exists()),
     "work": ("embslim's work folder (written by `embslim run`)",
              lambda p: (p / WORK_MARKER).is_file() or _has_json(p, "vocab.json", "kept_ids", "remap")),
 }
@@ -173,9 +174,17 @@ def _commit(stage: Path, out: Path) -> None:
         with contextlib.suppress(OSError):
             _mark(old, out)
     os.replace(stage, out)
-    if (out / STAGED_MANIFEST).is_file():
-        os.replace(out / STAGED_MANIFEST, out / MANIFEST)
-    with contextlib.suppress(FileNotFoundError):
+    try:
+        if (out / STAGED_MANIFEST).is_file():
+            os.replace(out / STAGED_MANIFEST, out / MANIFEST)
+    except BaseException:   # not committed after all: the new folder goes, the previous output comes back
+        shutil.rmtree(out, ignore_errors=True)
+        if old is not None:
+            os.replace(old, out)
+            with contextlib.suppress(OSError):
+                (out / STAGING_MARKER).unlink()
+        raise
+    with contextlib.suppress(OSError):
         (out / STAGING_MARKER).unlink()
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -125,9 +125,9 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for section in ("data", "prune", "finetune", "validate", "targets"):
         raw.setdefault(section, {})
-    raw["data"].update(_data_overrides(a))
-    for section in ("prune", "finetune", "validate", "targets"):
-        raw[section].update(_section(a, section))
+    for section in ("data", "prune", "finetune", "validate", "targets"):
+        if isinstance(raw[section], dict):   # anything else is reported by config_from_dict, naming the section
+            raw[section].update(_data_overrides(a) if section == "data" else _section(a, section))
     for key in ("model", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
