@@ -211,6 +211,18 @@ def expose_manifest(folder: str | Path) -> None:
         os.replace(folder / STAGED_MANIFEST, folder / MANIFEST)
 
 
+def copy_bundle(bundle: str | Path, stage: Path) -> None:
+    """Copy a bundle's files into a staging folder to change them there (`embslim quantize`); its
+    manifest is loadable in the copy at once, since the runtime validates the new variants from it."""
+    bundle = Path(bundle)
+    for src in sorted(bundle.rglob("*")):   # one file at a time, so a full disk is one OSError naming its file
+        dst = stage / src.relative_to(bundle)
+        if src.is_dir():
+            dst.mkdir(exist_ok=True)
+        elif src.name != STAGING_MARKER:
+            shutil.copy2(src, dst)
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -259,13 +259,17 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.targets import TargetsConfig, build_targets
     from embslim.pipeline.validate import ValidateConfig
 
+    from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.runtime.manifest import read_manifest
 
     read_manifest(a.bundle)   # a bundle, before any data is read or file written
+    check_output(a.bundle, force=True, flag="bundle")   # the result is staged beside it
     cfg = TargetsConfig(**_section(a, "targets"))
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
-    with tempfile.TemporaryDirectory() as work:
-        rows = build_targets(a.bundle, task.eval, n_labels=len(task.label_names), cfg=cfg,
+    # into a copy that replaces the bundle once every variant passed: a failure leaves it as it was
+    with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
+        copy_bundle(a.bundle, stage)
+        rows = build_targets(stage, task.eval, n_labels=len(task.label_names), cfg=cfg,
                              validate=ValidateConfig(**_section(a, "validate")), work=work)
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"

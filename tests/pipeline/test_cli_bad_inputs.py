@@ -129,6 +129,17 @@ class Ctx:
         return d
 
 
+    def bundle_on_tmpfs(self, *, read_only: bool = False, full: bool = False) -> Path:
+        """A copy of the bundle on its own tmpfs, then remounted read-only or filled up."""
+        d = self.mount("size=8m")
+        shutil.copytree(self.a.bundle, d / "b")
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+        if full:
+            _fill(d)
+        return d / "b"
+
+
 def _truncate(path: Path, keep: int = 200) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
@@ -203,6 +214,10 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
      r"No space left on device; the disk is full"),
     ("prune-disk-full", lambda c: ["prune", "--model", str(c.a.model), *c.data(), "--out", str(_fill(c.mount("size=64k")) / "v")],
      r"No space left on device; the disk is full"),
+    ("quantize-read-only-bundle", lambda c: ["quantize", str(c.bundle_on_tmpfs(read_only=True)), *c.data(), "--targets", "avx2"],
+     r"mnt is not writable; choose a writable bundle"),
+    ("quantize-disk-full", lambda c: ["quantize", str(c.bundle_on_tmpfs(full=True)), *c.data(), "--targets", "avx2",
+                                      "--no-measure"], r"No space left on device; the disk is full"),
     # 2. label sets that cannot train a classifier
     ("run-one-class", lambda c: _run_with_train(c, _labels(c, ["positive"] * 6)), r"every training row has the label 'positive'.*two classes"),
     ("prune-one-class", lambda c: _run_with_train(c, _labels(c, ["negative"] * 6), "prune"), r"every training row has the label"),
