@@ -124,7 +124,8 @@ def _section(a: argparse.Namespace, section: str) -> dict:
 def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for section in ("data", "prune", "finetune", "validate", "targets"):
-        raw.setdefault(section, {})
+        if raw.get(section) is None:   # absent, or an empty YAML section
+            raw[section] = {}
     for section in ("data", "prune", "finetune", "validate", "targets"):
         if isinstance(raw[section], dict):   # anything else is reported by config_from_dict, naming the section
             raw[section].update(_data_overrides(a) if section == "data" else _section(a, section))
@@ -221,8 +222,13 @@ def _cmd_export(a: argparse.Namespace) -> int:
     if meta is None:
         raise CheckpointError(f"{a.checkpoint} has no embslim_meta.json (task labels, max length); "
                               "write it with `embslim finetune` or use `embslim run`")
+    try:
+        bundle_meta = BundleMeta.from_json(meta)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{a.checkpoint}/embslim_meta.json lacks the task's labels, max length or inputs ({e!r}); "
+                              "write the checkpoint again with `embslim finetune`") from e
     with staged_bundle(a.out, force=a.force) as folder:
-        export_model(model, tokenizer, folder, meta=BundleMeta.from_json(meta), opset=a.opset, atol=a.atol)
+        export_model(model, tokenizer, folder, meta=bundle_meta, opset=a.opset, atol=a.atol)
     print(f"bundle: {Path(a.out).resolve()}")
     return 0
 
@@ -458,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         code = args.func(args)
+    except KeyboardInterrupt:   # staging folders are already gone (they clean up on any exception)
+        print(f"embslim {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
     except Exception as e:   # noqa: BLE001 - every failure is one line; -v shows the traceback
         if args.verbose:
             log.exception("failed")

@@ -122,11 +122,14 @@ def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
     path = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(path, use_fast=True)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except Exception as e:   # noqa: BLE001 - tokenizers raises bare Exception for a damaged tokenizer.json
         # a folder without tokenizer files fails deep inside transformers (TypeError: stat: path should be ...)
         if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
             raise ModelError(f"model folder {path!r} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
                              "copy them from the source model into the folder") from e
+        if Path(path).is_dir():
+            raise ModelError(f"the tokenizer files in {path!r} cannot be read ({_cause(e)}); copy the model's "
+                             "tokenizer.json (and tokenizer_config.json) again") from e
         raise ModelError(_not_found(name, path, e)) from e
 
 
@@ -135,7 +138,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.
 
 def _cause(err: BaseException) -> str:
     text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+    first = text.split(". ")[0].rstrip(".")   # transformers' messages go on for several sentences
+    return f"{type(err).__name__}: {first[:200]}" if text else type(err).__name__
 
 
 def _not_found(name: str, path: str, err: Exception) -> str:
@@ -146,6 +150,22 @@ def _not_found(name: str, path: str, err: Exception) -> str:
         f"could not load model {name!r}: it is not a local folder and the Hugging Face hub did not provide it "
         f"({type(err).__name__}); pass --model with a local folder, or check the hub id and your network"
     )
+
+
+# Weights a classifier may start without: the head (new labels) and the pooler (sentence-transformers
+# checkpoints often lack it); fine-tuning trains them. Any other missing or reshaped weight would
+# silently leave part of the encoder random.
+_FRESH_PREFIXES = ("classifier.", "pre_classifier.", "score.")
+
+
+def _check_loaded_weights(path: str, info: dict) -> None:
+    names = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    bad = [k for k in names + list(info.get("missing_keys", []))
+           if not k.startswith(_FRESH_PREFIXES) and ".pooler." not in f".{k}"]
+    if bad:
+        raise ModelError(f"the weights in {path!r} do not fit its config.json: {len(bad)} encoder weight(s) missing or "
+                         f"of another shape (e.g. {', '.join(bad[:3])}), so they would start random; check that "
+                         "config.json belongs to these weights, or copy the model again")
 
 
 def _check_config(path: str) -> None:
@@ -182,9 +202,10 @@ def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
             ignore_mismatched_sizes=True,  # a classifier trained for other labels gets a fresh head
+            output_loading_info=True,
         )
     except (OSError, ValueError, SafetensorError) as e:
         weights = Path(path) / "model.safetensors"
@@ -195,6 +216,7 @@ def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
     finally:
         hf_logging.set_verbosity(verbosity)
     family_of(model)  # fail early on unsupported families
+    _check_loaded_weights(path, info)
     if int(getattr(model.config, "type_vocab_size", 2) or 0) <= 1 and "token_type_ids" in tokenizer.model_input_names:
         # one token type (e.g. a BERT tokenizer on a model trained with one segment): type 1 has no
         # embedding row, so neither fine-tuning nor the exported graph (and hence the runtime) gets type ids

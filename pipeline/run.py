@@ -182,7 +182,7 @@ def config_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> RunCon
         raise ConfigError(f"{where} must be a table of options at the top level, got {type(raw).__name__}")
     top = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "variants"}
     for key, cls in _SECTIONS.items():
-        if key in raw and not isinstance(raw[key], Mapping):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):   # None: an empty YAML section
             raise ConfigError(f"[{key}] of {where} must be a table of options, got {type(raw[key]).__name__} "
                               f"{raw[key]!r}; e.g. [{key}] then one option per line, like {_first_example(cls)}")
     sections = {k: _build(cls, raw.get(k) or {}, f"[{k}] of {where}") for k, cls in _SECTIONS.items()}

@@ -241,6 +241,18 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("run-model-config-not-json", lambda c: c.run(model=c.model_copy(lambda d: (d / "config.json").write_text("{not json"))),
      r"config\.json is not valid JSON.*copy the model's config\.json again"),
     ("run-model-no-config", lambda c: c.run(model=c.model_copy(lambda d: (d / "config.json").unlink())), r"has no config\.json"),
+    ("prune-model-tokenizer-garbage", lambda c: ["prune", "--model", str(c.model_copy(lambda d: (d / "tokenizer.json").write_text("x"))),
+                                                 *c.data(), "--out", str(c.out)], r"tokenizer files in .*model' cannot be read"),
+    ("prune-model-weights-do-not-fit", lambda c: ["prune", "--model", str(c.model_copy(lambda d: _edit_config(d, hidden_size=64))),
+                                                  *c.data(), "--out", str(c.out)],
+     r"weights in .*model' do not fit its config\.json: \d+ encoder weight\(s\) missing or of another shape"),
+    ("run-model-no-weights", lambda c: c.run(model=c.model_copy(lambda d: (d / "model.safetensors").unlink())),
+     r"model' is not a loadable Hugging Face model folder \(OSError: Error no file named"),
+    ("run-model-unsupported-family", lambda c: c.run(model=c.model_copy(lambda d: _edit_config(d, model_type="gpt2", n_embd=32, n_layer=1,
+                                                                                                n_head=2))),
+     r"model type 'gpt2' is not supported yet"),
+    ("export-ckpt-meta-without-labels", lambda c: ["export", str(c.ckpt_copy(lambda d: (d / "embslim_meta.json").write_text("{}"))),
+                                                   "--out", str(c.out)], r"embslim_meta\.json lacks the task's labels"),
     ("run-model-missing", lambda c: c.run(model=c.tmp / "nope"), r"model folder .*nope' does not exist"),
     ("export-ckpt-truncated", lambda c: ["export", str(c.ckpt_copy(lambda d: _truncate(d / "model.safetensors"))), "--out",
                                          str(c.out)], r"checkpoint .*ckpt is damaged or incomplete.*embslim finetune"),
@@ -301,6 +313,10 @@ def _drop_tokenizer(d: Path) -> None:
     for f in d.iterdir():
         if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
             f.unlink()
+
+
+def _edit_config(d: Path, **changes) -> None:
+    (d / "config.json").write_text(json.dumps(json.loads((d / "config.json").read_text()) | changes))
 
 
 def _jsonl(c: Ctx, rows: list[dict]) -> Path:
@@ -543,3 +559,17 @@ def test_a_model_with_one_token_type_exports_without_token_type_ids(tmp_path):
     clf = Classifier.from_bundle(out)
     assert clf.input_names == ("input_ids", "attention_mask")
     assert clf.logits(["good movie"], ["bad film"]).shape == (1, 2)
+
+
+def test_quantize_replaces_the_bundle_only_when_complete(tmp_path, assets):
+    from embslim.runtime.manifest import read_manifest
+
+    bundle = _bundle_copy(Ctx(tmp_path, assets))
+    mode = stat.S_IMODE(bundle.stat().st_mode)
+    assert main(["quantize", str(bundle), "--train", str(assets.train), "--eval", str(assets.dev), "--targets", "avx2",
+                 "--allow-drop", "--no-measure"]) == 0
+    files = {e["file"] for e in read_manifest(bundle)["artifacts"]}
+    assert "model.int8-avx2.onnx" in files and (bundle / "report.json").is_file()
+    assert stat.S_IMODE(bundle.stat().st_mode) == mode
+    assert main(["inspect", str(bundle)]) == 0
+    assert_no_bundle_left(tmp_path)
