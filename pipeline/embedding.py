@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from embslim.pipeline.model import family_of, get_word_embeddings, set_word_embeddings
+from embslim.pipeline.model import family_of, get_word_embeddings, match_token_types, set_word_embeddings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -243,6 +243,7 @@ def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedT
         set_word_embeddings(model, _module_from_spec(spec))
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        match_token_types(model, tokenizer)
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:

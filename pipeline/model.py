@@ -168,6 +168,14 @@ def _check_loaded_weights(path: str, info: dict) -> None:
                          "config.json belongs to these weights, or copy the model again")
 
 
+def match_token_types(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> None:
+    """A model with one token type (type_vocab_size 1) under a tokenizer that makes type ids (a BERT
+    tokenizer): type 1 has no embedding row, so the tokenizer stops producing them, and neither
+    fine-tuning, validation nor the exported graph (hence the runtime) sees them."""
+    if int(getattr(model.config, "type_vocab_size", 2) or 0) <= 1 and "token_type_ids" in tokenizer.model_input_names:
+        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+
+
 def _check_config(path: str) -> None:
     """A local folder's config.json must exist and be a JSON object: say so, not transformers' traceback."""
     import json
@@ -217,10 +225,7 @@ def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
         hf_logging.set_verbosity(verbosity)
     family_of(model)  # fail early on unsupported families
     _check_loaded_weights(path, info)
-    if int(getattr(model.config, "type_vocab_size", 2) or 0) <= 1 and "token_type_ids" in tokenizer.model_input_names:
-        # one token type (e.g. a BERT tokenizer on a model trained with one segment): type 1 has no
-        # embedding row, so neither fine-tuning nor the exported graph (and hence the runtime) gets type ids
-        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+    match_token_types(model, tokenizer)
     log.info("loaded %s (%s, %.1fM parameters) from %s", name, model.config.model_type,
              sum(p.numel() for p in model.parameters()) / 1e6, path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name,

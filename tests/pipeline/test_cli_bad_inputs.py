@@ -559,6 +559,11 @@ def test_a_model_with_one_token_type_exports_without_token_type_ids(tmp_path):
     clf = Classifier.from_bundle(out)
     assert clf.input_names == ("input_ids", "attention_mask")
     assert clf.logits(["good movie"], ["bad film"]).shape == (1, 2)
+    # the checkpoint reloads with the same rule: PyTorch parity on the pair task, and a second export
+    ckpt = tmp_path / "b.work" / "checkpoint-dep"
+    assert main(["validate", str(out), "--train", str(train), "--text-column", "a", "--text-pair-column", "b",
+                 "--checkpoint", str(ckpt), "--no-measure"]) == 0
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "b2")]) == 0
 
 
 def test_quantize_replaces_the_bundle_only_when_complete(tmp_path, assets):
