@@ -57,6 +57,15 @@ class VariantConfig:
             raise ConfigError(f"variant {self.name!r}: unknown method {self.method!r}; known: {', '.join(COMPRESSORS)}")
         if self.method is None and self.options:
             raise ConfigError(f"variant {self.name!r} has options but no method")
+        if self.method is not None:   # check the options now, before a run creates anything
+            from embslim.pipeline.compress import get
+
+            compressor = get(self.method)
+            try:
+                compressor.config(**self.options)
+            except TypeError as e:
+                known = ", ".join(f.name for f in fields(compressor.config))
+                raise ConfigError(f"variant {self.name!r}: {e}; {self.method} options are: {known}") from e
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,8 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("config-not-toml", lambda c: ["run", "--config", str(c.config("#raw\n[finetune\n")), "--out", str(c.out)], r"is not valid TOML"),
     ("config-train-number", lambda c: ["run", "--config", str(c.config("[data]\ntrain = 5\n", data=False)), "--out", str(c.out)],
      r"train must be a string \(or omitted\), got int 5"),
+    ("run-variant-unknown-option", lambda c: c.run("--variant", "messi:depth=3"), r"messi options are: k, j, keep"),
+    ("run-variant-bad-value", lambda c: c.run("--variant", "messi:k=-1"), r"messi: k \(number of subspaces\) must be an int >= 1, got -1"),
     # other commands' inputs
     ("inspect-missing", lambda c: ["inspect", str(c.tmp / "nope")], r"nope' does not exist"),
     ("validate-missing-artifact", lambda c: ["validate", str(c.a.bundle), *c.data(), "--file", "model.int8-avx2.onnx", "--no-measure"],
@@ -407,7 +409,9 @@ def test_bad_input_in_a_real_subprocess(case, tmp_path, assets):
     proc = subprocess.run([sys.executable, "-m", "embslim.pipeline.cli", *argv], capture_output=True, text=True,
                           env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    check_one_line("\n".join(line for line in proc.stderr.splitlines() if " INFO " not in line), argv[0], message)
+    # progress lines ("12:00:00 INFO embslim...: [1/7] ...") also go to stderr; the error is the one other line
+    errors = [line for line in proc.stderr.splitlines() if not re.match(r"\d\d:\d\d:\d\d (INFO|DEBUG) ", line)]
+    check_one_line("\n".join(errors), argv[0], message)
     assert snapshot(tmp_path, assets.root) == before
     assert_no_bundle_left(tmp_path)
 
