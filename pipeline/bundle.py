@@ -173,12 +173,15 @@ def _commit(stage: Path, out: Path) -> None:
         os.replace(out, old)
         with contextlib.suppress(OSError):
             _mark(old, out)
-    os.replace(stage, out)
+    moved = False
     try:
+        os.replace(stage, out)
+        moved = True
         if (out / STAGED_MANIFEST).is_file():
             os.replace(out / STAGED_MANIFEST, out / MANIFEST)
     except BaseException:   # not committed after all: the new folder goes, the previous output comes back
-        shutil.rmtree(out, ignore_errors=True)
+        if moved:
+            shutil.rmtree(out, ignore_errors=True)
         if old is not None:
             os.replace(old, out)
             with contextlib.suppress(OSError):
