@@ -182,12 +182,11 @@ def _cmd_prune(a: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
+    from embslim.pipeline.bundle import check_output
     from embslim.pipeline.embedding import apply_pruning, save_checkpoint
     from embslim.pipeline.finetune import FinetuneConfig, finetune
     from embslim.pipeline.run import bundle_meta
     from embslim.pipeline.vocab import PrunedVocab
-
-    from embslim.pipeline.bundle import check_output
 
     check_output(a.out, kind="checkpoint", force=a.force)
     cfg = FinetuneConfig(**_section(a, "finetune"))
@@ -261,11 +260,10 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 def _cmd_quantize(a: argparse.Namespace) -> int:
     import tempfile
 
+    from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.targets import TargetsConfig, build_targets
     from embslim.pipeline.validate import ValidateConfig
-
-    from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.runtime.manifest import read_manifest
 
     read_manifest(a.bundle)   # a bundle, before any data is read or file written
