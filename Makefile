@@ -30,9 +30,11 @@ demo: $(STAMP)
 test: $(STAMP) web-deps
 	$(PY) -m pytest
 
-# onnxruntime-web for the browser sample app (its tests skip, saying why, when npm or Chromium is absent).
+# onnxruntime-web and tokenizers.js for the browser sample app (its tests skip, saying why, when npm
+# or Chromium is absent). Re-run npm ci whenever package-lock.json is newer than the install.
 web-deps:
-	-@if command -v npm >/dev/null 2>&1 && [ ! -d sample_apps/web/node_modules/onnxruntime-web ]; then \
+	-@if command -v npm >/dev/null 2>&1 && { [ ! -f sample_apps/web/node_modules/.package-lock.json ] || \
+	  [ sample_apps/web/package-lock.json -nt sample_apps/web/node_modules/.package-lock.json ]; }; then \
 	  cd sample_apps/web && npm ci --no-audit --no-fund --loglevel=error; fi
 
 test-fast: $(STAMP)

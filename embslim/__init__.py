@@ -20,3 +20,27 @@ if (_root / "pyproject.toml").is_file() and all((_root / p / "__init__.py").is_f
 del _root, _Path
 
 __version__ = "0.1.0"
+
+# The Python API beside the CLI: the same typed configs `embslim run` builds from flags and files.
+#     import embslim
+#     cfg = embslim.RunConfig(model="out/my-classifier", data=embslim.DataConfig(texts=("app.txt",)),
+#                             finetune=embslim.FinetuneConfig(enabled=False))
+#     bundle = embslim.run(cfg, out="out/bundle")
+# Imported on first use, so `import embslim` (and the torch-free runtime) stays light.
+_API = {
+    "run": "embslim.pipeline.run", "RunConfig": "embslim.pipeline.run", "VariantConfig": "embslim.pipeline.run",
+    "config_from_dict": "embslim.pipeline.run", "load_config": "embslim.pipeline.run",
+    "parse_variant": "embslim.pipeline.run", "DataConfig": "embslim.pipeline.data",
+    "PruneConfig": "embslim.pipeline.vocab", "FinetuneConfig": "embslim.pipeline.finetune",
+    "ValidateConfig": "embslim.pipeline.validate", "TargetsConfig": "embslim.pipeline.targets",
+    "TASKS": "embslim.pipeline.tasks",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'embslim' has no attribute {name!r}")

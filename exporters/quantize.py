@@ -405,23 +405,23 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
 
 def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labels: int,
                     fp32_file: str = "model.onnx", max_drop: float = 0.01, allow_drop: bool = False,
-                    batch_size: int = 32, fp32_logits: np.ndarray | None = None) -> dict:
+                    batch_size: int = 32, fp32_logits: np.ndarray | None = None,
+                    original_logits: np.ndarray | None = None) -> dict:
     """Accuracy of `file` vs `fp32_file` on `split`, both through `embslim.runtime.Classifier` with the same
     batching; both must be listed in the bundle's manifest. Raises QuantizationAccuracyError when
     accuracy drops more than `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`, in which
-    case the returned dict says "flagged": True."""
-    from embslim.pipeline.validate import task_metrics
+    case the returned dict says "flagged": True. With `original_logits` (the user's own trained
+    model on the same texts) it also reports `original_agreement` and `original_max_logit_diff`."""
+    from embslim.pipeline.validate import eval_logits, task_metrics
     from embslim.runtime import Classifier
 
     if not 0.0 <= max_drop <= 1.0:
         raise ValueError(f"max_drop is a share of examples in [0, 1] (0.01 = 1 point), got {max_drop}")
-    texts = list(split.texts)
-    pairs = list(split.pairs) if split.pairs is not None else None
     logits = {} if fp32_logits is None else {fp32_file: fp32_logits}   # callers checking many files pass it once
     for name in (fp32_file, file):
         if name not in logits:
             clf = Classifier.from_bundle(bundle_dir, file=name, threads=None)
-            logits[name] = clf.logits(texts, pairs, batch_size=batch_size)
+            logits[name] = eval_logits(clf, split, batch_size=batch_size, desc=f"{name}: eval")
     ref = task_metrics(logits[fp32_file], split.labels, n_labels=n_labels)
     got = task_metrics(logits[file], split.labels, n_labels=n_labels)
     drop = ref["accuracy"] - got["accuracy"]
@@ -429,6 +429,9 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
     report = {"file": file, "fp32_file": fp32_file, "accuracy": got["accuracy"], "fp32_accuracy": ref["accuracy"],
               "drop": drop, "agreement": agreement, "snr_db": _snr(logits[fp32_file], logits[file]),
               "n_eval": got["n_eval"], "batch_size": batch_size, "max_drop": max_drop, "flagged": drop > max_drop}
+    if original_logits is not None:
+        report |= {"original_agreement": float((logits[file].argmax(-1) == original_logits.argmax(-1)).mean()),
+                   "original_max_logit_diff": float(np.abs(logits[file] - original_logits).max())}
     log.info("%s: accuracy %.2f%% vs fp32 %.2f%% (%+.2f pts), agreement %.2f%%", file, 100 * got["accuracy"],
              100 * ref["accuracy"], -100 * drop, 100 * agreement)
     if drop > max_drop and not allow_drop:

@@ -250,7 +250,8 @@ class BundleMeta:
     max_length: int
     source: dict                      # name, family, weights_sha256
     input_names: tuple[str, ...]
-    tokenizer_json: str | None = None  # the source's original tokenizer.json, copied unchanged
+    tokenizer_json: str | None = None  # the source's original tokenizer.json (vocabulary unchanged)
+    task_type: str = "text-classification"   # Optimum's task name (embslim.pipeline.tasks)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -265,13 +266,43 @@ class BundleMeta:
 
 def write_tokenizer_and_config(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path,
                                *, meta: BundleMeta) -> None:
-    """The ORIGINAL tokenizer.json (unchanged; the graph remaps ids itself) and the HF config
-    with id2label, which Optimum's ORTModelForSequenceClassification needs to load the folder."""
+    """The ORIGINAL tokenizer.json (its vocabulary unchanged: the graph remaps ids itself) and the HF
+    config with id2label, which Optimum's ORTModelForSequenceClassification needs to load the folder.
+
+    Both tell the truth about the bundle: config.json's `architectures` names the class the graph was
+    exported from (e.g. BertForSequenceClassification, even when the source was a bare BertModel),
+    and every tokenizer file truncates at the bundle's max_length, where the runtime truncates and
+    the validation measured (`model_max_length` in tokenizer_config.json; tokenizer.json's own
+    truncation and fixed padding, when switched on, lowered to it), so Optimum and transformers
+    consumers never feed the graph more positions than it has (optimum#1777, transformers#5983)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(folder)   # tokenizer_config.json etc. for AutoTokenizer users
+    saved_max = tokenizer.model_max_length
+    tokenizer.model_max_length = meta.max_length
+    try:
+        tokenizer.save_pretrained(folder)   # tokenizer_config.json etc. for AutoTokenizer users
+    finally:
+        tokenizer.model_max_length = saved_max
     if meta.tokenizer_json and Path(meta.tokenizer_json).is_file():
-        shutil.copyfile(meta.tokenizer_json, folder / "tokenizer.json")
+        _write_tokenizer_json(Path(meta.tokenizer_json), folder / "tokenizer.json", max_length=meta.max_length)
+    model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(folder)
+
+
+def _write_tokenizer_json(src: Path, dst: Path, *, max_length: int) -> None:
+    """Copy `src` unchanged, unless its truncation or fixed padding reaches past `max_length`:
+    then only those lengths are lowered (ids of every text within max_length stay the same)."""
+    data = json.loads(src.read_text(encoding="utf-8"))
+    trunc, pad = data.get("truncation"), data.get("padding")
+    changed = False
+    if isinstance(trunc, dict) and int(trunc.get("max_length", 0)) > max_length:
+        trunc["max_length"], changed = max_length, True
+    fixed = isinstance(pad, dict) and isinstance(pad.get("strategy"), dict) and "Fixed" in pad["strategy"]
+    if fixed and int(pad["strategy"]["Fixed"]) > max_length:
+        pad["strategy"]["Fixed"], changed = max_length, True
+    if not changed:
+        shutil.copyfile(src, dst)
+        return
+    dst.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def artifact_entry(folder: Path, file: str, *, variant: str, target: str = "any") -> dict:
@@ -284,7 +315,8 @@ def write_manifest(folder: Path, *, meta: BundleMeta, pad_id: int, artifacts: li
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "task": {"name": meta.task_name, "labels": list(meta.labels), "pair": meta.is_pair, "max_length": meta.max_length},
+        "task": {"name": meta.task_name, "type": meta.task_type, "labels": list(meta.labels), "pair": meta.is_pair,
+                 "max_length": meta.max_length},
         "source_model": meta.source,
         "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(folder / "tokenizer.json"),
                       "pad_id": pad_id, "input_names": list(meta.input_names)},
@@ -301,12 +333,14 @@ def export_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     """Write tokenizer, config and a validated fp32 model.onnx into `folder`, plus a manifest
     without metrics. Raises OnnxValidationError (and writes no manifest) if parity fails."""
     from embslim.exporters.onnx import OnnxContract, export_onnx, validate_onnx
+    from embslim.pipeline.embedding import export_index_dtypes
 
     folder = Path(folder)
     write_tokenizer_and_config(model, tokenizer, folder, meta=meta)
     contract = OnnxContract(input_names=meta.input_names, opset=opset, atol=atol)
-    export_onnx(model, folder / "model.onnx", contract=contract)
-    validate_onnx(model, folder / "model.onnx", contract=contract, max_length=meta.max_length)
+    with export_index_dtypes(model):
+        export_onnx(model, folder / "model.onnx", contract=contract)
+        validate_onnx(model, folder / "model.onnx", contract=contract, max_length=meta.max_length)
     artifacts = [artifact_entry(folder, f, variant=v) for f, v in
                  (("model.onnx", "fp32"), ("tokenizer.json", "tokenizer"), ("config.json", "config"))]
     write_manifest(folder, meta=meta, pad_id=int(tokenizer.pad_token_id or 0), artifacts=artifacts,
@@ -329,13 +363,14 @@ def add_artifacts(folder: str | Path, entries: list[dict]) -> dict:
 
 
 
-def make_work_dir(work: str | Path) -> Path:
+def make_work_dir(work: str | Path, *, remove_trainers: bool = True) -> Path:
     """Create `embslim run`'s `<out>.work` folder (marked as embslim's), and remove the `.trainer-*`
-    folders a killed fine-tune left in it. Called only once the run's inputs have been checked."""
+    folders a killed fine-tune left in it (`remove_trainers`: not under a multi-process launcher,
+    whose ranks share one such folder). Called only once the run's inputs have been checked."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / WORK_MARKER).touch()
-    for p in work.glob(".trainer-*"):
+    for p in work.glob(".trainer-*") if remove_trainers else ():
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
             log.info("removed a killed fine-tune's %s", p)

@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,10 @@ EXIT_VALIDATION = 3
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task data")
     g.add_argument("--train", help="training file: TSV/CSV/JSONL/JSON, or CLINC150's data_full.json")
+    g.add_argument("--text", dest="texts", action="append", metavar="FILE",
+                   help="unlabelled task text (repeatable): a file with one text per line, or a folder of .txt files; "
+                        "DEP counts it, distillation learns the given model's outputs on it; alone it is enough for a "
+                        "model that is already trained (--no-finetune)")
     g.add_argument("--eval", dest="eval_file", help="eval file (default: a seeded split of --train)")
     g.add_argument("--dataset", help="'synthetic-sentiment', or a Hugging Face datasets name (needs `datasets`)")
     g.add_argument("--format", choices=["auto", "tsv", "csv", "jsonl", "json", "clinc150"])
@@ -38,7 +43,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _data_overrides(a: argparse.Namespace) -> dict:
     pairs = {"train": a.train, "eval": a.eval_file, "dataset": a.dataset, "format": a.format, "text_column": a.text_column,
              "text_pair_column": a.text_pair_column, "label_column": a.label_column, "eval_fraction": a.eval_fraction,
-             "clinc_eval_split": a.clinc_eval_split, "name": a.task_name}
+             "clinc_eval_split": a.clinc_eval_split, "name": a.task_name, "texts": a.texts}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -52,8 +57,21 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="cut the position table to max_length rows (the runtime never reads more)")
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2): a pretrained encoder, "
+                                   "or a classifier that is already fine-tuned (its head and labels are kept)")
+    p.add_argument("--task", choices=["text-classification", "feature-extraction", "token-classification"],
+                   help="Optimum's task name (default: inferred from the model's architectures; a bare encoder gets "
+                        "text-classification)")
+    p.add_argument("--new-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="replace a fine-tuned classifier's own head and labels with a fresh head for the data's labels")
+
+
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning")
+    g.add_argument("--no-finetune", dest="finetune_enabled", action="store_false", default=None,
+                   help="keep the given (already trained) model's weights: prune, export, quantize and validate it as "
+                        "it is, compared with the original; only +distill variants learn, from it (same as epochs = 0)")
     g.add_argument("--epochs", type=float)
     g.add_argument("--max-steps", type=int)
     g.add_argument("--batch-size", type=int)
@@ -89,7 +107,7 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML or YAML file with the same options (flags override it)")
-    p.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
+    _add_model_args(p)
     _add_data_args(p)
     _add_prune_args(p)
     _add_finetune_args(p)
@@ -100,7 +118,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", metavar="METHOD[:k=v,...]",
                    help="a model to build and compare (repeatable): dep, svd, messi, subembed, fourier, with options, "
                         "e.g. messi:k=5,compression=0.4 or subembed:assignment=kmeans,k=2; append +distill to the "
-                        "method to distil from the fine-tuned dep model. Default: dep")
+                        "method to distil from the fine-tuned dep model (from the given model with --no-finetune). "
+                        "Default: dep")
     p.add_argument("--bundle-variant", help="which variant becomes the bundle's model.onnx (default: the first)")
     p.add_argument("--resume", action="store_true",
                    help="reuse fine-tuned checkpoints in <out>.work from an earlier run with the same inputs")
@@ -114,7 +133,7 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text",
                   "trim_positions": "trim_positions"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
-                                  "max_train_samples", "seed")},
+                                  "max_train_samples", "seed")} | {"enabled": "finetune_enabled"},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
     }[section]
@@ -129,7 +148,7 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     for section in ("data", "prune", "finetune", "validate", "targets"):
         if isinstance(raw[section], dict):   # anything else is reported by config_from_dict, naming the section
             raw[section].update(_data_overrides(a) if section == "data" else _section(a, section))
-    for key in ("model", "baseline", "bundle_variant"):
+    for key in ("model", "task", "new_head", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     if a.variant:
@@ -151,16 +170,19 @@ def _cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError(f"out in {a.config} must be a string, got {type(out).__name__} {out!r}; e.g. out = \"bundles/sst2\"")
     cfg = config_from_dict(_merge(raw, a), where=a.config or "flags")
     bundle = run(cfg, out=out, force=a.force, data_root=a.data_root, resume=a.resume)
-    print(f"bundle: {bundle}\nreport: {bundle / 'report.md'}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"bundle: {bundle}\nreport: {bundle / 'report.md'}")
     return 0
 
 
 def _load_task_and_model(a: argparse.Namespace):
-    from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.model import load_classifier
+    from embslim.pipeline.data import DataConfig
+    from embslim.pipeline.finetune import FinetuneConfig
+    from embslim.pipeline.run import RunConfig, load_inputs
 
-    task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
-    return task, load_classifier(a.model or "default", labels=task.label_names)
+    cfg = RunConfig(model=a.model or "default", task=a.task, new_head=bool(a.new_head),
+                    data=DataConfig(**_data_overrides(a)), finetune=FinetuneConfig(**_section(a, "finetune")))
+    return load_inputs(cfg, data_root=a.data_root)
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
@@ -172,7 +194,8 @@ def _cmd_prune(a: argparse.Namespace) -> int:
     cfg = PruneConfig(**_section(a, "prune"))
     task, loaded = _load_task_and_model(a)
     emb = get_word_embeddings(loaded.model)
-    vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=emb.weight.detach().numpy(), cfg=cfg)
+    vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=emb.weight.detach().numpy(), cfg=cfg,
+                  extra_texts=task.texts)
     stats = vocab.stats(emb.embedding_dim) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
     with staged_output(a.out, kind="vocab", force=a.force) as folder:
         vocab.save(folder)
@@ -190,6 +213,9 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
     check_output(a.out, kind="checkpoint", force=a.force)
     cfg = FinetuneConfig(**_section(a, "finetune"))
+    if not cfg.enabled:
+        raise ValueError("`embslim finetune` with --no-finetune (or epochs = 0) has nothing to do; "
+                         "use `embslim run --no-finetune` to bundle a trained model as it is")
     vocab = PrunedVocab.load(a.vocab) if a.vocab else None
     task, loaded = _load_task_and_model(a)
     if vocab is not None:
@@ -213,7 +239,8 @@ def _clamp_max_length(cfg, model):
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from embslim.pipeline.bundle import BundleMeta, check_output, export_model, staged_bundle
+    from embslim.pipeline.bundle import BundleMeta, check_output, export_model, expose_manifest, staged_bundle
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import CheckpointError, load_checkpoint
 
     check_output(a.out, force=a.force)
@@ -228,6 +255,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
                               "write the checkpoint again with `embslim finetune`") from e
     with staged_bundle(a.out, force=a.force) as folder:
         export_model(model, tokenizer, folder, meta=bundle_meta, opset=a.opset, atol=a.atol)
+        expose_manifest(folder)   # the card is made from the manifest; the commit follows at once
+        write_card(folder)
     print(f"bundle: {Path(a.out).resolve()}")
     return 0
 
@@ -261,6 +290,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     import tempfile
 
     from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
+    from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.targets import TargetsConfig, build_targets
     from embslim.pipeline.validate import ValidateConfig
@@ -275,6 +305,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
         copy_bundle(a.bundle, stage)
         rows = build_targets(stage, task.eval, n_labels=len(task.label_names), cfg=cfg,
                              validate=ValidateConfig(**_section(a, "validate")), work=work)
+        write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
               + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))
@@ -345,7 +376,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embslim", description="Prune and compress a text classifier's embedding, "
                                 "export it to ONNX and validate it under ONNX Runtime.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: also the libraries' INFO logs (ONNX Runtime, Optimum, transformers); -vv: DEBUG")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="the whole pipeline: prune, fine-tune, export, validate, bundle, report")
@@ -354,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace --out if it is an embslim bundle (anything else is refused)")
     r.set_defaults(func=_cmd_run)
 
-    pr = sub.add_parser("prune", help="DEP only: count the training vocabulary, write vocab.json + stats.json")
-    pr.add_argument("--model")
+    pr = sub.add_parser("prune", help="DEP only: count the task text's vocabulary, write vocab.json + stats.json")
+    _add_model_args(pr)
     _add_data_args(pr)
     _add_prune_args(pr)
     pr.add_argument("--out", required=True, help="folder for vocab.json and stats.json")
@@ -363,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_prune)
 
     ft = sub.add_parser("finetune", help="fine-tune (optionally pruned with --vocab) and write a checkpoint folder")
-    ft.add_argument("--model")
+    _add_model_args(ft)
     ft.add_argument("--vocab", help="folder written by `embslim prune`")
     _add_data_args(ft)
     _add_finetune_args(ft)
@@ -457,8 +489,10 @@ def _import_error(e: ImportError) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from embslim.pipeline.logs import setup_logging
+
+    # Under torchrun / accelerate only rank 0 logs progress; the other ranks say only what goes wrong.
+    setup_logging(args.verbose if os.environ.get("RANK", "0") == "0" else -1)
     t0 = time.perf_counter()
     try:
         code = args.func(args)

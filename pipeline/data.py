@@ -15,9 +15,9 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,21 @@ class DataConfig:
     seed: int = 0
     clinc_eval_split: Literal["val", "test"] = "val"  # val by default so test stays untouched while tuning
     name: str | None = None  # None -> the file's parent directory name, or the dataset name
+    # Unlabelled task text (--text: files with one text per line, or folders of .txt files): DEP
+    # counts it with the training text, and distillation learns the given model's outputs on it.
+    # Alone (no train/dataset) it is enough for a model that is already trained (--no-finetune).
+    texts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if (self.train is None) == (self.dataset is None):
-            raise DataError(
-                f"expected exactly one of train (a file) or dataset (a name), got train={self.train!r} and "
-                f"dataset={self.dataset!r}; pass --train FILE or --dataset {SYNTHETIC}"
-            )
-        if self.eval is not None and self.train is None:
-            raise DataError(f"eval={self.eval!r} needs a train file; drop --eval when using --dataset")
+        object.__setattr__(self, "texts", tuple(str(t) for t in self.texts))
+        if self.train is not None and self.dataset is not None:
+            raise DataError(f"expected one of train (a file) or dataset (a name), got train={self.train!r} and "
+                            f"dataset={self.dataset!r}; drop one of --train / --dataset")
+        if self.train is None and self.dataset is None and not self.texts:
+            raise DataError(f"no task data: pass --train FILE (labelled), --text FILE (unlabelled, for a model that is "
+                            f"already trained) or --dataset {SYNTHETIC}")
+        if self.eval is not None and self.dataset is not None:
+            raise DataError(f"eval={self.eval!r} needs a train file or --text; drop --eval when using --dataset")
         if self.format not in FORMATS:
             raise DataError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not 0.0 < self.eval_fraction < 1.0:
@@ -71,18 +77,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: texts, optional pair texts and label indices, all the same length."""
+    """One split: texts, optional pair texts and label indices, all the same length. `labels` is
+    None for unlabelled text (held-out --text lines); the run then takes the given model's
+    predictions as the reference labels."""
 
     texts: tuple[str, ...]
     pairs: tuple[str, ...] | None
-    labels: tuple[int, ...]
+    labels: tuple[int, ...] | None
 
     def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels) or (self.pairs is not None and len(self.pairs) != len(self.texts)):
+        if ((self.labels is not None and len(self.texts) != len(self.labels))
+                or (self.pairs is not None and len(self.pairs) != len(self.texts))):
             raise DataError(
                 f"a Split needs equally long texts/pairs/labels, got {len(self.texts)}/"
-                f"{None if self.pairs is None else len(self.pairs)}/{len(self.labels)}"
+                f"{None if self.pairs is None else len(self.pairs)}/{None if self.labels is None else len(self.labels)}"
             )
+
+    def with_labels(self, labels: Sequence[int]) -> "Split":
+        return Split(self.texts, self.pairs, tuple(int(x) for x in labels))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -90,26 +102,39 @@ class Split:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A loaded task: train and eval splits sharing one label vocabulary."""
+    """A loaded task: train and eval splits sharing one label vocabulary, plus unlabelled task text.
+
+    `train` is empty and `label_names` is () when only unlabelled text was given (--text); `texts`
+    is that text minus the held-out lines (which are `eval` when no eval file was given)."""
 
     name: str
     train: Split
     eval: Split
     label_names: tuple[str, ...]
     is_pair: bool
+    texts: tuple[str, ...] = ()
+    eval_labels_source: str = "gold"   # "gold", or "model" once the given model's predictions fill them in
 
     def summary(self) -> dict[str, Any]:
         """JSON-able overview for reports: sizes and per-split label counts by name."""
 
-        def counts(split: Split) -> dict[str, int]:
+        def counts(split: Split) -> dict[str, int] | None:
+            if split.labels is None:
+                return None
             c = Counter(split.labels)
             return {name: c.get(i, 0) for i, name in enumerate(self.label_names)}
 
         return {
             "name": self.name, "is_pair": self.is_pair, "n_train": len(self.train), "n_eval": len(self.eval),
-            "n_labels": len(self.label_names), "label_names": list(self.label_names),
+            "n_texts": len(self.texts), "n_labels": len(self.label_names), "label_names": list(self.label_names),
             "label_counts": {"train": counts(self.train), "eval": counts(self.eval)},
+            "eval_labels": self.eval_labels_source,
         }
+
+    @property
+    def corpus(self) -> tuple[str, ...]:
+        """Every text the task may learn from, unlabelled: training texts (first of each pair) + --text."""
+        return self.train.texts + self.texts
 
 
 # A raw row before labels are indexed: (text, pair or None, label string, "file:line" for messages).
@@ -118,6 +143,77 @@ _Row = tuple[str, str | None, str, str]
 
 def load_task(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
     """Load the task ``cfg`` describes; relative paths are tried under ``data_root`` first, then the cwd."""
+    task = _load_labelled(cfg, data_root=data_root) if cfg.train is not None or cfg.dataset is not None else None
+    if not cfg.texts:
+        assert task is not None  # guaranteed by DataConfig
+        return task
+    from embslim.pipeline.texts import read_texts
+
+    texts = read_texts([str(_resolve(p, data_root, folders=True)) for p in cfg.texts])
+    if task is not None:
+        return replace(task, texts=tuple(texts))
+    # Unlabelled text only: hold some lines out to measure the OOV rate and the agreement with the
+    # given model, unless a (labelled) eval file is given.
+    if cfg.eval is not None:
+        eval_path = _resolve(cfg.eval, data_root)
+        eval_rows = _read_rows(eval_path, _detect(eval_path, cfg.format), cfg)
+        labelled = _build(cfg.name or eval_path.resolve().parent.name or "task", eval_rows, eval_rows,
+                          train_src=str(eval_path), eval_src=str(eval_path), cfg=cfg, training=False)
+        return TaskData(labelled.name, Split((), None, ()), labelled.eval, labelled.label_names, labelled.is_pair,
+                        texts=tuple(texts))
+    if len(texts) < 2:
+        raise DataError(f"--text gave {len(texts)} line(s); at least 2 are needed to hold some out for evaluation, "
+                        "or pass --eval FILE")
+    order = list(range(len(texts)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = min(max(1, round(len(texts) * cfg.eval_fraction)), len(texts) - 1)
+    held = set(order[:n_eval])
+    logger.info("--text: %d lines; %d held out for evaluation (seeded %.0f%%)", len(texts), n_eval, 100 * cfg.eval_fraction)
+    return TaskData(cfg.name or "texts", Split((), None, ()),
+                    Split(tuple(texts[i] for i in sorted(held)), None, None), (), False,
+                    texts=tuple(t for i, t in enumerate(texts) if i not in held))
+
+
+def match_labels(task: TaskData, model_labels: Sequence[str], *, model: str, training: bool) -> TaskData:
+    """`task` with its label indices re-pointed at `model_labels` (a kept head's id2label order).
+
+    Labels are matched by name, never by position in the file: a data label equals a model label
+    when their strings are equal (integer-looking names match as strings, "1" = "1"). Data whose
+    labels are all integers that are not the model's names (GLUE's 0/1 for a model with
+    negative/positive) holds class ids, as `datasets` and transformers store labels: integer i is
+    the model's id i (a model saved without names, LABEL_0, LABEL_1, ..., is the same case). Every
+    data label must be one of the model's; when `training`, every model label must also occur in
+    the data (a head trained on no example of a class would be ruined for it). Raises DataError
+    listing both sets otherwise."""
+    model_labels = [str(x) for x in model_labels]
+    index = {name: i for i, name in enumerate(model_labels)}
+    data_labels = set(task.label_names)
+    if (not data_labels <= set(index) and data_labels and all(_INT.fullmatch(n) for n in data_labels)
+            and all(0 <= int(n) < len(model_labels) for n in data_labels)):
+        index = {str(i): i for i in range(len(model_labels))}
+        logger.info("data labels %s are class ids of the model: %s", sorted(data_labels, key=int),
+                    ", ".join(f"{i} = {name}" for i, name in enumerate(model_labels)))
+    used = set()
+    for split in (task.train, task.eval):
+        if split.labels is not None:
+            used |= {task.label_names[i] for i in split.labels}
+    unknown = sorted(used - set(index))
+    missing = sorted(set(index) - used) if training and task.train.labels else []
+    if unknown or missing:
+        problem = (f"data label(s) {unknown} are not among the model's" if unknown
+                   else f"model label(s) {missing} never occur in the training data")
+        raise DataError(f"{problem}: model {model!r} has labels {model_labels}, the data has {sorted(used)}; "
+                        "rename the data's labels to the model's, or pass --new-head to train a fresh head for the "
+                        "data's labels")
+    order = [index[name] for name in task.label_names]
+
+    def move(split: Split) -> Split:
+        return split if split.labels is None else split.with_labels([order[i] for i in split.labels])
+
+    return replace(task, train=move(task.train), eval=move(task.eval), label_names=tuple(model_labels))
+
+
+def _load_labelled(cfg: DataConfig, *, data_root: str | None) -> TaskData:
     if cfg.dataset is not None:
         if cfg.dataset == SYNTHETIC:
             task = synthetic_sentiment(seed=cfg.seed)
@@ -155,7 +251,8 @@ def subsample(split: Split, n: int | None, *, seed: int) -> Split:
         raise DataError(f"subsample size must be a positive int or None, got {n}")
     keep = sorted(random.Random(seed).sample(range(len(split)), n))
     pairs = None if split.pairs is None else tuple(split.pairs[i] for i in keep)
-    return Split(tuple(split.texts[i] for i in keep), pairs, tuple(split.labels[i] for i in keep))
+    labels = None if split.labels is None else tuple(split.labels[i] for i in keep)
+    return Split(tuple(split.texts[i] for i in keep), pairs, labels)
 
 
 _OPENERS = ("the movie was|this film is|i found the plot|honestly the acting was|the soundtrack felt|overall the "
@@ -187,15 +284,16 @@ def synthetic_sentiment(n_train: int = 2000, n_eval: int = 400, *, seed: int = 0
     return TaskData(SYNTHETIC, make(n_train), make(n_eval), ("negative", "positive"), False)
 
 
-def _resolve(path: str, data_root: str | None) -> Path:
+def _resolve(path: str, data_root: str | None, *, folders: bool = False) -> Path:
     p = Path(path).expanduser()
     tried = [p]
+    ok = (lambda q: q.exists()) if folders else (lambda q: q.is_file())
     if data_root is not None and not p.is_absolute():
         rooted = Path(data_root).expanduser() / p
-        if rooted.is_file():
+        if ok(rooted):
             return rooted
         tried.insert(0, rooted)
-    if not p.is_file():
+    if not ok(p):
         raise DataError(f"data file not found: {' or '.join(map(str, tried))}; check the path (or --data-root)")
     return p
 
@@ -334,10 +432,10 @@ def _seeded_split(rows: list[_Row], fraction: float, *, seed: int, source: Path)
 
 
 def _build(name: str, train_rows: list[_Row], eval_rows: list[_Row], *, train_src: str, eval_src: str,
-           cfg: DataConfig) -> TaskData:
+           cfg: DataConfig, training: bool = True) -> TaskData:
     if not eval_rows:
         raise DataError(f"{eval_src}: eval split has no rows; expected at least one labelled example")
-    _check_labels(train_rows, eval_rows, train_src=train_src, cfg=cfg)
+    _check_labels(train_rows, eval_rows, train_src=train_src, cfg=cfg, training=training)
     raw = {r[2] for r in train_rows}
     as_int = all(_INT.fullmatch(x) for x in raw)
     key = (lambda s: int(s) if _INT.fullmatch(s) else s) if as_int else (lambda s: s)
@@ -366,16 +464,17 @@ def _rows_text(rows: list[str]) -> str:
     return ", ".join(rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
-def _check_labels(train_rows: list[_Row], eval_rows: list[_Row], *, train_src: str, cfg: DataConfig) -> None:
-    """Refuse label sets that cannot train a classifier: missing labels (NaN, None, null, ...) and a
-    training split with a single class (a one-class model is 100% accurate and useless)."""
+def _check_labels(train_rows: list[_Row], eval_rows: list[_Row], *, train_src: str, cfg: DataConfig,
+                  training: bool = True) -> None:
+    """Refuse label sets that cannot train a classifier: missing labels (NaN, None, null, ...) and,
+    when the rows train (`training`), a single class (a one-class model is 100% accurate and useless)."""
     missing = [r for r in train_rows + eval_rows if r[2].strip().lower() in _MISSING_LABELS]
     if missing:
         values = ", ".join(sorted({repr(r[2]) for r in missing}))
         raise DataError(f"{len(missing)} row(s) have a missing label ({values}) in column {cfg.label_column!r}: "
                         f"{_rows_text([r[3] for r in missing])}; fill in the labels or drop those rows")
     classes = {r[2] for r in train_rows}
-    if len(classes) < 2:
+    if training and len(classes) < 2:
         raise DataError(f"{train_src}: every training row has the label {next(iter(classes))!r}; a classifier needs at "
                         f"least two classes: add examples of the other classes or check --label-column ({cfg.label_column!r})")
 

@@ -8,12 +8,15 @@ checkpoint (by accuracy) is what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -31,8 +34,44 @@ class FinetuneError(ValueError):
     """A fine-tuning option is wrong."""
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun or `accelerate launch` (their RANK and
+    WORLD_SIZE variables); (0, 1) when launched alone. Every rank trains; rank 0 alone writes."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_rank()[0] == 0
+
+
+@contextlib.contextmanager
+def _trainer_dir(work_dir: str | None, name: str) -> Iterator[str]:
+    """The Trainer's output folder. Alone: a temporary folder. Under a launcher: one folder every
+    rank names alike (`<work>/.trainer-<name>`), since the best epoch is saved by rank 0 and loaded
+    by every rank; rank 0 removes it once all ranks are done."""
+    rank, world = process_rank()
+    if world == 1 or work_dir is None:
+        with tempfile.TemporaryDirectory(dir=work_dir, prefix=f".trainer-{name}-") as tmp:
+            yield tmp
+        return
+    folder = Path(work_dir) / f".trainer-{''.join(c if c.isalnum() or c in '+-_.' else '_' for c in name)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(folder)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
+    # False (--no-finetune, or epochs = 0 with no max_steps): keep the given model's trained weights;
+    # only variants that distil learn, from the given model, for `epochs` (1 when 0) or max_steps.
+    enabled: bool = True
     epochs: float = 1.0
     max_steps: int = -1               # > 0 overrides epochs (quick runs, tests)
     batch_size: int = 32
@@ -54,8 +93,10 @@ class FinetuneConfig:
     embedding_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise FinetuneError("set epochs > 0 or max_steps > 0")
+        if self.epochs < 0:
+            raise FinetuneError(f"epochs must be >= 0 (0: no fine-tuning, as --no-finetune), got {self.epochs}")
+        if self.epochs == 0 and self.max_steps <= 0:
+            object.__setattr__(self, "enabled", False)
         for name in ("batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -77,7 +118,9 @@ class _Encoded:
                  teacher_logits: np.ndarray | None = None) -> None:
         enc = tokenizer(list(split.texts), list(split.pairs) if split.pairs is not None else None,
                         truncation=True, max_length=max_length, padding=False)
-        self.features = [{k: enc[k][i] for k in enc} | {"labels": split.labels[i]} for i in range(len(split))]
+        labels = split.labels
+        self.features = [{k: enc[k][i] for k in enc} | ({"labels": labels[i]} if labels is not None else {})
+                         for i in range(len(split))]
         if teacher_logits is not None:
             for f, t in zip(self.features, teacher_logits):
                 f["teacher_logits"] = t.tolist()
@@ -107,7 +150,8 @@ def _distill_trainer(alpha: float, temperature: float) -> type:
             outputs = model(**inputs)
             kl = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.softmax(teacher / temperature, -1),
                           reduction="batchmean") * temperature ** 2
-            loss = (1 - alpha) * outputs.loss + alpha * kl
+            # Unlabelled text (or alpha = 1): the teacher's logits are the whole target.
+            loss = kl if outputs.loss is None or alpha == 1 else (1 - alpha) * outputs.loss + alpha * kl
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
@@ -163,6 +207,8 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     from transformers.utils import logging as hf_logging
 
     train = subsample(train, cfg.max_train_samples, seed=cfg.seed)
+    if train.labels is None and teacher is None:
+        raise FinetuneError("the training text has no labels: fine-tuning on it needs a teacher (distillation)")
     teacher_logits = None
     if teacher is not None:
         teacher_logits = predict_logits(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length, batch_size=64)
@@ -170,7 +216,7 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix=f".trainer-{name}-") as tmp:
+    with _trainer_dir(work_dir, name) as tmp:
         args = TrainingArguments(
             output_dir=tmp,
             num_train_epochs=cfg.epochs,
@@ -233,10 +279,13 @@ def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks)."""
     import torch
 
+    from embslim.pipeline.logs import progress
+
     out = []
     model.eval()
+    starts = range(0, len(texts), batch_size)
     with torch.inference_mode():
-        for s in range(0, len(texts), batch_size):
+        for s in progress(starts, total=len(starts), desc="PyTorch logits for the parity check", logger=log):
             enc = tokenizer(list(texts[s:s + batch_size]), list(pairs[s:s + batch_size]) if pairs is not None else None,
                             truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             out.append(model(**enc).logits.float().numpy())

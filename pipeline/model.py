@@ -54,6 +54,14 @@ class LoadedModel:
     name: str          # what the user asked for
     path: str          # where it was loaded from (folder or hub id)
     weights_sha256: str | None
+    task: str = "text-classification"   # Optimum's task name (embslim.pipeline.tasks)
+    kept_head: bool = False             # the model's own trained head (and id2label) was kept
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The head's label names in id order (config.id2label)."""
+        id2label = self.model.config.id2label
+        return tuple(str(id2label[i]) for i in range(len(id2label)))
 
     @property
     def family(self) -> Family:
@@ -193,28 +201,57 @@ def _check_config(path: str) -> None:
         raise ModelError(f"{config} must be a JSON object with a 'model_type'; copy the model's config.json again")
 
 
-def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
-    """Load `name` as a sequence classifier with a fresh head for `labels`."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+def load_config(name: str):
+    """The model's Hugging Face config (local folder or hub id); ModelError in one line otherwise."""
+    from transformers import AutoConfig
 
     path = resolve_model(name)
     if _looks_like_path(name) and not Path(path).expanduser().is_dir():
         raise ModelError(f"model folder {path!r} does not exist; check the path given to --model")
     _check_config(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(_not_found(name, path, e)) from e
+
+
+def load_classifier(name: str, *, labels: Sequence[str] = (), task: str | None = None,
+                    new_head: bool = False) -> LoadedModel:
+    """Load `name` as a sequence classifier.
+
+    A model that already has a sequence-classification head keeps it, with its own id2label (match
+    the data's labels to it by name: `embslim.pipeline.data.match_labels`); `new_head` replaces it
+    with a fresh head for `labels`, as a bare encoder always gets. `task` (Optimum's name; None
+    infers it from the config's `architectures`) must fit the model's head. Raises ModelError or
+    TaskError with one line: missing model, unsupported family, wrong head, or no labels for a
+    fresh head."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from embslim.pipeline.tasks import resolve_task
+
+    path = resolve_model(name)
+    config = load_config(name)
+    resolved, has_head = resolve_task(task, config, model=name)
+    keep = has_head and not new_head
+    if not keep and not labels:
+        raise ModelError(f"model {name!r} ({', '.join(config.architectures or []) or 'a bare encoder'}) has no "
+                         f"{resolved.name} head to keep, and the data has no labels to train a fresh one; pass labelled "
+                         "--train data, or a model fine-tuned for the task")
     tokenizer = load_tokenizer(name)
     if not tokenizer.is_fast:
         raise ModelError(f"model {name!r} has no fast (Rust) tokenizer; embslim bundles need tokenizer.json")
-    id2label = {i: str(label) for i, label in enumerate(labels)}
+    if keep:
+        kwargs: dict = {}
+    else:
+        id2label = {i: str(label) for i, label in enumerate(labels)}
+        kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+                  "ignore_mismatched_sizes": True}   # a classifier trained for other labels gets a fresh head
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected here
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected for a fresh head
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            ignore_mismatched_sizes=True,  # a classifier trained for other labels gets a fresh head
-            output_loading_info=True,
-        )
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs, output_loading_info=True)
     except (OSError, ValueError, SafetensorError) as e:
         weights = Path(path) / "model.safetensors"
         if isinstance(e, SafetensorError) or (weights.is_file() and "safetensors" in str(e).lower()):
@@ -226,7 +263,10 @@ def load_classifier(name: str, *, labels: Sequence[str]) -> LoadedModel:
     family_of(model)  # fail early on unsupported families
     _check_loaded_weights(path, info)
     match_token_types(model, tokenizer)
-    log.info("loaded %s (%s, %.1fM parameters) from %s", name, model.config.model_type,
-             sum(p.numel() for p in model.parameters()) / 1e6, path)
+    model.config.architectures = [type(model).__name__]   # what the bundle really is, e.g. BertForSequenceClassification
+    log.info("loaded %s (%s, %.1fM parameters) from %s; %s", name, model.config.model_type,
+             sum(p.numel() for p in model.parameters()) / 1e6, path,
+             f"its own head kept, labels {list(model.config.id2label.values())}" if keep
+             else f"a fresh head for {len(labels)} labels")
     return LoadedModel(model=model, tokenizer=tokenizer, name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name,
-                       path=path, weights_sha256=_weights_sha256(path))
+                       path=path, weights_sha256=_weights_sha256(path), task=resolved.name, kept_head=keep)

@@ -109,25 +109,42 @@ def _check(report: Any) -> list[dict[str, Any]]:
     return variants
 
 
+def _model_text(model: dict[str, Any]) -> str:
+    extras = [str(model["family"])] if model.get("family") else []
+    extras += [f"{k} {_fmt(model.get(f), 'int')}" for k, f in (("hidden", "hidden_size"), ("vocab", "vocab_size"))
+               if _num(model.get(f)) is not None]
+    return str(model.get("name", MISSING)) + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _task_text(task: dict[str, Any]) -> str:
+    parts = [str(task["type"])] if task.get("type") else []
+    parts += [("sentence pairs" if task["is_pair"] else "single sentences")] if "is_pair" in task else []
+    if _num(task.get("n_labels")) is not None:
+        labels = task.get("labels") or []
+        parts.append(f"{task['n_labels']} labels" + (f" ({', '.join(map(str, labels))})" if labels else ""))
+    if _num(task.get("n_train_used")) is not None:
+        parts.append(f"train {_fmt(task['n_train_used'], 'int')} of {_fmt(task.get('n_train'), 'int')} used")
+    if _num(task.get("n_eval")) is not None:
+        parts.append(f"eval {_fmt(task['n_eval'], 'int')}")
+    return str(task.get("name", MISSING)) + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def _header_lines(report: dict[str, Any]) -> list[str]:
     model, task = report.get("model") or {}, report.get("task") or {}
     lines = [f"Created: {report['created']}"] if report.get("created") else []
+    sources = [s for s in report.get("sources") or [] if isinstance(s, dict)]
+    if len(sources) > 1:   # a comparison: every bundle's own model and task, never just the first one's
+        for s in sources:
+            what = [f"model {_model_text(s['model'])}"] if s.get("model") else []
+            what += [f"task {_task_text(s['task'])}"] if s.get("task") else []
+            lines.append(f"Bundle {s.get('name', MISSING)}: " + ("; ".join(what) or MISSING)
+                         + (f" [{s['path']}]" if s.get("path") else ""))
+        return lines + [str(w) for w in report.get("warnings") or []]
     if model:
-        extras = [str(model["family"])] if model.get("family") else []
-        extras += [f"{k} {_fmt(model.get(f), 'int')}" for k, f in (("hidden", "hidden_size"), ("vocab", "vocab_size"))
-                   if _num(model.get(f)) is not None]
-        lines.append(f"Model: {model.get('name', MISSING)}" + (f" ({', '.join(extras)})" if extras else ""))
+        lines.append(f"Model: {_model_text(model)}")
     if task:
-        parts = [("sentence pairs" if task["is_pair"] else "single sentences")] if "is_pair" in task else []
-        if _num(task.get("n_labels")) is not None:
-            labels = task.get("labels") or []
-            parts.append(f"{task['n_labels']} labels" + (f" ({', '.join(map(str, labels))})" if labels else ""))
-        if _num(task.get("n_train_used")) is not None:
-            parts.append(f"train {_fmt(task['n_train_used'], 'int')} of {_fmt(task.get('n_train'), 'int')} used")
-        if _num(task.get("n_eval")) is not None:
-            parts.append(f"eval {_fmt(task['n_eval'], 'int')}")
-        lines.append(f"Task: {task.get('name', MISSING)}" + (f" ({'; '.join(parts)})" if parts else ""))
-    return lines
+        lines.append(f"Task: {_task_text(task)}")
+    return lines + [str(w) for w in report.get("warnings") or []]
 
 
 def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
@@ -153,9 +170,10 @@ def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
     return lines
 
 
+_ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
 _COLUMNS = ("variant", "precision", "params (M)", "embedding params (M)", "ONNX MB", "embedding MB",
             "accuracy %", "macro-F1 %", "Δ accuracy (pts)", "agreement %", "max |Δlogit|",
-            "p50 ms", "p95 ms", "peak RSS MB", "size vs ref")
+            "agrees with given model %", "p50 ms", "p95 ms", "peak RSS MB", "size vs ref")
 _TEXT_COLUMNS = {"variant", "precision", "key", "value"}  # left-aligned; the rest are numbers
 
 
@@ -166,7 +184,7 @@ def _variant_rows(variants: list[dict[str, Any]]) -> list[list[str]]:
              _fmt(v.get("onnx_embedding_bytes"), "mb"), _fmt(v.get("accuracy"), "pct"),
              _fmt(v.get("macro_f1"), "pct"), _fmt(_diff(v.get("accuracy"), ref.get("accuracy")), "delta"),
              _fmt(v.get("agreement"), "pct"), _fmt(v.get("max_logit_diff"), "sci"),
-             _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(v.get("latency_ms_p95"), "adaptive"),
+             _fmt(v.get("original_agreement"), "pct"), _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(v.get("latency_ms_p95"), "adaptive"),
              _fmt(v.get("peak_rss_mb"), "adaptive"), _fmt(_ratio(v.get("onnx_bytes"), ref.get("onnx_bytes")), "ratio")]
             for v in variants]
 
@@ -205,7 +223,8 @@ def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
+_SIDE_ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
+_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
                  "fp32 accuracy %", "Δ fp32 (pts)", "int8 accuracy %", "4-bit accuracy %", "fp32 p50 ms",
                  "int8 p50 ms", "fp32 peak RSS MB", "int8 peak RSS MB")
 
@@ -261,7 +280,11 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
                                               "training text uses it. Every row is detailed in the table below."]))
         out.append(("", "table", (list(_SIDE_COLUMNS), side)))
         out.append(("All files", "lines", []))
-    out.append(("", "table", (list(_COLUMNS), _variant_rows(variants))))
+    head, rows = list(_COLUMNS), _variant_rows(variants)
+    if not any("original_agreement" in v for v in variants):   # only runs that kept a trained model have it
+        keep = [i for i, h in enumerate(head) if h != _ORIGINAL_COLUMN]
+        head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    out.append(("", "table", (head, rows)))
     out.append(("", "bullets", _detail_lines(variants)))
     if len(variants) > 1:
         out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants)))
@@ -406,6 +429,11 @@ def _size_png(report: dict[str, Any]) -> bytes:
 
 
 def _accuracy_png(report: dict[str, Any]) -> bytes:
+    return _png(accuracy_figure(report))
+
+
+def accuracy_figure(report: dict[str, Any]) -> Any:
+    """The accuracy-vs-size matplotlib figure (the caller closes it); plot_accuracy_vs_size saves it."""
     plt = _pyplot()
     variants = _check(report)
     pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get("accuracy"))) for v in variants]
@@ -414,7 +442,7 @@ def _accuracy_png(report: dict[str, Any]) -> bytes:
     ax.set_title("Accuracy vs ONNX size")
     if not pts:
         _no_data(ax, "no variant has both a size and an accuracy")
-        return _png(fig)
+        return fig
     # With quantized rows (those naming a `base` model) each precision gets a colour and only the
     # models are labelled, so a comparison of many variants stays readable.
     grouped = any(v.get("base") for v in variants)
@@ -425,20 +453,48 @@ def _accuracy_png(report: dict[str, Any]) -> bytes:
         sel = [(x, y) for n, x, y in pts if precision[n] == prec]
         ax.scatter([x for x, _ in sel], [y for _, y in sel], s=45, zorder=3, color=colors.get(prec, _UNKNOWN_COLOR),
                    label=prec or None)
-    for name, x, y in pts:
-        if name in labelled:
-            ax.annotate(name, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8 if grouped else 9)
     ref_acc = _num(variants[0].get("accuracy"))
     if ref_acc is not None:
         ax.axhline(ref_acc * 100, ls="--", lw=1, color="#666", zorder=1,
                    label=f"reference ({variants[0]['name']}): {ref_acc * 100:.2f}%")
-        ax.legend(loc="best", fontsize=9)
+        # Below the axes, so it never covers a point or a label.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=9, frameon=False)
     ax.set_xlim(0, max(x for _, x, _ in pts) * 1.25)  # from 0, so the size gap reads honestly
     ax.margins(y=0.3)
     ax.set_xlabel("ONNX file size (MB)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    _place_labels(fig, ax, [(n, x, y) for n, x, y in pts if n in labelled], fontsize=8 if grouped else 9)
+    return fig
+
+
+# Offsets (points) tried in turn for a point's label: right, then above and below at growing distance.
+_LABEL_OFFSETS = [(6, 5), (6, -11)] + [(6, sign * step) for step in range(17, 200, 11) for sign in (1, -1)]
+
+
+def _place_labels(fig: Any, ax: Any, points: list[tuple[str, float, float]], *, fontsize: int) -> list[Any]:
+    """Annotate each point with its name at the first offset whose text box overlaps no label
+    placed before (bundles compared side by side often share a size and an accuracy); a label
+    with no free spot is drawn with a leader line at the last offset tried."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    texts = []
+    for name, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
+        for dx, dy in _LABEL_OFFSETS:
+            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                               va="center", arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6}
+                               if abs(dy) > 11 else None)
+            box = Text.get_window_extent(text, renderer).expanded(1.0, 1.1)   # the text, not its leader line
+            if not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:
+            ax.add_artist(text)   # nowhere free: keep the last try rather than drop the name
+        placed.append(box)
+        texts.append(text)
+    return texts
 
 
 def plot_size_breakdown(report: dict[str, Any], path: str | Path) -> Path:
@@ -506,40 +562,76 @@ def _load(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file, data
 
 
+def _bundle_labels(folders: list[Path]) -> list[str]:
+    """Each bundle's folder name; where two share one, as many trailing path parts as tell them apart."""
+    parts = [f.resolve().parts for f in folders]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in folders]   # the same folder twice: the caller says they clash
+
+
+def _task_key(task: Any) -> tuple[str, str, str, str]:
+    """What makes two tasks the same task: name, type, single/pair and label set."""
+    task = task if isinstance(task, dict) else {}
+    labels = task.get("labels") or []
+    return (str(task.get("name")), str(task.get("type") or "text-classification"), str(task.get("is_pair")),
+            json.dumps(sorted(map(str, labels)) or task.get("n_labels")))
+
+
 def compare_reports(paths: Sequence[str | Path], *, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Merge report.json files (or bundle dirs) into one report whose variants are all of theirs.
 
-    A variant name found in more than one input is prefixed with its bundle name ("run-a/dep");
-    `names` overrides the bundle names (default: the directory holding each report.json).
-    Model, task and reference come from the first input.
+    With several inputs every variant name, and every quantized row's `base`, is prefixed with
+    its bundle name ("run-a/dep", "run-a/dep int8-arm64"), so each row says where it comes from
+    and quantized files stay beside their model; `names` overrides the bundle names (default:
+    the directory holding each report.json). The reference for deltas is the first input's
+    first variant. Reports of different tasks (name, type, single/pair or label set) are
+    refused: their accuracies are not on one scale. One input keeps its names as they are.
     """
     if not paths:
         raise ReportError("compare_reports needs at least one report.json path or bundle directory")
     loaded = [_load(p) for p in paths]
     if names is not None and len(names) != len(loaded):
         raise ReportError(f"got {len(names)} names for {len(loaded)} reports; pass one name per report")
-    labels = list(names) if names is not None else [f.parent.name or str(f.parent) for f, _ in loaded]
-    counts = Counter(v["name"] for _, r in loaded for v in r["variants"])
-    variants = [{**v, "name": f"{label}/{v['name']}" if counts[v["name"]] > 1 else v["name"], "source": label}
+    labels = list(names) if names is not None else _bundle_labels([f.parent for f, _ in loaded])
+    if len(set(labels)) != len(labels):
+        raise ReportError(f"bundle names clash: {labels}; pass one distinct name per report")
+    keys = [_task_key(r.get("task")) for _, r in loaded]
+    if len(set(keys)) > 1:
+        tasks = ", ".join(f"{label}: {_task_text(r.get('task') or {})}" for label, (_, r) in zip(labels, loaded))
+        raise ReportError(f"cannot compare bundles of different tasks ({tasks}); their accuracies are not "
+                          "comparable: compare bundles built for the same task and labels")
+    several = len(loaded) > 1
+
+    def prefixed(label: str, name: str) -> str:
+        return f"{label}/{name}" if several else name
+
+    variants = [{**v, "name": prefixed(label, v["name"]), "source": label}
+                | ({"base": prefixed(label, v["base"])} if v.get("base") else {})
                 for label, (_, r) in zip(labels, loaded) for v in r["variants"]]
-    clashes = [n for n, c in Counter(v["name"] for v in variants).items() if c > 1]
-    if clashes:
-        raise ReportError(f"variant names still clash after prefixing with bundle names {labels}: {clashes}; "
-                          "pass distinct names=[...]")
     first = loaded[0][1]
-    notes = ["compared: " + ", ".join(f"{label} ({f})" for label, (f, _) in zip(labels, loaded))]
-    tasks = {json.dumps(r.get("task"), sort_keys=True) for _, r in loaded}
-    if len(tasks) > 1:
-        log.warning("compare_reports: the inputs have different tasks; accuracies are not comparable")
-        notes.append("warning: the inputs have different tasks or eval sets; accuracies are not comparable")
+    notes = ["compared: " + ", ".join(f"{label} ({f})" for label, (f, _) in zip(labels, loaded))] if several else []
+    warnings = []
+    evals = {label: (r.get("task") or {}).get("n_eval") for label, (_, r) in zip(labels, loaded)}
+    if len(set(map(str, evals.values()))) > 1:
+        warnings.append("Warning: the eval splits differ in size (" + ", ".join(f"{k} {v}" for k, v in evals.items())
+                        + " examples); accuracy deltas between bundles mix model and eval-set differences.")
+        log.warning("compare_reports: %s", warnings[-1])
     notes += [f"{label}: {n}" for label, (_, r) in zip(labels, loaded) for n in (r.get("notes") or [])]
     merged: dict[str, Any] = {
-        "title": "embslim footprint comparison: " + " vs ".join(labels),
+        "title": "embslim footprint comparison: " + " vs ".join(labels) if several else first.get("title"),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": first.get("model") or {}, "task": first.get("task") or {},
-        "variants": variants, "notes": notes,
-        "sources": [{"name": label, "path": str(f), "title": r.get("title")} for label, (f, r) in zip(labels, loaded)],
+        "variants": variants, "notes": notes, "warnings": warnings,
+        "sources": [{"name": label, "path": str(f), "title": r.get("title"), "model": r.get("model") or {},
+                     "task": r.get("task") or {}} for label, (f, r) in zip(labels, loaded)],
     }
+    if not several:
+        for key in ("finetune", "created"):
+            if first.get(key):
+                merged[key] = first[key]
     if all(r.get("vocab") == first.get("vocab") for _, r in loaded) and first.get("vocab"):
         merged["vocab"] = first["vocab"]
     return merged

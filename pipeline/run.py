@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from embslim.pipeline.bundle import BundleMeta
+    from embslim.pipeline.finetune import FinetuneConfig
     from embslim.pipeline.model import LoadedModel
     from embslim.pipeline.vocab import PrunedVocab
 
@@ -71,6 +72,11 @@ class VariantConfig:
 @dataclass(frozen=True)
 class RunConfig:
     model: str = "default"            # bundled all-MiniLM-L6-v2; or a local folder / hub id
+    # Optimum's task name; None infers it from the model's `architectures` (embslim.pipeline.tasks).
+    task: str | None = None
+    # A model with its own classification head keeps it and its labels (matched to the data's by
+    # name); True trains a fresh head for the data's labels instead.
+    new_head: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -87,8 +93,16 @@ class RunConfig:
             raise ConfigError(f"variants need distinct names, got {names}")
         if self.bundle_variant is not None and self.bundle_variant not in names:
             raise ConfigError(f"bundle_variant {self.bundle_variant!r} is not one of the variants {names}")
-        if any(v.distill for v in self.variants) and "dep" not in names:
-            raise ConfigError("distillation uses the fine-tuned 'dep' variant as teacher: add a variant named 'dep'")
+        if any(v.distill for v in self.variants) and "dep" not in names and self.finetune.enabled:
+            raise ConfigError("distillation uses the fine-tuned 'dep' variant as teacher: add a variant named 'dep' "
+                              "(with --no-finetune the given model itself is the teacher)")
+        if self.task is not None:
+            from embslim.pipeline.tasks import TaskError, get_task
+
+            try:
+                get_task(self.task)
+            except TaskError as e:
+                raise ConfigError(str(e)) from e
 
     @property
     def chosen(self) -> str:
@@ -278,6 +292,7 @@ def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "B
     from embslim.pipeline.bundle import BundleMeta
 
     return BundleMeta(task_name=task.name, labels=tuple(task.label_names), is_pair=task.is_pair, max_length=max_length,
+                      task_type=loaded.task,
                       source={"name": loaded.name, "family": loaded.model.config.model_type, "weights_sha256": loaded.weights_sha256},
                       input_names=loaded.input_names, tokenizer_json=str(Path(loaded.path) / "tokenizer.json"))
 
@@ -314,13 +329,15 @@ def _build_variants(pruned: "PreTrainedModel", vocab: "PrunedVocab", variants: t
     return built
 
 
-def _describe(name: str, info: dict) -> str:
+def _describe(name: str, info: dict, *, keep: bool = False) -> str:
     if name == "unpruned":
-        return "same fine-tune, full vocabulary"
+        return "the given model, as it is" if keep else "same fine-tune, full vocabulary"
     if info["method"] == "table":
-        return "DEP: training-text vocabulary, remap in graph"
+        return "DEP: task-text vocabulary, remap in graph" + (", no fine-tuning" if keep else "")
     opts = ", ".join(f"{k}={v}" for k, v in info["options"].items())
-    return f"DEP + {info['method']}" + (f" ({opts})" if opts else "") + (", distilled from dep" if info["distill"] else "")
+    teacher = "the given model" if keep else "dep"
+    return (f"DEP + {info['method']}" + (f" ({opts})" if opts else "")
+            + (f", distilled from {teacher}" if info["distill"] else (", not trained" if keep else "")))
 
 
 def _fingerprint(**parts: Any) -> str:
@@ -332,6 +349,8 @@ def _task_digest(task: TaskData) -> str:
     h = hashlib.sha256()
     for split in (task.train, task.eval):
         h.update(json.dumps([split.texts, split.pairs, split.labels]).encode())
+    if task.texts:
+        h.update(json.dumps(task.texts).encode())
     return h.hexdigest()
 
 
@@ -356,6 +375,97 @@ def _resume(model: "PreTrainedModel", folder: Path, fingerprint: str) -> dict | 
     return meta["finetune"] | {"resumed_from": str(folder)}
 
 
+def load_inputs(cfg: RunConfig, *, task: TaskData | None = None, data_root: str | None = None
+                ) -> tuple[TaskData, "LoadedModel"]:
+    """The task data and the model, with the data's labels matched to a kept head's by name.
+    Refuses (one line) a run that would keep an untrained head: --no-finetune on a bare encoder
+    or with --new-head."""
+    from embslim.pipeline.data import match_labels
+    from embslim.pipeline.model import ModelError, load_classifier
+
+    task = task or load_task(cfg.data, data_root=data_root)
+    loaded = load_classifier(cfg.model, labels=task.label_names, task=cfg.task, new_head=cfg.new_head)
+    if not cfg.finetune.enabled and not loaded.kept_head:
+        raise ModelError(f"--no-finetune keeps the model as trained, but {cfg.model!r} gets a fresh, untrained "
+                         f"{'head (--new-head)' if cfg.new_head else 'head (it has no sequence-classification head)'}; "
+                         "drop --no-finetune to fine-tune it on labelled --train data, or pass a fine-tuned classifier")
+    if loaded.kept_head:
+        task = match_labels(task, loaded.labels, model=cfg.model, training=cfg.finetune.enabled)
+    elif task.train.labels is not None and len(task.train) == 0:
+        raise ModelError(f"{cfg.model!r} gets a fresh head, which needs labelled --train data; --text alone is for "
+                         "a model that is already trained (--no-finetune)")
+    return task, loaded
+
+
+def _training_plan(cfg: RunConfig, task: TaskData, variants: dict[str, dict], original: "PreTrainedModel | None",
+                   ft_cfg: "FinetuneConfig") -> dict[str, tuple]:
+    """variant name -> (train split, teacher, fine-tune config), or None for a variant used as it is.
+
+    Fine-tuning on (default): every variant trains on the labelled split; a distilled one learns
+    from the fine-tuned "dep" variant too. Off (--no-finetune): the given model's weights are kept,
+    so DEP and the unpruned model are used as they are, and only distilled variants learn, from the
+    given model's logits on the task's text (labels unused)."""
+    from embslim.pipeline.data import Split
+
+    plan: dict[str, tuple | None] = {}
+    if not ft_cfg.enabled:
+        texts = Split(task.corpus, None, None) if not task.is_pair else Split(task.train.texts, task.train.pairs, None)
+        distill_cfg = replace(ft_cfg, enabled=True, epochs=ft_cfg.epochs or 1.0, distill_alpha=1.0)
+        for name, v in variants.items():
+            distill = v["config"] is not None and v["config"].distill
+            plan[name] = (texts, original, distill_cfg) if distill else None
+        return plan
+    for name, v in variants.items():
+        distill = v["config"] is not None and v["config"].distill
+        plan[name] = (task.train, variants["dep"]["model"] if distill else None, ft_cfg)
+    return plan
+
+
+def _train_variants(variants: dict[str, dict], plan: dict[str, tuple | None], *, loaded: "LoadedModel",
+                    task: TaskData, meta: "BundleMeta", work: Path, resume: bool, fingerprint_parts: dict) -> None:
+    """Fine-tune (or distil) each variant in place per `plan`, teachers first; checkpoints go to
+    `work` so `--resume` can reuse them."""
+    from embslim.pipeline.embedding import save_checkpoint
+    from embslim.pipeline.finetune import finetune, is_main_process
+
+    # A distilled variant's teacher ("dep" when fine-tuning) is trained first.
+    order = sorted(variants, key=lambda n: (n != "dep", variants[n]["config"] is not None and variants[n]["config"].distill))
+    for name in order:
+        v = variants[name]
+        if plan[name] is None:
+            v["finetune"] = {"skipped": "the given model's weights, as trained", "train_examples": 0, "steps": 0,
+                             "seconds": 0.0}
+            continue
+        split, teacher, ft_cfg = plan[name]
+        folder = work / f"checkpoint-{_slug(name)}"
+        # Same keys as before --no-finetune existed, so --resume still finds older checkpoints.
+        v["fingerprint"] = _fingerprint(
+            **{k: fingerprint_parts[k] for k in ("weights", "model", "data", "max_length")},
+            finetune={k: x for k, x in asdict(ft_cfg).items() if k != "enabled"},
+            prune=fingerprint_parts["prune"] if name != "unpruned" else None,
+            kept=fingerprint_parts["kept"] if name != "unpruned" else None,
+            variant=asdict(v["config"]) if v["config"] is not None else "unpruned",
+            teacher=_teacher_fingerprint(teacher, variants, loaded))
+        resumed = _resume(v["model"], folder, v["fingerprint"]) if resume else None
+        if resumed is not None:
+            log.info("fine-tune %s: resumed from %s (same inputs)", name, folder)
+            v["finetune"] = resumed
+            continue
+        v["finetune"] = finetune(v["model"], loaded.tokenizer, split, task.eval, cfg=ft_cfg, name=name,
+                                 work_dir=str(work), teacher=teacher)
+        if is_main_process():
+            save_checkpoint(v["model"], loaded.tokenizer, folder,
+                            meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
+
+
+def _teacher_fingerprint(teacher: "PreTrainedModel | None", variants: dict[str, dict], loaded: "LoadedModel") -> str | None:
+    if teacher is None:
+        return None
+    if "dep" in variants and teacher is variants["dep"]["model"]:
+        return variants["dep"]["fingerprint"]
+    return loaded.weights_sha256 or loaded.name   # the given model itself (--no-finetune)
+
+
 def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str | None = None,
         task: TaskData | None = None, resume: bool = False) -> Path:
     """Run every stage and write the bundle to `out` (the chosen variant's model.onnx, plus a
@@ -363,12 +473,15 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
 
     With `resume`, a variant whose checkpoint in `<out>.work/` came from the same inputs (model
     weights, data, vocabulary, compressor and its options, fine-tune settings, teacher) is loaded
-    instead of fine-tuned again, so a run that died in a later stage restarts in minutes."""
+    instead of fine-tuned again, so a run that died in a later stage restarts in minutes.
+    With fine-tuning off (`cfg.finetune.enabled` False, --no-finetune) the given trained model is
+    pruned and exported as it is, and every artifact is compared with it."""
     from embslim.pipeline.bundle import (check_output, export_model, expose_manifest, make_work_dir, manifest_path,
                                          staged_bundle, write_manifest)
-    from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, save_checkpoint, trim_positions
-    from embslim.pipeline.finetune import finetune, predict_logits
-    from embslim.pipeline.model import get_word_embeddings, load_classifier
+    from embslim.pipeline.card import write_card
+    from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, trim_positions
+    from embslim.pipeline.finetune import is_main_process, predict_logits, process_rank
+    from embslim.pipeline.model import get_word_embeddings
     from embslim.pipeline.report import write_report
     from embslim.pipeline.targets import build_targets
     from embslim.pipeline.validate import check_parity, validate_artifact
@@ -378,21 +491,28 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     work = check_output(out.with_name(out.name + ".work"), kind="work", force=True, flag="work folder")
     total = 7
     t_start = time.perf_counter()
+    keep = not cfg.finetune.enabled
 
     with stage(1, total, "load task data and model"):
-        task = task or load_task(cfg.data, data_root=data_root)
-        loaded = load_classifier(cfg.model, labels=task.label_names)
+        task, loaded = load_inputs(cfg, task=task, data_root=data_root)
+        make_work_dir(work, remove_trainers=process_rank()[1] == 1)   # created only now the inputs are checked
         max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
         ft_cfg = replace(cfg.finetune, max_length=max_length)
         hidden = int(get_word_embeddings(loaded.model).embedding_dim)
         params_before = sum(p.numel() for p in loaded.model.parameters())
-        baseline_model = copy.deepcopy(loaded.model) if cfg.baseline else None
+        original = copy.deepcopy(loaded.model) if cfg.baseline or loaded.kept_head else None
+        original_logits = None
+        if loaded.kept_head:   # every artifact is compared with the model the user gave
+            original_logits = predict_logits(original, loaded.tokenizer, task.eval.texts, task.eval.pairs,
+                                             max_length=max_length, batch_size=cfg.validate.batch_size)
+            if task.eval.labels is None:   # unlabelled held-out text: the given model's labels are the reference
+                task = replace(task, eval=task.eval.with_labels(original_logits.argmax(-1)), eval_labels_source="model")
         meta = bundle_meta(loaded, task, max_length=max_length)
 
-    make_work_dir(work)
     with stage(2, total, "prune the vocabulary (DEP) and fit compressors"):
         weight = get_word_embeddings(loaded.model).weight.detach().numpy()
-        vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=weight, cfg=cfg.prune)
+        vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=weight, cfg=cfg.prune,
+                      extra_texts=task.texts)
         vocab.save(work)
         vocab_stats = vocab.stats(hidden) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
         vocab_stats["keep_top"] = cfg.prune.keep_top
@@ -406,58 +526,48 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
             log.info("position table: %d of %d rows cut (inputs are truncated at %d tokens)",
                      cut, cut + int(loaded.model.config.max_position_embeddings), max_length)
         variants = _build_variants(loaded.model, vocab, cfg.variants)
-        if baseline_model is not None:
-            variants["unpruned"] = {"model": baseline_model, "config": None, "info": {"method": "full table"}}
+        if cfg.baseline:
+            # The given model: used as it is (--no-finetune), or fine-tuned like the others for the comparison.
+            variants["unpruned"] = {"model": original, "config": None, "info": {"method": "full table"}}
 
-    # The teacher for distillation is the fine-tuned "dep" variant, so it is trained first.
-    order = sorted(variants, key=lambda n: (n != "dep", variants[n]["config"] is not None and variants[n]["config"].distill))
-    data_digest = _task_digest(task)
-    with stage(3, total, f"fine-tune ({', '.join(order)})"):
-        for name in order:
-            v = variants[name]
-            distill = v["config"] is not None and v["config"].distill
-            teacher = variants["dep"]["model"] if distill else None
-            folder = work / f"checkpoint-{_slug(name)}"
-            v["fingerprint"] = _fingerprint(
-                weights=loaded.weights_sha256, model=loaded.name, data=data_digest, max_length=max_length,
-                finetune=asdict(ft_cfg), prune=fingerprint_dict(cfg.prune) if name != "unpruned" else None,
-                kept=vocab.kept_ids.tolist() if name != "unpruned" else None,
-                variant=asdict(v["config"]) if v["config"] is not None else "unpruned",
-                teacher=variants["dep"]["fingerprint"] if distill else None)
-            resumed = _resume(v["model"], folder, v["fingerprint"]) if resume else None
-            if resumed is not None:
-                log.info("fine-tune %s: resumed from %s (same inputs)", name, folder)
-                v["finetune"] = resumed
-                continue
-            v["finetune"] = finetune(v["model"], loaded.tokenizer, task.train, task.eval, cfg=ft_cfg, name=name,
-                                     work_dir=str(work), teacher=teacher)
-            save_checkpoint(v["model"], loaded.tokenizer, folder,
-                            meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
+    plan = _training_plan(cfg, task, variants, original, ft_cfg)
+    trained = [n for n in variants if plan[n] is not None]
+    with stage(3, total, f"fine-tune ({', '.join(trained) or 'nothing: the given model is kept as trained'})"):
+        _train_variants(variants, plan, loaded=loaded, task=task, meta=meta, work=work, resume=resume,
+                        fingerprint_parts={"weights": loaded.weights_sha256, "model": loaded.name,
+                                           "data": _task_digest(task), "max_length": max_length,
+                                           "prune": fingerprint_dict(cfg.prune), "kept": vocab.kept_ids.tolist()})
+    if not is_main_process():   # under torchrun / accelerate: every rank trained; rank 0 exports and writes
+        log.info("rank %d of %d: fine-tuning done; rank 0 writes the bundle", *process_rank())
+        return out
 
     stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
               "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},
-              "finetune": {n: v["finetune"] for n, v in variants.items()},
+              "finetune": {n: v["finetune"] for n, v in variants.items()} | {"enabled": ft_cfg.enabled},
+              "model": {"task": loaded.task, "head": "kept" if loaded.kept_head else "new"},
               "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
     with staged_bundle(out, force=force) as bundle:
         for name, v in variants.items():
             v["folder"] = bundle if name == cfg.chosen else work / _slug(name)
         with stage(4, total, "export to ONNX and check parity with PyTorch"):
-            for name, v in variants.items():
+            for i, (name, v) in enumerate(variants.items(), start=1):
+                log.info("export %d/%d: %s", i, len(variants), name)
                 v["artifacts"] = export_model(v["model"], loaded.tokenizer, v["folder"], meta=meta, opset=cfg.opset,
                                               atol=cfg.validate.parity_atol, stages=stages)
 
         expose_manifest(bundle)   # the runtime loads the staged bundle from here on
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
             rows = []
-            for name in (["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"]:
+            for i, name in enumerate((["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"], start=1):
+                log.info("validate %d/%d: %s", i, len(variants), name)
                 v = variants[name]
                 torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
                                               max_length=max_length, batch_size=cfg.validate.batch_size)
                 metrics, _ = validate_artifact(v["folder"], "model.onnx", task.eval, n_labels=len(task.label_names),
-                                               cfg=cfg.validate, torch_logits=torch_logits)
+                                               cfg=cfg.validate, torch_logits=torch_logits, original_logits=original_logits)
                 check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate)
                 rows.append(metrics | {
-                    "name": name, "precision": "fp32", "description": _describe(name, v["info"]),
+                    "name": name, "precision": "fp32", "description": _describe(name, v["info"], keep=keep),
                     "file": "model.onnx" if v["folder"] == bundle else str(v["folder"] / "model.onnx"),
                     "total_params": sum(p.numel() for p in v["model"].parameters()),
                     "embedding_params": embedding_params(v["model"]),
@@ -470,47 +580,65 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                               + (" (every variant)" if cfg.targets.all_variants and cfg.targets.targets else "")):
             rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
                      build_targets(bundle, task.eval, n_labels=len(task.label_names), cfg=cfg.targets,
-                                   validate=cfg.validate, work=work)]
+                                   validate=cfg.validate, work=work, original_logits=original_logits)]
             if cfg.targets.all_variants and cfg.targets.targets:
                 others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
                 for name, v in variants.items():
                     if v["folder"] != bundle:
                         rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
                                  build_targets(v["folder"], task.eval, n_labels=len(task.label_names), cfg=others,
-                                               validate=cfg.validate, work=work / f"targets-{_slug(name)}")]
+                                               validate=cfg.validate, work=work / f"targets-{_slug(name)}",
+                                               original_logits=original_logits)]
 
         with stage(7, total, "write manifest and report"):
             artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added
             write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts,
                            stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
                            metrics={r["name"]: r for r in rows})
-            ft = variants[cfg.chosen]["finetune"]
-            report = {
-                "title": f"embslim footprint report: {task.name}",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "model": {"name": loaded.name, "family": loaded.model.config.model_type, "hidden_size": hidden,
-                          "vocab_size": vocab.original_size, "total_params": params_before},
-                "task": {"name": task.name, "is_pair": task.is_pair, "n_labels": len(task.label_names),
-                         "labels": list(task.label_names)[:20], "n_train": len(task.train),
-                         "n_train_used": ft["train_examples"], "n_eval": len(task.eval)},
-                "vocab": vocab_stats,
-                "finetune": {"epochs": ft_cfg.epochs, "max_steps": ft_cfg.max_steps, "batch_size": ft_cfg.batch_size,
-                             "learning_rate": ft_cfg.learning_rate, "max_length": max_length, "seed": ft_cfg.seed,
-                             "train_samples": ft["train_examples"],
-                             "seconds": {n: v["finetune"]["seconds"] for n, v in variants.items()}},
-                "variants": rows,
-                "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}.",
-                          f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch {cfg.validate.batch_size} with per-batch padding.",
-                          f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
-                          f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
-                          "peak RSS: VmHWM of that fresh process (model load + inference).",
-                          f"DEP vocabulary counted on the training split only ({len(task.train)} examples); unseen ids -> {cfg.prune.fallback}.",
-                          "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
-                          f"total wall time {time.perf_counter() - t_start:.0f} s."]
-                         + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}),
-            }
+            report = _report(cfg, task, loaded, vocab, vocab_stats, variants, rows, ft_cfg=ft_cfg, hidden=hidden,
+                             params_before=params_before, work=work, seconds=time.perf_counter() - t_start)
             write_report(report, bundle)
+            write_card(bundle, report=report, source_dir=loaded.path)
     return out
+
+
+def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "PrunedVocab", vocab_stats: dict,
+            variants: dict[str, dict], rows: list[dict], *, ft_cfg: "FinetuneConfig", hidden: int, params_before: int,
+            work: Path, seconds: float) -> dict:
+    """report.json's content: the model, task, vocabulary, fine-tune settings, one row per artifact, notes."""
+    ft = variants[cfg.chosen]["finetune"]
+    corpus = (f"the training split ({len(task.train)} examples)" if len(task.train) else "") + (
+        f"{' and ' if len(task.train) else ''}{len(task.texts)} --text lines" if task.texts else "")
+    return {
+        "title": f"embslim footprint report: {task.name}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {"name": loaded.name, "family": loaded.model.config.model_type, "hidden_size": hidden,
+                  "vocab_size": vocab.original_size, "total_params": params_before, "task": loaded.task,
+                  "head": "kept (its own labels)" if loaded.kept_head else "new"},
+        "task": {"name": task.name, "is_pair": task.is_pair, "n_labels": len(task.label_names),
+                 "labels": list(task.label_names)[:20], "n_train": len(task.train), "n_texts": len(task.texts),
+                 "n_train_used": ft["train_examples"], "n_eval": len(task.eval), "eval_labels": task.eval_labels_source},
+        "vocab": vocab_stats,
+        "finetune": {"enabled": ft_cfg.enabled, "epochs": ft_cfg.epochs, "max_steps": ft_cfg.max_steps,
+                     "batch_size": ft_cfg.batch_size, "learning_rate": ft_cfg.learning_rate, "max_length": ft_cfg.max_length,
+                     "seed": ft_cfg.seed, "train_samples": ft["train_examples"],
+                     "seconds": {n: v["finetune"]["seconds"] for n, v in variants.items()}},
+        "variants": rows,
+        "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}.",
+                  f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
+                  f"{cfg.validate.batch_size} with per-batch padding"
+                  + ("; the eval texts have no gold labels, so accuracy = agreement with the given model's labels."
+                     if task.eval_labels_source == "model" else "."),
+                  f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
+                  f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
+                  "peak RSS: VmHWM of that fresh process (model load + inference).",
+                  f"DEP vocabulary counted on {corpus}; unseen ids -> {cfg.prune.fallback}.",
+                  "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
+                  f"total wall time {seconds:.0f} s."]
+                 + (["fine-tuning off (--no-finetune): the given model's weights are kept; original_agreement is each "
+                     "artifact's label agreement with the given model on the eval texts."] if not ft_cfg.enabled else [])
+                 + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}),
+    }
 
 
 def method_picks(rows: list[dict], methods: Mapping[str, str]) -> list[str]:

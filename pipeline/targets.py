@@ -14,10 +14,13 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from embslim.pipeline.data import Split
 from embslim.pipeline.validate import ValidateConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +69,17 @@ class TargetsConfig:
 
 
 def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: TargetsConfig, validate: ValidateConfig,
-                  work: str | Path) -> list[dict]:
+                  work: str | Path, original_logits: "np.ndarray | None" = None) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
-    return one metrics row per artifact for the report."""
+    return one metrics row per artifact for the report. `original_logits` (the user's trained model
+    on `split`) adds each artifact's agreement with that model to its row."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
     from embslim.exporters.quantize import QuantizeConfig, check_quantized, quantize
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
-    from embslim.pipeline.validate import latency_ids
+    from embslim.pipeline.validate import eval_logits, latency_ids
     from embslim.runtime import Classifier
 
     bundle, work = Path(bundle), Path(work)
@@ -83,6 +87,8 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
         return []
     fp32 = Classifier.from_bundle(bundle, file="model.onnx")
     shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
+    if cfg.fuse:
+        log.info("fusing model.onnx (ORT transformer optimizer%s)", ", and once without Attention for 4-bit" if cfg.int4 else "")
     # bits -> the fused graph that precision is quantized from (unfused model.onnx without fusion)
     fused = fuse_for_quantization(bundle / "model.onnx", work, int4=cfg.int4,
                                   cfg=OptimizeConfig(config_json=str(bundle / "config.json"), validation_shapes=shapes)
@@ -96,12 +102,13 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                                     validation_shapes=shapes))
 
     rows = []
-    fp32_logits = fp32.logits(list(split.texts), list(split.pairs) if split.pairs is not None else None,
-                              batch_size=validate.batch_size)
+    fp32_logits = eval_logits(fp32, split, batch_size=validate.batch_size, desc="model.onnx: eval (fp32 reference)")
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len,
                       max_length=fp32.max_length) if validate.measure else None
-    for plan in plans:
+    for i, plan in enumerate(plans, start=1):
         source = fused.get(plan.bits)
+        log.info("[%d/%d] %s: quantize, then accuracy on %d examples%s", i, len(plans), plan.file_name, len(split),
+                 " and latency/memory" if ids is not None else "")
         q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan)
         entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
@@ -113,22 +120,26 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                         artifact_entry(bundle, ops.name, variant="required-operators", target=plan.target)]
         add_artifacts(bundle, entries)
         check = check_quantized(bundle, plan.file_name, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
+                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits,
+                                original_logits=original_logits)
         row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
                "description": f"{'fused, ' if source else ''}{plan.variant} for {plan.target}"
                               + (" (FLAGGED: accuracy drop above max_drop)" if check["flagged"] else ""),
                "onnx_bytes": q.bytes_out, "accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
-               "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized}
+               "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized,
+               **{k: check[k] for k in ("original_agreement", "original_max_logit_diff") if k in check}}
         if ids is not None:
             row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
         rows.append(row)
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_file = Path(plan.file_name).with_suffix(".ort").name
             ort_check = check_quantized(bundle, ort_file, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits)
+                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits,
+                                        original_logits=original_logits)
             row = {"name": f"{plan.variant}-{plan.target}-ort", "precision": plan.variant, "file": ort_file,
                    "description": f"ORT mobile format of {plan.file_name}", "onnx_bytes": (bundle / ort_file).stat().st_size,
-                   "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"]}
+                   "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"],
+                   **{k: ort_check[k] for k in ("original_agreement", "original_max_logit_diff") if k in ort_check}}
             rows.append(row | (measure(bundle / ort_file, ids, runs=validate.latency_runs, threads=validate.threads)
                                if ids is not None else {}))
     return rows

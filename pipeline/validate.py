@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from embslim.pipeline.data import Split
+
+if TYPE_CHECKING:
+    from embslim.runtime import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,15 @@ def parity(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
             "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max())}
 
 
+def against_original(logits: np.ndarray, original_logits: np.ndarray | None) -> dict:
+    """Label agreement and max |logit difference| with the ORIGINAL (given, trained) model on the same
+    eval texts: the main metric when a trained model is shrunk as it is (`--no-finetune`); {} without one."""
+    if original_logits is None:
+        return {}
+    got = parity(logits, original_logits)
+    return {"original_agreement": got["agreement"], "original_max_logit_diff": got["max_logit_diff"]}
+
+
 def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: int,
                 max_length: int | None = None) -> list[int]:
     """Exactly `seq_len` real token ids ([CLS] ... [SEP]) made from the eval texts; never more than
@@ -80,24 +92,45 @@ def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: in
     return ids
 
 
+def eval_logits(clf: "Classifier", split: Split, *, batch_size: int, desc: str) -> np.ndarray:
+    """`clf.logits` over the whole split, one batch per call so a long eval shows progress
+    (embslim.pipeline.logs.progress); the batches and their padding are those of a single call."""
+    from embslim.pipeline.logs import progress
+
+    texts = list(split.texts)
+    pairs = list(split.pairs) if split.pairs is not None else None
+    starts = range(0, len(texts), batch_size)
+    chunks = [clf.logits(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs is not None else None,
+                         batch_size=batch_size)
+              for i in progress(starts, total=len(starts), desc=desc, logger=log)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(clf.labels)), np.float32)
+
+
 def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: int, cfg: ValidateConfig,
-                      torch_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json)."""
+                      torch_logits: np.ndarray | None = None,
+                      original_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json):
+    task metrics on `split`'s labels, parity with `torch_logits` (the same model in PyTorch) and
+    agreement with `original_logits` (the model the user gave, before pruning), each when given."""
     from embslim.runtime import Classifier
 
     bundle = Path(bundle)
     clf = Classifier.from_bundle(bundle, file=file, threads=None)
-    logits = clf.logits(list(split.texts), list(split.pairs) if split.pairs is not None else None, batch_size=cfg.batch_size)
+    logits = eval_logits(clf, split, batch_size=cfg.batch_size, desc=f"{file}: eval")
     metrics = task_metrics(logits, split.labels, n_labels=n_labels) | {"file": file, "onnx_bytes": (bundle / file).stat().st_size}
     if torch_logits is not None:
         metrics |= parity(logits, torch_logits)
         metrics["torch_accuracy"] = task_metrics(torch_logits, split.labels, n_labels=n_labels)["accuracy"]
+    metrics |= against_original(logits, original_logits)
     if cfg.measure:
         from embslim.pipeline.probe import measure
 
+        log.info("%s: latency and memory in a fresh process (%d runs)", file, cfg.latency_runs)
         ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
-    log.info("%s: accuracy %.2f%%%s%s", file, 100 * metrics["accuracy"],
+    log.info("%s: accuracy %.2f%%%s%s%s", file, 100 * metrics["accuracy"],
+             f", agreement with the original model {100 * metrics['original_agreement']:.2f}%"
+             if "original_agreement" in metrics else "",
              f", agreement {100 * metrics['agreement']:.2f}%, max |dlogit| {metrics['max_logit_diff']:.1e}" if "agreement" in metrics else "",
              f", p50 {metrics['latency_ms_p50']:.2f} ms, peak RSS {metrics['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in metrics else "")
     return metrics, logits

@@ -128,16 +128,12 @@ def count_ids(tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], pairs:
 
 
 def _read_keep_text(paths: Sequence[str]) -> list[str]:
-    lines: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise VocabError(f"--keep-text file {p} not found; pass a UTF-8 text file with one text per line")
-        try:
-            lines.extend(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        except UnicodeDecodeError as e:
-            raise VocabError(f"--keep-text file {p} is not UTF-8 (byte {e.start}); convert it to UTF-8") from e
-    return lines
+    from embslim.pipeline.texts import TextError, read_texts
+
+    try:
+        return read_texts(paths, option="--keep-text")
+    except TextError as e:
+        raise VocabError(str(e)) from e
 
 
 def _nearest_kept(weight: np.ndarray, kept: np.ndarray, targets: np.ndarray, *, metric: str,
@@ -157,15 +153,19 @@ def _nearest_kept(weight: np.ndarray, kept: np.ndarray, targets: np.ndarray, *, 
 
 
 def prune(tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], pairs: Sequence[str] | None = None,
-          *, weight: np.ndarray, cfg: PruneConfig = PruneConfig()) -> PrunedVocab:
-    """Build the DEP vocabulary from training text. `weight` is the pretrained [V, d] embedding matrix."""
+          *, weight: np.ndarray, cfg: PruneConfig = PruneConfig(), extra_texts: Sequence[str] = ()) -> PrunedVocab:
+    """Build the DEP vocabulary from the task's text: the training examples (`texts`, `pairs`) and
+    unlabelled task text (`extra_texts`, --text), counted alike. `weight` is the pretrained [V, d]
+    embedding matrix. DEP needs no labels: the ids the task's text uses are what it keeps."""
     vocab_size = len(tokenizer)
     if weight.shape[0] < vocab_size:
         raise VocabError(f"embedding has {weight.shape[0]} rows but the tokenizer has {vocab_size} ids; "
                          "the model and tokenizer do not belong together")
-    if len(texts) == 0:
-        raise VocabError("no training text to count; the training split is empty")
-    counts = count_ids(tokenizer, texts, pairs)
+    if len(texts) == 0 and len(extra_texts) == 0:
+        raise VocabError("no text to count: the training split is empty and no --text was given")
+    counts = count_ids(tokenizer, texts, pairs) if len(texts) else np.zeros(len(tokenizer), dtype=np.int64)
+    if len(extra_texts):
+        counts += count_ids(tokenizer, extra_texts)
     n_train_ids = int((counts > 0).sum())
     if cfg.keep_text:
         counts += count_ids(tokenizer, _read_keep_text(cfg.keep_text))

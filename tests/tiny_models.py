@@ -36,10 +36,14 @@ def build_wordpiece(path: Path, *, extra: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def make_tiny_model_dir(folder: Path, *, family: str = "bert", num_labels: int = 2, seed: int = 0) -> Path:
-    """Save a tiny random encoder of `family` with the tiny WordPiece tokenizer into `folder`."""
+def make_tiny_model_dir(folder: Path, *, family: str = "bert", num_labels: int = 2, seed: int = 0,
+                        id2label: dict[int, str] | None = None, head: str | None = None) -> Path:
+    """Save a tiny random model of `family` with the tiny WordPiece tokenizer into `folder`: a bare
+    encoder (architectures `BertModel`, like a pretrained checkpoint), or with `head` "sequence" /
+    "token" a classifier with that head and `id2label` (like a fine-tuned checkpoint)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertTokenizerFast, PreTrainedTokenizerFast
+    from transformers import (AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                              BertTokenizerFast, PreTrainedTokenizerFast)
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,11 @@ def make_tiny_model_dir(folder: Path, *, family: str = "bert", num_labels: int =
     else:
         config = Config(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, num_labels=num_labels, **extra)
-    model = AutoModelForSequenceClassification.from_config(config)
+    if id2label is not None:
+        config.id2label = dict(id2label)
+        config.label2id = {v: k for k, v in id2label.items()}
+    auto = {None: AutoModel, "sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}[head]
+    model = auto.from_config(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     build_wordpiece(folder / "tokenizer.json")  # keep the original file (fixed padding on), as a real model ships it

@@ -1,5 +1,6 @@
 """Static file server for the in-browser demo: `python -m sample_apps.web.serve BUNDLE`.
 
-The page itself (index.html, app.js, classifier.js, wordpiece.js) is plain JavaScript; the
-Python here only serves it, the bundle's files and onnxruntime-web on 127.0.0.1.
+The page itself (index.html, app.js, classifier.js, tokenizer.js) is plain JavaScript over two
+npm libraries (onnxruntime-web, tokenizers.js); the Python here only checks the bundle and
+serves the page, the libraries and the bundle's files on 127.0.0.1.
 """

@@ -2,10 +2,11 @@
 //
 // The same contract as the Python runtime (runtime/classifier.py): read manifest.json, pick
 // a model artifact, check its sha256 and the tokenizer's, tokenize with the bundle's ORIGINAL
-// tokenizer.json (the graph remaps ids to its pruned vocabulary itself), feed input_ids /
+// tokenizer.json (the graph remaps ids to its pruned vocabulary itself) with tokenizers.js
+// (tokenizer.js: WordPiece, byte-level BPE and Unigram files), feed input_ids /
 // attention_mask / token_type_ids as int64, softmax the "logits" output.
 
-import { WordPieceTokenizer } from "./wordpiece.js";
+import { BundleTokenizer } from "./tokenizer.js";
 
 export const SCHEMA_VERSION = 1;
 
@@ -155,9 +156,14 @@ export async function loadBundle(baseUrl, { ort, file = null, variant = "fp32", 
   const tokBytes = await verified(
     await (await fetchOk(base + tokFile)).arrayBuffer(), tokEntry, tokFile,
   );
-  const tokenizer = new WordPieceTokenizer(JSON.parse(new TextDecoder().decode(tokBytes)), {
-    maxLength: manifest.task.max_length,
-  });
+  let tokenizer;
+  try {
+    tokenizer = new BundleTokenizer(JSON.parse(new TextDecoder().decode(tokBytes)), {
+      maxLength: manifest.task.max_length,
+    });
+  } catch (e) {
+    throw new BundleError(`${tokFile}: ${e.message}; re-export the bundle (or re-download it)`);
+  }
   onStatus(`downloading ${artifact.file} (${artifact.bytes} bytes)`);
   const modelBytes = await verified(
     await (await fetchOk(base + artifact.file)).arrayBuffer(), artifact, artifact.file,

@@ -476,7 +476,7 @@ def test_disk_full_while_committing_is_one_line(tmp_path, assets, capsys, monkey
 
     monkeypatch.setattr(os, "replace", full)
     assert main(["export", str(assets.ckpt), "--out", str(tmp_path / "b")]) == 2
-    check_one_line(capsys.readouterr().err, "export", r"b/manifest\.json: No space left on device; the disk is full")
+    check_one_line(capsys.readouterr().err, "export", r"manifest\.json: No space left on device; the disk is full")
     assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
@@ -559,7 +559,7 @@ def test_a_model_with_one_token_type_exports_without_token_type_ids(tmp_path):
     train = _tsv(tmp_path / "pairs.tsv", [tuple(r) for r in rows], header="a\tb\tlabel")
     out = tmp_path / "b"
     assert main(["run", "--model", str(model_dir), "--train", str(train), "--text-column", "a", "--text-pair-column", "b",
-                 "--out", str(out), *QUICK_RUN]) == 0
+                 "--new-head", "--out", str(out), *QUICK_RUN]) == 0
     clf = Classifier.from_bundle(out)
     assert clf.input_names == ("input_ids", "attention_mask")
     assert clf.logits(["good movie"], ["bad film"]).shape == (1, 2)

@@ -270,8 +270,8 @@ def test_unknown_extension(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({}, r"exactly one of train .* or dataset"),
-        ({"train": "a.tsv", "dataset": "synthetic-sentiment"}, r"exactly one of train"),
+        ({}, r"no task data: pass --train FILE .*, --text FILE"),
+        ({"train": "a.tsv", "dataset": "synthetic-sentiment"}, r"expected one of train .* drop one of --train / --dataset"),
         ({"dataset": "synthetic-sentiment", "eval": "b.tsv"}, r"needs a train file"),
         ({"train": "a.tsv", "eval_fraction": 1.0}, r"eval_fraction must be in \(0, 1\), got 1\.0"),
         ({"train": "a.tsv", "eval_fraction": 0.0}, r"eval_fraction must be in \(0, 1\)"),

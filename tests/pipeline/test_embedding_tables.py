@@ -57,24 +57,29 @@ def test_relative_position_models_are_refused(tmp_path, tiny_model_dir):
         trim_positions(lm.model, 16)
 
 
-def test_remap_is_int16_when_the_rows_fit_and_int32_beyond():
+def test_remap_trains_as_int32_and_exports_as_int16_when_the_rows_fit():
     import torch
 
-    from embslim.pipeline.embedding import CheckpointError, RemappedEmbedding, index_dtype
+    from embslim.pipeline.embedding import CheckpointError, RemappedEmbedding, export_index_dtypes, index_dtype
 
     assert index_dtype(11575) == torch.int16 and index_dtype(32768) == torch.int16
     assert index_dtype(32769) == torch.int32 and index_dtype(250_002) == torch.int32
     big = RemappedEmbedding(torch.tensor([0, 40_000, 2]), torch.nn.Embedding(40_001, 4))
-    assert big.remap.dtype == torch.int32 and big(torch.tensor([1])).shape == (1, 4)
     small = RemappedEmbedding(torch.tensor([3, 0, 2]), torch.nn.Embedding(4, 4))
-    assert small.remap.dtype == torch.int16
+    model = torch.nn.ModuleList([big, small])
+    assert big.remap.dtype == small.remap.dtype == torch.int32, "DDP broadcasts buffers; gloo/NCCL have no int16"
+    with export_index_dtypes(model):
+        assert small.remap.dtype == torch.int16 and big.remap.dtype == torch.int32
+        torch.testing.assert_close(small(torch.tensor([[0, 1]])), small.inner.weight[[3, 0]].unsqueeze(0))
+        assert big(torch.tensor([1])).shape == (1, 4)
+    assert small.remap.dtype == torch.int32 and "remap" in dict(small.named_buffers())
     torch.testing.assert_close(small(torch.tensor([[0, 1]])), small.inner.weight[[3, 0]].unsqueeze(0))
     with pytest.raises(CheckpointError, match=r"the remap points outside the 4 rows of the embedding \(values 0..7\)"):
         RemappedEmbedding(torch.tensor([7, 0]), torch.nn.Embedding(4, 4))
 
 
-def test_a_checkpoint_with_an_int32_remap_still_loads(tmp_path, tiny_model_dir):
-    """Checkpoints written before the remap became int16 keep loading (and resuming)."""
+def test_a_checkpoint_with_an_int16_remap_still_loads(tmp_path, tiny_model_dir):
+    """Checkpoints written while the remap trained as int16 keep loading (and resuming)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -89,9 +94,9 @@ def test_a_checkpoint_with_an_int32_remap_still_loads(tmp_path, tiny_model_dir):
     save_checkpoint(lm.model, lm.tokenizer, tmp_path / "ckpt")
     state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     key = next(k for k in state if k.endswith("word_embeddings.remap"))
-    assert state[key].dtype == torch.int16
-    state[key] = state[key].to(torch.int32)                      # as an older checkpoint has it
+    assert state[key].dtype == torch.int32
+    state[key] = state[key].to(torch.int16)                      # as an older checkpoint has it
     save_file(state, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
     model, tokenizer, _ = load_checkpoint(tmp_path / "ckpt")
-    assert get_word_embeddings(model).remap.dtype == torch.int16
+    assert get_word_embeddings(model).remap.dtype == torch.int32
     np.testing.assert_allclose(predict_logits(model, tokenizer, TEXTS, max_length=16, batch_size=2), ref, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,7 @@ def test_failed_replace_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.
     assert _files_under(tmp_path) == set()
 
 
-def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> None:
+def test_compare_reports_merges_and_prefixes_every_name(tmp_path: Path) -> None:
     a, b = _report(2), _report(3)
     b["variants"][2]["name"] = "int8-only-in-b"
     b["notes"] = ["run b used a different seed"]
@@ -284,7 +285,7 @@ def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> N
 
     merged = compare_reports([tmp_path / "run-a", tmp_path / "run-b" / "report.json"])
     names = [v["name"] for v in merged["variants"]]
-    assert names == ["run-a/unpruned", "run-a/dep", "run-b/unpruned", "run-b/dep", "int8-only-in-b"]
+    assert names == ["run-a/unpruned", "run-a/dep", "run-b/unpruned", "run-b/dep", "run-b/int8-only-in-b"]
     assert [v["source"] for v in merged["variants"]] == ["run-a"] * 2 + ["run-b"] * 3
     assert merged["vocab"] == a["vocab"]
     assert "run-b: run b used a different seed" in merged["notes"]
@@ -297,8 +298,11 @@ def test_compare_reports_merges_and_prefixes_clashing_names(tmp_path: Path) -> N
 def test_compare_reports_custom_names(tmp_path: Path) -> None:
     for d in ("x/out", "y/out"):
         write_report(_report(2), tmp_path / d)
-    with pytest.raises(ReportError, match=r"still clash .*pass distinct names"):
-        compare_reports([tmp_path / "x/out", tmp_path / "y/out"])
+    # bundles in folders of one name are told apart by their parent folders
+    merged = compare_reports([tmp_path / "x/out", tmp_path / "y/out"])
+    assert [v["name"] for v in merged["variants"]][::2] == ["x/out/unpruned", "y/out/unpruned"]
+    with pytest.raises(ReportError, match=r"bundle names clash: .*pass one distinct name per report"):
+        compare_reports([tmp_path / "x/out", tmp_path / "x/out"])
     merged = compare_reports([tmp_path / "x/out", tmp_path / "y/out"], names=["seed0", "seed1"])
     assert merged["variants"][0]["name"] == "seed0/unpruned"
     with pytest.raises(ReportError, match="got 1 names for 2 reports"):
@@ -323,3 +327,196 @@ def test_report_dict_is_not_mutated(tmp_path: Path) -> None:
     before = copy.deepcopy(report)
     write_report(report, tmp_path)
     assert report == before
+
+
+# ---------------------------------------------------------------- compare on real bundles, plot labels, logs
+
+
+def test_compare_refuses_reports_of_different_tasks(tmp_path: Path) -> None:
+    write_report(_report(2), tmp_path / "sst2")
+    for folder, change in (("clinc", {"name": "clinc150", "n_labels": 151, "labels": ["a", "b"]}),
+                           ("relabelled", {"labels": ["neg", "pos"]}),
+                           ("pairs", {"is_pair": True}),
+                           ("tokens", {"type": "token-classification"})):
+        other = _report(2)
+        other["task"] |= change
+        write_report(other, tmp_path / folder)
+        with pytest.raises(ReportError, match=r"^cannot compare bundles of different tasks \(sst2: sst2 .*, "
+                                              rf"{folder}: .*\); their accuracies are not comparable"):
+            compare_reports([tmp_path / "sst2", tmp_path / folder])
+
+
+def test_compare_warns_in_the_header_when_eval_splits_differ(tmp_path: Path) -> None:
+    other = _report(2)
+    other["task"]["n_eval"] = 800
+    write_report(_report(2), tmp_path / "a")
+    write_report(other, tmp_path / "b")
+    md = render_markdown(compare_reports([tmp_path / "a", tmp_path / "b"]))
+    header = md.split("## ")[0]
+    assert "Warning: the eval splits differ in size (a 872, b 800 examples)" in header
+
+
+def _label_boxes(fig: Any) -> list[Any]:
+    from matplotlib.text import Annotation, Text
+
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    return [Text.get_window_extent(a, renderer) for a in [*ax.texts, *ax.artists] if isinstance(a, Annotation)]
+
+
+def test_accuracy_plot_labels_never_overlap(tmp_path: Path) -> None:
+    """Four bundles with the same model at the same size and accuracy: four labels, apart."""
+    from embslim.pipeline.report import _pyplot, accuracy_figure
+
+    for name in "abcd":
+        write_report(_report(3), tmp_path / name)
+    merged = compare_reports([tmp_path / n for n in "abcd"])
+    fig = accuracy_figure(merged)
+    try:
+        boxes = _label_boxes(fig)
+        assert len(boxes) == 12
+        overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+        assert overlaps == []
+    finally:
+        _pyplot().close(fig)
+
+
+FAST = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--latency-runs", "3"]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _write_task(folder: Path, task: Any) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train.tsv", task.train), ("dev.tsv", task.eval)):
+        rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return ["--train", str(folder / "train.tsv"), "--eval", str(folder / "dev.tsv")]
+
+
+@pytest.fixture(scope="module")
+def two_bundles(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_task: Any):
+    """Two real tiny-model bundles with int8 and 4-bit files; the second built with -v and no
+    baseline. Returns (root, {bundle name: records its run logged})."""
+    from embslim.pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("compare")
+    data = _write_task(root / "data", tiny_task)
+    levels = {name: logging.getLogger(name).level for name in ("", "embslim", "transformers", "optimum")}
+    logs = {}
+    try:
+        for name, before, after in (("seed0", [], []), ("seed1", ["-v"], ["--seed", "1", "--no-baseline"])):
+            handler = _Records()
+            logging.getLogger().addHandler(handler)
+            try:
+                code = main([*before, "run", "--model", str(tiny_model_dir), *data, "--out", str(root / name),
+                             "--targets", "arm64", "--int4", "--allow-drop", *FAST, *after])
+            finally:
+                logging.getLogger().removeHandler(handler)
+            assert code == 0
+            logs[name] = handler.records
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    return root, logs
+
+
+def _manifest(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_compare_two_real_bundles_shows_every_quantized_cell(two_bundles, capsys) -> None:
+    from embslim.pipeline.cli import main
+    from embslim.pipeline.report import _fmt, _pyplot, accuracy_figure
+
+    root, _ = two_bundles
+    assert main(["compare", str(root / "seed0"), str(root / "seed1"), "--out", str(root / "cmp")]) == 0
+    md = (root / "cmp" / "report.md").read_text(encoding="utf-8")
+    header = md.split("## ")[0]
+    for name in ("seed0", "seed1"):   # both bundles' model and task, not just the first one's
+        assert f"Bundle {name}: model {_manifest(root / name)['source_model']['name']} (bert, hidden 32, vocab 197); " \
+               "task data (single sentences; 2 labels (negative, positive)" in header
+
+    side = md.split("## Side by side")[1].split("## All files")[0]
+    col = {c: i for i, c in enumerate(_table_row(side, "variant"))}
+    rows = [line for line in side.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["seed0/unpruned", "seed0/dep", "seed1/dep"]
+    for name in ("seed0", "seed1"):
+        manifest = _manifest(root / name)
+        size = {a["file"]: a["bytes"] for a in manifest["artifacts"]}
+        metrics = manifest["metrics"]
+        row = _table_row(side, f"{name}/dep")
+        assert row[col["fp32 MB"]] == _fmt(size["model.onnx"], "mb")
+        assert row[col["int8 MB"]] == _fmt(size["model.int8-arm64.onnx"], "mb") != MISSING
+        assert row[col["4-bit MB"]] == _fmt(size["model.int4-arm64.onnx"], "mb") != MISSING
+        assert row[col["int8 accuracy %"]] == f"{100 * metrics['dep int8-arm64']['accuracy']:.2f}"
+        assert row[col["4-bit accuracy %"]] == f"{100 * metrics['dep int4-arm64']['accuracy']:.2f}"
+        assert row[col["int8 p50 ms"]] != MISSING
+    assert _table_row(side, "seed0/unpruned")[col["int8 MB"]] == MISSING   # the baseline was not quantized
+
+    every = md.split("## All files")[1]
+    for name in ("seed0/dep int8-arm64", "seed0/dep int4-arm64", "seed1/dep int8-arm64", "seed1/dep int4-arm64"):
+        assert _table_row(every, name)[1] in ("int8", "int4")
+    fig = accuracy_figure(json.loads((root / "cmp" / "report.json").read_text(encoding="utf-8")))
+    try:
+        boxes = _label_boxes(fig)
+        assert len(boxes) == 3 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[:i])
+    finally:
+        _pyplot().close(fig)
+
+    # another task: one line, exit 2, nothing written
+    other = root / "other-task"
+    other.mkdir()
+    report = json.loads((root / "seed1" / "report.json").read_text(encoding="utf-8"))
+    report["task"] |= {"name": "clinc150", "n_labels": 3, "labels": ["a", "b", "c"]}
+    (other / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["compare", str(root / "seed0"), str(other), "--out", str(root / "cmp-mixed")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("embslim compare: error: cannot compare bundles of different tasks (seed0: data")
+    assert not (root / "cmp-mixed").exists()
+
+
+def _third_party_info(records: list[logging.LogRecord]) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in records
+            if r.levelno == logging.INFO and not r.name.startswith("embslim")]
+
+
+def test_run_log_has_no_library_info_lines_unless_verbose(two_bundles) -> None:
+    _, logs = two_bundles
+    quiet, verbose = logs["seed0"], logs["seed1"]
+    assert _third_party_info(quiet) == []
+    messages = [r.getMessage() for r in quiet]
+    for line in ("export 1/2: dep", "validate 2/2: dep", "[1/2] model.int8-arm64.onnx: quantize",
+                 "[2/2] model.int4-arm64.onnx: quantize"):
+        assert any(m.startswith(line) for m in messages), line
+    # -v brings ONNX Runtime's quantizer and optimizer INFO lines back (hundreds on MiniLM)
+    noisy = _third_party_info(verbose)
+    assert any(n.startswith("onnxruntime.quantization") for n in noisy)
+    assert any(n.startswith("root: ") for n in noisy)
+    assert len(noisy) > 50
+
+
+def test_progress_logs_long_loops_in_a_log_file(caplog: pytest.LogCaptureFixture) -> None:
+    from embslim.pipeline.logs import progress
+
+    logger = logging.getLogger("embslim.test.progress")
+    with caplog.at_level(logging.INFO, logger="embslim.test.progress"):
+        assert list(progress(range(4), total=4, desc="model.onnx: eval", every=0.0, logger=logger)) == [0, 1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines[:3]] == [f"model.onnx: eval: {i}/4 batch" for i in (1, 2, 3)]
+    assert lines[3].startswith("model.onnx: eval: 4/4 batch done in")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embslim.test.progress"):
+        list(progress(range(4), total=4, desc="short", logger=logger))   # well under 10 s: silent
+        logger.setLevel(logging.WARNING)
+        list(progress(range(4), total=4, desc="quiet", every=0.0, logger=logger))
+    assert caplog.records == []

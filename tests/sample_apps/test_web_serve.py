@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from sample_apps.web.serve import ORT_DIST, SetupError, main, make_server, routes
+from sample_apps.web.serve import ORT_DIST, TOKENIZERS_DIST, SetupError, main, make_server, routes
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,9 @@ def bundle(tiny_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_url(bundle):
-    if not (ORT_DIST / "ort.wasm.min.mjs").is_file():
-        pytest.skip(f"onnxruntime-web is not installed: run `npm ci` in {ORT_DIST.parents[2]}")
+    for probe in (ORT_DIST / "ort.wasm.min.mjs", TOKENIZERS_DIST / "tokenizers.min.mjs"):
+        if not probe.is_file():
+            pytest.skip(f"{probe} is not installed: run `npm ci` in {ORT_DIST.parents[2]}")
     server = make_server(bundle, host="127.0.0.1", port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -45,7 +46,8 @@ def fetch(url: str) -> tuple[int, str, bytes]:
     [
         ("/", "text/html; charset=utf-8"),
         ("/app.js", "text/javascript; charset=utf-8"),
-        ("/wordpiece.js", "text/javascript; charset=utf-8"),
+        ("/tokenizer.js", "text/javascript; charset=utf-8"),
+        ("/vendor/tokenizers.min.mjs", "text/javascript; charset=utf-8"),
         ("/ort/ort.wasm.min.mjs", "text/javascript; charset=utf-8"),
         ("/ort/ort-wasm-simd-threaded.wasm", "application/wasm"),
         ("/bundle/manifest.json", "application/json"),
@@ -71,9 +73,12 @@ def test_nothing_else_is_served(base_url, path):
 
 
 def test_setup_errors(tmp_path, tiny_bundle, capsys):
-    with pytest.raises(SetupError, match=r"has no manifest\.json; pass an embslim bundle directory"):
+    with pytest.raises(SetupError, match=r"no manifest\.json in the bundle directory; is .* an "
+                                          r"embslim bundle\? re-export the bundle"):
         routes(tmp_path)
-    with pytest.raises(SetupError, match=r"onnxruntime-web is not installed .*: run `npm ci` in "):
-        routes(tiny_bundle, ort_dist=tmp_path)
-    assert main([str(tmp_path / "missing"), "--port", "0"]) == 1
-    assert "error: " in capsys.readouterr().err
+    for missing in ({"ort_dist": tmp_path}, {"tokenizers_dist": tmp_path}):
+        with pytest.raises(SetupError, match=r"JavaScript libraries are not installed .*: run "
+                                              r"`npm ci` in "):  # fmt: skip
+            routes(tiny_bundle, **missing)
+    assert main([str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: bundle directory ")

