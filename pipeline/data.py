@@ -39,7 +39,9 @@ class DataConfig:
     eval: str | None = None  # None -> a seeded split of train, so a single file is enough to start
     dataset: str | None = None  # "synthetic-sentiment" or a Hugging Face name ("glue/sst2", "glue:sst2")
     format: Literal["auto", "tsv", "csv", "jsonl", "json", "clinc150"] = "auto"  # auto: by extension
-    text_column: str = "sentence"  # GLUE's name for single-sentence tasks
+    # None: "sentence" (GLUE's name for single-sentence tasks), else "text" (the usual JSONL/CSV and
+    # `datasets` name), whichever the data has; the log says which was used.
+    text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str = "label"
     eval_fraction: float = 0.1  # only when eval is None; 10% keeps most data for training
@@ -67,7 +69,8 @@ class DataConfig:
             raise DataError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}; e.g. 0.1")
         if self.clinc_eval_split not in ("val", "test"):
             raise DataError(f"clinc_eval_split must be 'val' or 'test', got {self.clinc_eval_split!r}")
-        columns = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        columns = ([self.text_column] if self.text_column is not None else []) + [self.label_column] + (
+            [self.text_pair_column] if self.text_pair_column else [])
         if not all(columns) or len(set(columns)) != len(columns):
             raise DataError(
                 f"text, pair and label columns must be non-empty and distinct, got {columns}; "
@@ -218,7 +221,7 @@ def _load_labelled(cfg: DataConfig, *, data_root: str | None) -> TaskData:
         if cfg.dataset == SYNTHETIC:
             task = synthetic_sentiment(seed=cfg.seed)
             return task if cfg.name is None else TaskData(cfg.name, task.train, task.eval, task.label_names, False)
-        return _load_hf(cfg)
+        return _load_hf(cfg, data_root=data_root)
     assert cfg.train is not None  # guaranteed by DataConfig
     train_path = _resolve(cfg.train, data_root)
     train_fmt = _detect(train_path, cfg.format)
@@ -340,6 +343,8 @@ def _read_rows(path: Path, fmt: str, cfg: DataConfig) -> list[_Row]:
             raise DataError(f"{path}: expected a JSON list of objects, got a {type(top).__name__}; use JSONL, a "
                             "list of {column: value} objects, or --format clinc150 for CLINC150 data_full.json")
         records = ((f"{path} record {i}", r) for i, r in enumerate(top, start=1))
+    records = list(records)
+    cfg = _with_text_column(cfg, records[0][1] if records else {}, str(path))
     rows = [_to_row(rec, where, cfg) for where, rec in records]
     if not rows:
         raise DataError(f"{path}: no data rows; expected at least one labelled example")
@@ -374,6 +379,19 @@ def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"{path}:{n}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); expected one object per line") from e
+
+
+_TEXT_COLUMNS = ("sentence", "text")   # tried in this order when --text-column is not given
+
+
+def _with_text_column(cfg: DataConfig, first: Any, source: str) -> DataConfig:
+    """`cfg` with its text column settled: the one given, else the first of _TEXT_COLUMNS the data has."""
+    if cfg.text_column is not None:
+        return cfg
+    found = next((c for c in _TEXT_COLUMNS if isinstance(first, dict) and c in first), _TEXT_COLUMNS[0])
+    if isinstance(first, dict) and found in first:
+        logger.info("%s: text column %r (pass --text-column to choose another)", source, found)
+    return replace(cfg, text_column=found)
 
 
 def _to_row(rec: Any, where: str, cfg: DataConfig) -> _Row:
@@ -479,25 +497,54 @@ def _check_labels(train_rows: list[_Row], eval_rows: list[_Row], *, train_src: s
                         f"least two classes: add examples of the other classes or check --label-column ({cfg.label_column!r})")
 
 
-def _load_hf(cfg: DataConfig) -> TaskData:
+def _load_hf(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
+    """A Hugging Face dataset: a folder written by `save_to_disk` (a Dataset or a DatasetDict; a
+    relative path is tried under `data_root`, then the cwd), another local folder of data files,
+    or a hub name ("glue/sst2", "glue:sst2") when the hub is reachable. `ClassLabel` columns give
+    their names as the labels."""
     name = cfg.dataset or ""
     try:
         import datasets  # optional: only this path needs it
     except ImportError as e:
         raise DataError(f"dataset {name!r} is not built in (known: {SYNTHETIC}); loading it from Hugging Face needs "
                         "`pip install datasets`, or pass --train/--eval files") from e
-    path, sep, config = name.partition(":")
-    if not sep and path.count("/") == 1:  # "glue/sst2" -> ("glue", "sst2")
-        path, config = path.split("/")
+    local = _local_dataset(name, data_root)
     try:
-        ds = datasets.load_dataset(path, config or None)
-    except Exception as e:  # network, unknown name, missing config: all one user-facing problem
-        raise DataError(f"could not load Hugging Face dataset {name!r} ({e}); check the name, e.g. glue:sst2") from e
+        if local is not None and _is_saved_dataset(local):
+            ds = datasets.load_from_disk(str(local))
+        elif local is not None:
+            ds = datasets.load_dataset(str(local))
+        else:
+            path, sep, config = name.partition(":")
+            if not sep and path.count("/") == 1:  # "glue/sst2" -> ("glue", "sst2")
+                path, config = path.split("/")
+            ds = datasets.load_dataset(path, config or None)
+    except Exception as e:  # network, unknown name, missing config, damaged folder: one user-facing problem
+        where = f"local folder {local}" if local is not None else "the Hugging Face hub"
+        raise DataError(f"could not load dataset {name!r} from {where} ({type(e).__name__}: {str(e)[:200]}); check "
+                        "the name (e.g. glue:sst2) or the folder (one written by save_to_disk, or data files)") from e
+    if isinstance(ds, datasets.Dataset):   # save_to_disk of one split: it is the training data
+        ds = datasets.DatasetDict({"train": ds})
     if "train" not in ds:
-        raise DataError(f"Hugging Face dataset {name!r} has no 'train' split, only {list(ds)}")
+        raise DataError(f"dataset {name!r} has no 'train' split, only {list(ds)}; rename the training split to 'train'")
+    label_names = _class_label_names(ds["train"].features.get(cfg.label_column))
+    first = next(iter(ds["train"]), {})
+    cfg = _with_text_column(cfg, first, f"{name}[train]")
 
     def rows(split: str) -> list[_Row]:
-        return [_to_row(rec, f"{name}[{split}] row {i}", cfg) for i, rec in enumerate(ds[split], start=1)]
+        out = []
+        for i, rec in enumerate(ds[split], start=1):
+            where = f"{name}[{split}] row {i}"
+            if label_names is not None and cfg.label_column in rec:
+                rec = dict(rec)
+                value = rec[cfg.label_column]
+                if not (isinstance(value, int) and 0 <= value < len(label_names)):
+                    raise DataError(f"{where}: label {value!r} is not a class of {cfg.label_column!r} "
+                                    f"({len(label_names)} names: {label_names[:5]}...); drop unlabelled rows (-1) "
+                                    "or use a split that has labels")
+                rec[cfg.label_column] = label_names[value]
+            out.append(_to_row(rec, where, cfg))
+        return out
 
     train_rows = rows("train")
     eval_name = next((s for s in ("validation", "test") if s in ds), None)
@@ -506,5 +553,26 @@ def _load_hf(cfg: DataConfig) -> TaskData:
         eval_src = f"{name}[train] (seeded {cfg.eval_fraction:.0%} split)"
     else:
         eval_rows, eval_src = rows(eval_name), f"{name}[{eval_name}]"
-    task_name = cfg.name or re.split(r"[/:]", name)[-1]
+    task_name = cfg.name or (local.name if local is not None else re.split(r"[/:]", name)[-1])
     return _build(task_name, train_rows, eval_rows, train_src=f"{name}[train]", eval_src=eval_src, cfg=cfg)
+
+
+def _local_dataset(name: str, data_root: str | None) -> Path | None:
+    """The local folder `name` names (under data_root first, then the cwd), or None for a hub name."""
+    for base in ([Path(data_root).expanduser()] if data_root else []) + [Path.cwd()]:
+        p = Path(name).expanduser()
+        p = p if p.is_absolute() else base / p
+        if p.is_dir():
+            return p
+    return None
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def _class_label_names(feature: Any) -> list[str] | None:
+    """A `datasets.ClassLabel`'s names (read by attribute, so `datasets` need not be imported here)."""
+    names = getattr(feature, "names", None)
+    return [str(n) for n in names] if type(feature).__name__ == "ClassLabel" and names else None

@@ -211,7 +211,8 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
         raise FinetuneError("the training text has no labels: fine-tuning on it needs a teacher (distillation)")
     teacher_logits = None
     if teacher is not None:
-        teacher_logits = predict_logits(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length, batch_size=64)
+        teacher_logits = predict_logits(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length, batch_size=64,
+                                        desc=f"{name}: the teacher's logits on {len(train)} training texts")
     if len(train) == 0:
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -275,8 +276,10 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
 
 
 def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                   pairs: Sequence[str] | None = None, *, max_length: int, batch_size: int = 32) -> np.ndarray:
-    """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks)."""
+                   pairs: Sequence[str] | None = None, *, max_length: int, batch_size: int = 32,
+                   desc: str = "PyTorch logits for the parity check") -> np.ndarray:
+    """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks);
+    `desc` names the loop in progress lines."""
     import torch
 
     from embslim.pipeline.logs import progress
@@ -285,7 +288,7 @@ def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     model.eval()
     starts = range(0, len(texts), batch_size)
     with torch.inference_mode():
-        for s in progress(starts, total=len(starts), desc="PyTorch logits for the parity check", logger=log):
+        for s in progress(starts, total=len(starts), desc=desc, logger=log):
             enc = tokenizer(list(texts[s:s + batch_size]), list(pairs[s:s + batch_size]) if pairs is not None else None,
                             truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             out.append(model(**enc).logits.float().numpy())

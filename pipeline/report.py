@@ -223,8 +223,7 @@ def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-_SIDE_ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
-_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
+_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
                  "fp32 accuracy %", "Δ fp32 (pts)", "int8 accuracy %", "4-bit accuracy %", "fp32 p50 ms",
                  "int8 p50 ms", "fp32 peak RSS MB", "int8 peak RSS MB")
 

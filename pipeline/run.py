@@ -504,7 +504,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         original_logits = None
         if loaded.kept_head:   # every artifact is compared with the model the user gave
             original_logits = predict_logits(original, loaded.tokenizer, task.eval.texts, task.eval.pairs,
-                                             max_length=max_length, batch_size=cfg.validate.batch_size)
+                                             max_length=max_length, batch_size=cfg.validate.batch_size,
+                                             desc="the given model's logits on the eval texts")
             if task.eval.labels is None:   # unlabelled held-out text: the given model's labels are the reference
                 task = replace(task, eval=task.eval.with_labels(original_logits.argmax(-1)), eval_labels_source="model")
         meta = bundle_meta(loaded, task, max_length=max_length)

@@ -192,7 +192,7 @@ def prune(tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], pairs: Seq
         specials = set(tokenizer.all_special_ids)
         candidates = np.asarray([i for i in kept if i not in specials], dtype=np.int64)
         remap[unseen] = remap[_nearest_kept(weight, candidates, unseen, metric=cfg.metric)]
-    log.info("DEP: kept %d of %d rows (%.1f%%; %d used by the training text), fallback=%s",
+    log.info("DEP: kept %d of %d rows (%.1f%%; %d used by the task's text), fallback=%s",
              len(kept), weight.shape[0], 100 * len(kept) / weight.shape[0], n_train_ids,
              f"nearest ({cfg.metric})" if cfg.fallback == "nearest" else cfg.fallback)
     return PrunedVocab(kept_ids=kept, counts=counts[kept], remap=remap.astype(np.int32),

@@ -162,3 +162,40 @@ def test_the_bundle_config_and_tokenizer_tell_the_truth(tiny_model_dir, tmp_path
     ids = AutoTokenizer.from_pretrained(out)(["the movie " * 40], truncation=True)["input_ids"][0]
     assert len(ids) == 24, "transformers' consumers truncate where the graph stops"
     assert np.isfinite(Classifier.from_bundle(out).logits(["the movie " * 40])).all()
+
+
+def test_integer_data_labels_are_the_models_class_ids(tmp_path, capsys):
+    """GLUE's 0/1 for a model saved with negative/positive: integer i is the model's id i."""
+    model = make_tiny_model_dir(tmp_path / "m", head="sequence", id2label={0: "negative", 1: "positive"}, seed=2)
+    rows = [(t, y) for y in ("1", "0") for t in _texts("weather", 8, int(y))]
+    dev = _csv(tmp_path / "dev.csv", rows)
+    (tmp_path / "t.txt").write_text("\n".join(t for t, _ in rows) + "\n")
+    out = tmp_path / "bundle"
+    assert main(["run", "--model", str(model), "--text", str(tmp_path / "t.txt"), "--eval", str(dev), "--no-finetune",
+                 "--out", str(out), "--no-baseline", *FAST]) == 0
+    assert read_manifest(out)["task"]["labels"] == ["negative", "positive"]
+    report = json.loads((out / "report.json").read_text())
+    texts = [t for t, _ in rows]
+    gold = [{"0": "negative", "1": "positive"}[y] for _, y in rows]
+    theirs = _torch_predictions(model, texts)
+    expected = np.mean([a == b for a, b in zip(theirs, gold)])
+    assert report["variants"][0]["accuracy"] == pytest.approx(expected), "dev accuracy scored against id i = name i"
+    bad = _csv(tmp_path / "bad.csv", rows + [("rain sun", "2")])
+    code = main(["run", "--model", str(model), "--text", str(tmp_path / "t.txt"), "--eval", str(bad), "--no-finetune",
+                 "--out", str(tmp_path / "b2"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "data label(s) ['0', '1', '2'] are not among the model's" in err
+
+
+def test_the_python_api_builds_the_same_configs_as_the_cli(classifier_dir, tmp_path):
+    import embslim
+
+    (tmp_path / "t.txt").write_text("\n".join(_texts("play_music", 20, 7) + _texts("weather", 20, 8)) + "\n")
+    cfg = embslim.RunConfig(model=str(classifier_dir), data=embslim.DataConfig(texts=(str(tmp_path / "t.txt"),)),
+                            finetune=embslim.FinetuneConfig(enabled=False, max_length=32),
+                            validate=embslim.ValidateConfig(measure=False), targets=embslim.TargetsConfig(targets=()))
+    out = embslim.run(cfg, out=tmp_path / "bundle")
+    assert read_manifest(out)["task"]["labels"] == list(INTENTS.values())
+    assert embslim.config_from_dict({"model": str(classifier_dir), "data": {"texts": [str(tmp_path / "t.txt")]},
+                                     "finetune": {"epochs": 0, "max_length": 32}, "validate": {"measure": False},
+                                     "targets": {"targets": []}}).finetune.enabled is False

@@ -175,8 +175,10 @@ def test_logs_one_line_per_split(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     train = tsv(tmp_path / "t.tsv", TRAIN)
     with caplog.at_level(logging.INFO, logger="embslim.pipeline.data"):
         load_task(DataConfig(train=str(train), eval=str(train)))
-    msgs = [r.getMessage() for r in caplog.records if r.name == "embslim.pipeline.data"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "embslim.pipeline.data" and " rows, " in r.getMessage()]
     assert len(msgs) == 2 and "train: 4 rows" in msgs[0] and "eval: 4 rows" in msgs[1]
+    columns = [r.getMessage() for r in caplog.records if "text column" in r.getMessage()]
+    assert columns and all("text column 'sentence'" in m for m in columns), "says which text column it used"
 
 
 # --- errors --------------------------------------------------------------------------------------------------
@@ -190,19 +192,19 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_missing_column_lists_columns(tmp_path: Path) -> None:
-    train = tsv(tmp_path / "t.tsv", TRAIN, header="text\tlabel")
-    with pytest.raises(DataError, match=r"t\.tsv:2: no column 'sentence'; columns are \['text', 'label'\]; "
+    train = tsv(tmp_path / "t.tsv", TRAIN, header="body\tlabel")
+    with pytest.raises(DataError, match=r"t\.tsv:2: no column 'sentence'; columns are \['body', 'label'\]; "
                                         r"set --text-column"):
         load_task(DataConfig(train=str(train)))
     with pytest.raises(DataError, match=r"no column 'y'.*--label-column"):
-        load_task(DataConfig(train=str(train), text_column="text", label_column="y"))
+        load_task(DataConfig(train=str(train), text_column="body", label_column="y"))
     with pytest.raises(DataError, match=r"no column 'pair'.*--text-pair-column"):
-        load_task(DataConfig(train=str(train), text_column="text", text_pair_column="pair"))
+        load_task(DataConfig(train=str(train), text_column="body", text_pair_column="pair"))
 
 
 def test_missing_column_jsonl(tmp_path: Path) -> None:
-    train = write(tmp_path / "t.jsonl", json.dumps({"text": "a", "label": 1}) + "\n")
-    with pytest.raises(DataError, match=r"t\.jsonl:1: no column 'sentence'; columns are \['text', 'label'\]"):
+    train = write(tmp_path / "t.jsonl", json.dumps({"body": "a", "label": 1}) + "\n")
+    with pytest.raises(DataError, match=r"t\.jsonl:1: no column 'sentence'; columns are \['body', 'label'\]"):
         load_task(DataConfig(train=str(train)))
 
 
@@ -277,7 +279,7 @@ def test_unknown_extension(tmp_path: Path) -> None:
         ({"train": "a.tsv", "eval_fraction": 0.0}, r"eval_fraction must be in \(0, 1\)"),
         ({"train": "a.tsv", "format": "xml"}, r"format must be one of auto, tsv.*got 'xml'"),
         ({"train": "a.tsv", "clinc_eval_split": "dev"}, r"clinc_eval_split must be 'val' or 'test'"),
-        ({"train": "a.tsv", "label_column": "sentence"}, r"non-empty and distinct.*--label-column"),
+        ({"train": "a.tsv", "text_column": "label"}, r"non-empty and distinct.*--label-column"),
         ({"train": "a.tsv", "text_column": ""}, r"non-empty and distinct"),
     ],
 )
