@@ -329,11 +329,13 @@ def _validate_arm64(a: argparse.Namespace, task) -> int:
 
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
+    from embslim.runtime import check_bundle_token_ids
     from embslim.runtime.manifest import read_manifest, verify_artifact
 
     manifest = read_manifest(a.bundle)
     for entry in manifest["artifacts"]:
         verify_artifact(a.bundle, entry)
+    check_bundle_token_ids(a.bundle)  # tokenizer ids vs each model's input_ids range (#12 item 3)
     task = manifest["task"]
     print(f"bundle {a.bundle}: task {task['name']} ({len(task['labels'])} labels, {'pairs' if task['pair'] else 'single texts'}, "
           f"max_length {task['max_length']}); source {manifest['source_model']['name']}")

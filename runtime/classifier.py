@@ -10,8 +10,10 @@ tokenizer's `encode_batch` are thread-safe, so one `Classifier` can serve many t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from .errors import BundleError, InputError, InputTypeError
 from .manifest import read_manifest, select_model_artifact, verify_artifact
 from .tokens import load_tokenizer, pad_batch
 
-__all__ = ["Classifier", "Prediction"]
+__all__ = ["Classifier", "Prediction", "check_bundle_token_ids", "replace_lone_surrogates"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ _OUTPUT = "logits"
 # Anything longer is almost certainly a mistake (a whole file read as one "text"), so it is
 # refused with a message, not silently clipped.
 DEFAULT_MAX_CHARS = 100_000
+
+# A UTF-16 surrogate code point (U+D800..U+DFFF) cannot be encoded as UTF-8, and tokenizers
+# refuses such a str with a bare TypeError. They reach Python when a client cuts an emoji in
+# half ("so cute \ud83d" in JSON), from os.fsdecode/surrogateescape, or from WTF-8 bytes.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 TextInput = Union[str, Sequence[str], Sequence[tuple[str, str]], Sequence[Sequence[str]]]
 
@@ -87,6 +94,14 @@ class Classifier:
         self._tokenizer = tokenizer
         self._input_dtypes = _graph_inputs(session, self.model_path)
         _check_graph_output(session, self.model_path, n_labels=len(self.labels))
+        _check_token_ids(
+            session,
+            tokenizer,
+            self._input_dtypes,
+            model_path=self.model_path,
+            tokenizer_file=str(manifest["tokenizer"].get("file", "tokenizer.json")),
+            pad_id=self._pad_id,
+        )
 
     @classmethod
     def from_bundle(
@@ -98,6 +113,7 @@ class Classifier:
         threads: int | None = None,
         verify: bool = True,
         max_chars: int | None = DEFAULT_MAX_CHARS,
+        memory_arena: bool = True,
     ) -> Classifier:
         """Load a bundle directory.
 
@@ -110,6 +126,11 @@ class Classifier:
         max_chars: refuse (with `InputError`) any text longer than this many characters;
             None disables the check. Texts longer than max_length tokens but under this
             limit are truncated, as usual.
+        memory_arena: ONNX Runtime's CPU memory arena. On (the default), the activation
+            memory of the largest batch so far stays reserved for reuse, which suits a
+            script; False frees it after every run, which a long-running service wants so
+            that memory goes back to its resting level after a burst (with glibc, together
+            with `malloc_trim`; see sample_apps/service/memory.py).
         """
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
@@ -139,7 +160,7 @@ class Classifier:
                     "re-export the bundle (or re-download it)"
                 )
         tokenizer = load_tokenizer(tok_path, max_length=int(manifest["task"]["max_length"]))
-        session = _open_session(model_path, threads=threads)
+        session = _open_session(model_path, threads=threads, memory_arena=memory_arena)
         logger.debug("loaded %s (variant %s) from %s", entry["file"], entry["variant"], bundle)
         return cls(
             session,
@@ -268,7 +289,7 @@ class Classifier:
                 )
             self._check_texts(items, name="texts")
             self._check_texts(seconds, name="pairs")
-            return items, seconds
+            return _clean(items), _clean(seconds)
         if not self.is_pair:
             for i, item in enumerate(items):
                 if isinstance(item, (tuple, list)):
@@ -278,7 +299,7 @@ class Classifier:
                         "e.g. ['a great movie']"
                     )
             self._check_texts(items, name="texts")
-            return items, None
+            return _clean(items), None
         firsts: list[str] = []
         seconds_: list[str] = []
         for i, item in enumerate(items):
@@ -305,8 +326,8 @@ class Classifier:
                         "str() or drop the example"
                     )
                 self._check_length(part, name=f"texts[{i}][{j}]")
-            firsts.append(item[0])
-            seconds_.append(item[1])
+            firsts.append(replace_lone_surrogates(item[0]))
+            seconds_.append(replace_lone_surrogates(item[1]))
         return firsts, seconds_
 
     def _check_texts(self, items: Sequence[Any], *, name: str) -> None:
@@ -324,6 +345,23 @@ class Classifier:
 
     def _task_hint(self) -> str:
         return f" (task {self.task_name!r})" if self.task_name else ""
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """`text` with every unpaired UTF-16 surrogate replaced by U+FFFD, as browsers do.
+
+    A high surrogate followed by a low one ("\\ud83d\\ude00", e.g. from CESU-8 bytes) is
+    joined into the character it encodes (U+1F600); any other surrogate code point becomes
+    U+FFFD (the replacement character, which BERT tokenizers map to [UNK] or drop). Texts
+    without surrogates are returned as they are, at the cost of one regex scan.
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _clean(texts: list[str]) -> list[str]:
+    return [replace_lone_surrogates(t) for t in texts]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -410,11 +448,15 @@ def _tokenizer_entry(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
 SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
 
 
-def session_options(threads: int | None = None, *, exact_int8: bool = True) -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, *, exact_int8: bool = True, memory_arena: bool = True
+) -> ort.SessionOptions:
     """ORT session options with SESSION_CONFIG and, when given, the intra-op thread count.
     exact_int8=False leaves out the x86 u8 x u8 rewrite, e.g. to compare a .onnx with its .ort
-    file, to which ORT cannot apply it."""
+    file, to which ORT cannot apply it. memory_arena=False turns ORT's CPU arena off."""
     options = ort.SessionOptions()
+    if not memory_arena:
+        options.enable_cpu_mem_arena = False
     for key, value in SESSION_CONFIG.items():
         if exact_int8 or key != "session.x64quantprecision":
             options.add_session_config_entry(key, value)
@@ -423,8 +465,10 @@ def session_options(threads: int | None = None, *, exact_int8: bool = True) -> o
     return options
 
 
-def _open_session(model_path: Path, *, threads: int | None) -> ort.InferenceSession:
-    options = session_options(threads)
+def _open_session(
+    model_path: Path, *, threads: int | None, memory_arena: bool = True
+) -> ort.InferenceSession:
+    options = session_options(threads, memory_arena=memory_arena)
     try:
         return ort.InferenceSession(
             os.fspath(model_path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -472,3 +516,147 @@ def _check_graph_output(session: ort.InferenceSession, model_path: Path, *, n_la
             f"{model_path.name}: output 'logits' has shape {shape}, expected [batch, {n_labels}] "
             f"for the manifest's {n_labels} labels; re-export the bundle"
         )
+
+
+# -- token ids against the graph ----------------------------------------------------------
+#
+# A tokenizer.json whose ids run past the model's vocabulary (a tokenizer from another model,
+# or edited entries) loads fine and fails later, on the first text that uses such an id, with
+# ORT's "Gather ... indices element out of data bounds". The runtime cannot read the graph's
+# tables without `onnx`, so it asks the session instead: one probe run with the tokenizer's
+# largest id (~1 ms for MiniLM). Only when that fails does it bisect, with one-token runs, for
+# the largest id the graph accepts, so the message can give the graph's range.
+
+
+def _tokenizer_ids(tokenizer: Tokenizer) -> list[tuple[int, str, str]]:
+    """Every id the tokenizer can emit, as (id, token, where in tokenizer.json).
+
+    Read through the tokenizer's API (vocabulary with added tokens, the post-processor's
+    state), not `to_str()`, which prints a warning on stderr for a vocabulary with holes.
+    """
+    added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    found: list[tuple[int, str, str]] = [
+        (int(i), str(t), "added_tokens" if t in added else "model.vocab")
+        for t, i in tokenizer.get_vocab(with_added_tokens=True).items()
+    ]
+
+    def processor_ids(proc: Any) -> None:
+        if not isinstance(proc, Mapping):
+            return
+        for sub in proc.get("processors") or []:  # "Sequence"
+            processor_ids(sub)
+        for spec in (proc.get("special_tokens") or {}).values():  # "TemplateProcessing"
+            if isinstance(spec, Mapping):
+                for j, i in enumerate(spec.get("ids") or []):
+                    if _is_int(i):
+                        tokens = spec.get("tokens") or []
+                        name = tokens[j] if j < len(tokens) else spec.get("id")
+                        found.append((int(i), str(name), "post_processor"))
+        for key in ("cls", "sep"):  # "BertProcessing" / "RobertaProcessing": [token, id]
+            pair = proc.get(key)
+            if isinstance(pair, list) and len(pair) == 2 and _is_int(pair[1]):
+                found.append((int(pair[1]), str(pair[0]), "post_processor"))
+
+    if tokenizer.post_processor is not None:
+        processor_ids(json.loads(tokenizer.post_processor.__getstate__()))
+    return found
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _probe_feeds(
+    session: ort.InferenceSession, dtypes: Mapping[str, np.dtype], token_id: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """A one-example feed whose first token is `token_id` (sized to any fixed dims)."""
+    shapes = {node.name: node.shape for node in session.get_inputs()}
+    feeds: dict[str, np.ndarray] = {}
+    for name, dtype in dtypes.items():
+        shape = shapes.get(name) or []
+        batch = shape[0] if len(shape) == 2 and isinstance(shape[0], int) and shape[0] > 0 else 1
+        seq = shape[1] if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0 else 1
+        if name == "input_ids":
+            row = np.full(seq, pad_id, dtype=np.int64)
+            row[0] = token_id
+        elif name == "attention_mask":
+            row = np.zeros(seq, dtype=np.int64)
+            row[0] = 1
+        else:
+            row = np.zeros(seq, dtype=np.int64)
+        feeds[name] = np.tile(row, (batch, 1)).astype(dtype, copy=False)
+    return feeds
+
+
+def _check_token_ids(
+    session: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    dtypes: Mapping[str, np.dtype],
+    *,
+    model_path: Path,
+    tokenizer_file: str,
+    pad_id: int,
+) -> None:
+    """Raise `BundleError` (one line) if the tokenizer can emit an id the graph refuses.
+    (Negative ids cannot occur: tokenizers stores ids as u32, the manifest check refuses a
+    negative pad_id.)"""
+    ids = _tokenizer_ids(tokenizer)
+    ids.append((pad_id, "[PAD]", "manifest.json tokenizer.pad_id"))
+    largest = max(ids)
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failing probe is expected: keep ORT's error log off stderr
+
+    def runs(token_id: int) -> Exception | None:
+        try:
+            session.run([_OUTPUT], _probe_feeds(session, dtypes, token_id, pad_id=0), quiet)
+        except Exception as e:  # ORT's exception types share no base class
+            return e
+        return None
+
+    error = runs(largest[0])
+    if error is None:
+        return
+    first = runs(0)
+    if first is not None:
+        raise BundleError(
+            f"{model_path.name}: a one-token probe run fails ({_one_line(first)}); the model "
+            "cannot classify anything: re-export the bundle (or re-download it)"
+        )
+    good, bad = 0, largest[0]  # invariant: `good` runs, `bad` fails
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if runs(mid) is None:
+            good = mid
+        else:
+            bad = mid
+    outside = sorted({i for i, _, _ in ids if i > good})
+    raise BundleError(
+        f"{_where(largest, tokenizer_file)}: the largest token id is {largest[0]} "
+        f"({largest[1]!r}; {len(outside)} id(s) >= {good + 1}), but {model_path.name} accepts "
+        f"input_ids 0..{good} (a vocabulary of {good + 1}): the tokenizer does not belong to "
+        "this model; re-export the bundle with the model's own tokenizer.json (or re-download it)"
+    )
+
+
+def _where(entry: tuple[int, str, str], tokenizer_file: str) -> str:
+    return entry[2] if entry[2].startswith("manifest.json") else f"{tokenizer_file} ({entry[2]})"
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_bundle_token_ids(path: str | os.PathLike[str]) -> list[str]:
+    """Load every ONNX model artifact of a bundle with its tokenizer (what `embslim inspect`
+    calls): raises the `BundleError` `Classifier.from_bundle` would raise for any of them,
+    e.g. token ids past the graph's vocabulary; returns the model files checked."""
+    manifest = read_manifest(path)
+    checked = []
+    for entry in manifest["artifacts"]:
+        name = str(entry.get("file", ""))
+        if name.endswith((".onnx", ".ort")) and entry.get("variant") not in ("tokenizer", "config"):
+            Classifier.from_bundle(path, file=name, threads=1, verify=False)
+            checked.append(name)
+    return checked

@@ -5,15 +5,23 @@
 Each non-blank line is one text (blank lines are skipped); for a text-pair bundle a line is
 `text<TAB>text_pair`. FILES default to stdin ("-" also means stdin); they are read as UTF-8
 (a leading byte-order mark is ignored). Lines are classified `--batch-size` at a time, so
-output starts at once and memory stays flat on files of any length.
+output starts at once and memory stays flat on files of any length; a line is read at most
+8 x --max-chars bytes far, so a huge file without newlines is refused, not loaded.
+
+Text rule (the runtime's): a lone UTF-16 surrogate becomes U+FFFD, as browsers do. In a
+file it arrives as WTF-8/CESU-8 bytes (ED A0..BF xx, what some tools write after cutting an
+emoji in half): those lines are read with "surrogatepass", a high+low pair is joined into
+its character, a lone one is classified (and printed) as U+FFFD. Any other invalid UTF-8 is
+an error. File names that are not UTF-8 are printed with U+FFFD for the bad bytes.
 
 Output, one line per input line, in input order:
     plain (default)  label<TAB>score<TAB>text          (--top-k K: K label<TAB>score columns)
     --json           a JSON object per line: {"file", "line", "text", ["text_pair",] "label",
                      "score", "probabilities", "top_k": [{"label", "score"}, ...]}
 
-Exit status: 0 when every line was classified; 1 on a bundle or input error (the message on
-stderr names the file and line); 2 on a usage error.
+Exit status: 0 when every line was classified; 2 on any error (a bad bundle, file, line or
+option), with one line on stderr that names the file and line where there is one and says
+what to do, never a traceback; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,27 +33,65 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, TextIO
 
-from embslim.runtime import DEFAULT_MAX_CHARS, BundleError, Classifier, InputError, Prediction
+from embslim.runtime import (
+    DEFAULT_MAX_CHARS,
+    BundleError,
+    Classifier,
+    InputError,
+    Prediction,
+    replace_lone_surrogates,
+)
 
 __all__ = ["main"]
+
+EXIT_ERROR = 2
+MAX_BATCH_SIZE = 4096
+MAX_THREADS = 1024
 
 
 class LineError(ValueError):
     """A line that cannot be classified; the message starts with FILE:LINE."""
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, *, most: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"expected at most {most:,}, got {value:,}")
     return value
 
 
+def _bounded(most: int):  # noqa: ANN202 - an argparse type
+    def parse(text: str) -> int:
+        return _positive_int(text, most=most)
+
+    parse.__name__ = "positive integer"
+    return parse
+
+
+class UsageError(ValueError):
+    """A bad command line; main() prints it as one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other error of this app."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _display(text: str) -> str:
+    """A str that can always be printed: surrogates (lone ones, or undecodable bytes of a
+    file name under surrogateescape) become U+FFFD."""
+    return replace_lone_surrogates(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m sample_apps.cli.classify",
         description="Classify each line of stdin or FILES with an embslim bundle.",
     )
@@ -60,32 +106,66 @@ def build_parser() -> argparse.ArgumentParser:
                              '"fp32", "int8", ...')  # fmt: skip
     parser.add_argument("--file", dest="model_file", default=None,
                         help="load this model file of the bundle instead")  # fmt: skip
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=_bounded(MAX_THREADS), default=None,
                         help="ONNX Runtime threads (default: all cores)")  # fmt: skip
-    parser.add_argument("--batch-size", type=_positive_int, default=32,
+    parser.add_argument("--batch-size", type=_bounded(MAX_BATCH_SIZE), default=32,
                         help="lines classified per model call (default 32)")  # fmt: skip
     parser.add_argument("--max-chars", type=_positive_int, default=DEFAULT_MAX_CHARS,
                         help="refuse lines longer than this (default %(default)s)")  # fmt: skip
     return parser
 
 
-def _lines(name: str, stream: BinaryIO) -> Iterator[tuple[int, str]]:
-    """(line number, text) for each non-blank line of a UTF-8 stream."""
-    for number, raw in enumerate(stream, start=1):
+def _read_lines(name: str, stream: BinaryIO | TextIO, *, limit: int) -> Iterator[bytes | str]:
+    """The stream's lines, each read at most `limit` long: a longer one is a `LineError`."""
+    number = 0
+    while True:
+        number += 1
         try:
-            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise LineError(f"{name}:{number}: not UTF-8 ({e.reason} at byte {e.start}); "
-                            "convert the file to UTF-8 first") from e  # fmt: skip
+            raw = stream.readline(limit + 1)
+        except OSError as e:
+            raise LineError(f"{name}:{number}: cannot read it ({e.strerror or e})") from e
+        if not raw:
+            return
+        newline = b"\n" if isinstance(raw, bytes) else "\n"
+        if len(raw) > limit and not raw.endswith(newline):
+            raise LineError(
+                f"{name}:{number}: the line is longer than {limit:,} bytes without a newline; "
+                "split the text into lines, or raise --max-chars"
+            )
+        yield raw
+
+
+def _decode(raw: bytes, *, name: str, number: int) -> str:
+    codec = "utf-8-sig" if number == 1 else "utf-8"
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as e:
+        try:  # encoded surrogates (WTF-8): the runtime turns lone ones into U+FFFD
+            return raw.decode(codec, "surrogatepass")
+        except UnicodeDecodeError:
+            pass
+        raise LineError(f"{name}:{number}: not UTF-8 ({e.reason} at byte {e.start}); "
+                        "convert the file to UTF-8 first") from e  # fmt: skip
+
+
+def _lines(
+    name: str, stream: BinaryIO | TextIO, *, max_chars: int | None = None
+) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line of a UTF-8 stream (bytes), or of a text
+    stream (e.g. sys.stdin decoded with surrogateescape)."""
+    # UTF-8 takes at most 4 bytes a character, and a pair line holds two texts.
+    limit = 8 * (max_chars or DEFAULT_MAX_CHARS) + 16
+    for number, raw in enumerate(_read_lines(name, stream, limit=limit), start=1):
+        text = raw if isinstance(raw, str) else _decode(raw, name=name, number=number)
         text = text.rstrip("\r\n")
         if text.strip():
             yield number, text
 
 
 def _examples(
-    name: str, stream: BinaryIO, *, pair: bool
+    name: str, stream: BinaryIO | TextIO, *, pair: bool, max_chars: int | None = None
 ) -> Iterator[tuple[int, str | tuple[str, str]]]:
-    for number, text in _lines(name, stream):
+    for number, text in _lines(name, stream, max_chars=max_chars):
         if not pair:
             yield number, text
             continue
@@ -112,11 +192,11 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
 def _format(name: str, number: int, example: str | tuple[str, str], pred: Prediction,
             *, as_json: bool) -> str:  # fmt: skip
     if as_json:
-        record: dict = {"file": name, "line": number}
+        record: dict = {"file": _display(name), "line": number}
         if isinstance(example, tuple):
-            record["text"], record["text_pair"] = example
+            record["text"], record["text_pair"] = map(_display, example)
         else:
-            record["text"] = example
+            record["text"] = _display(example)
         record.update(
             label=pred.label,
             score=pred.score,
@@ -124,7 +204,7 @@ def _format(name: str, number: int, example: str | tuple[str, str], pred: Predic
             top_k=[{"label": label, "score": score} for label, score in pred.top_k],
         )
         return json.dumps(record, ensure_ascii=False)
-    text = "\t".join(example) if isinstance(example, tuple) else example
+    text = _display("\t".join(example) if isinstance(example, tuple) else example)
     columns = [f"{label}\t{score:.4f}" for label, score in pred.top_k]
     return "\t".join([*columns, text])
 
@@ -133,7 +213,8 @@ def _classify_stream(
     clf: Classifier, name: str, stream: BinaryIO, out: TextIO, *, args: argparse.Namespace
 ) -> int:
     count = 0
-    for batch in _batches(_examples(name, stream, pair=clf.is_pair), args.batch_size):
+    examples = _examples(name, stream, pair=clf.is_pair, max_chars=args.max_chars)
+    for batch in _batches(examples, args.batch_size):
         try:
             preds = clf.predict([ex for _, ex in batch], top_k=args.top_k,
                                 batch_size=args.batch_size)  # fmt: skip
@@ -161,7 +242,11 @@ def main(
 ) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"error: {_display(str(e))}", file=err)
+        return EXIT_ERROR
     try:
         clf = Classifier.from_bundle(args.bundle, variant=args.variant, file=args.model_file,
                                      threads=args.threads, max_chars=args.max_chars)  # fmt: skip
@@ -177,12 +262,14 @@ def main(
             try:
                 stream = open(name, "rb")  # noqa: SIM115 - closed right below
             except OSError as e:
-                raise LineError(f"{name}: cannot read it ({e.strerror})") from e
+                raise LineError(f"{name}: cannot read it ({e.strerror or e})") from e
             with stream:
                 _classify_stream(clf, name, stream, out, args=args)
     except (BundleError, InputError, LineError) as e:
-        print(f"error: {e}", file=err)
-        return 1
+        print(f"error: {_display(' '.join(str(e).split()))}", file=err)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
     except BrokenPipeError:  # e.g. `... | head`: the reader left; that is not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -2,35 +2,60 @@
 
     python -m sample_apps.service.serve BUNDLE [--port 8080] [--host 127.0.0.1]
 
-Endpoints (all answers are JSON):
+Endpoints (all answers are JSON, errors included):
     POST /predict   {"texts": ["a great movie", ...]}            single-text bundles
                     {"pairs": [["premise", "hypothesis"], ...]}  text-pair bundles
                     optional "top_k": 1..n_labels (default 1)
                     -> {"predictions": [{"label", "score", "probabilities", "top_k"}], "model"}
-    GET  /health    -> {"status": "ok", "model", "variant", "labels", "pair", "max_length", ...}
+    GET  /health    -> {"status": "ok", "model", "variant", "labels", "pair", "max_length",
+                        and every limit below}
     GET  /metrics   -> {"requests", "errors", "responses_by_status", "texts_classified",
                         "predict_latency_ms": {"p50", "p95", "window"}, "uptime_s"}
+    HEAD on the GET routes answers their headers; OPTIONS on any route answers 200 with an
+    `Allow` header and {"path", "allow"}; any other method is 405 (with `Allow`) or 501.
 
 Errors are {"error": "<what was wrong and what to do>", "status": <code>}: 400 unreadable
-JSON, 404 unknown path, 405 wrong method, 411 no Content-Length, 413 body over --max-body-bytes,
-415 not application/json, 422 well-formed JSON that is not a valid request (wrong types, more
-than --max-batch texts, a text over the runtime's max_chars, pairs sent to a single-text
-bundle...), 500 a bug (logged with its traceback).
+JSON or HTTP, 404 unknown path, 405 wrong method, 408 a request line, headers or body that
+did not arrive in time, 411 no Content-Length, 413 body over --max-body-bytes or texts over
+--max-request-chars in all, 415 not application/json, 422 well-formed JSON that is not a
+valid request (wrong types, more than --max-batch texts, a text over the runtime's
+max_chars, top_k out of range, pairs sent to a single-text bundle...), 503 the service is
+full (with `Retry-After`), 500 a bug (logged with its traceback).
 
-One `Classifier` (one ONNX Runtime session) serves every request thread; ORT runs each
-request on `--threads` intra-op threads (default 1: concurrency comes from requests).
+Limits (all flags; see the README's "Limits" for the measured memory they give):
+- inference runs on a fixed pool of --workers threads (default 2), each ORT call on
+  --threads intra-op threads (default 1); at most --queue further /predict requests wait
+  for a worker (default 32). A /predict that finds workers + queue full is answered at once
+  with 503, `Retry-After: 1` and `Connection: close`, before its body is read.
+- at most --max-connections open connections (default 128); the next one gets the same
+  503 and is closed, so slow or idle clients cannot pin an unbounded number of threads.
+- a request: --max-body-bytes (1 MiB), --max-batch texts (64), --max-request-chars
+  characters over all its texts (100,000). The runtime classifies it --batch-tokens
+  (512) tokens at a time (`batch_size = batch_tokens // max_length` texts per ORT call),
+  so one request's activations stay in the tens of MB whatever it holds.
+- timeouts: --idle-timeout s (15) for a kept-alive connection to start its next request
+  (then it is closed silently); --header-timeout s (10) from a request's first byte to the
+  end of its headers, and --body-timeout s (20) for its whole body (then 408 JSON and
+  close); --write-timeout s (10) per answer.
+- Text: a lone UTF-16 surrogate (a JSON "\\ud83d" escape without its pair) is replaced
+  with U+FFFD by the runtime, as browsers do; it is never an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import math
 import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -39,51 +64,114 @@ from urllib.parse import urlsplit
 from embslim.runtime import BundleError, Classifier, InputError, Prediction
 
 from .._http import QuietThreadingHTTPServer
+from . import memory
 from .metrics import Metrics
 
-__all__ = ["RequestError", "ServiceConfig", "main", "make_server", "parse_predict_request"]
+__all__ = [
+    "InferencePool",
+    "RequestError",
+    "ServiceConfig",
+    "ServiceHTTPServer",
+    "main",
+    "make_server",
+    "parse_predict_request",
+]
 
 logger = logging.getLogger(__name__)
 
-# 1 MiB holds 64 texts of ~16,000 characters each: far past max_length tokens for any BERT
-# bundle, while a client cannot make the server buffer arbitrary amounts of memory.
+# 1 MiB holds 64 texts of ~16,000 characters each (or ~170,000 characters of \uXXXX-escaped
+# text): far past max_length tokens for any BERT bundle, while a client cannot make the
+# server buffer arbitrary amounts of memory.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # 64 texts keep one request's latency in tens of milliseconds on a CPU for a MiniLM-sized
 # model; larger jobs should be split by the client (or use the CLI app for files).
 DEFAULT_MAX_BATCH = 64
+# The tokenizer reads every character before truncating at max_length tokens; 100,000
+# characters in all (~1,500 characters a text at 64 texts, several times max_length tokens)
+# bound that work and the transient Encoding objects per request.
+DEFAULT_MAX_REQUEST_CHARS = 100_000
+DEFAULT_WORKERS = 2
+DEFAULT_QUEUE = 32
+DEFAULT_MAX_CONNECTIONS = 128
+# Tokens per ORT call (texts x max_length). On the largest legal request (64 texts of 1,560
+# characters, MiniLM int8, max_length 64) 512 tokens a call peaked 28 MB over the warm RSS in
+# 1.1 s; 2,048 tokens a call peaked 70 MB over it and took 3.8 s (2-core x86 box).
+DEFAULT_BATCH_TOKENS = 512
+DEFAULT_IDLE_TIMEOUT_S = 15.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 20.0
+DEFAULT_WRITE_TIMEOUT_S = 10.0
+# A queued request that has not reached a worker after this long gets 503: under overload
+# clients learn it in seconds instead of waiting on a queue that only grows.
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 1
+
 ROUTES = {"/predict": ("POST",), "/health": ("GET",), "/metrics": ("GET",)}
 REQUEST_KEYS = ("texts", "pairs", "top_k")
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods a route answers, as its `Allow` header lists them."""
+    methods = ROUTES[path]
+    return (*methods, *(("HEAD",) if "GET" in methods else ()), "OPTIONS")
 
 
 class RequestError(Exception):
     """A request the service refuses: carries the HTTP status and a message for the client."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(
+        self, status: HTTPStatus, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
-    """Limits of one service instance."""
+    """Limits of one service instance (see the module docstring)."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch: int = DEFAULT_MAX_BATCH
+    max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS
+    workers: int = DEFAULT_WORKERS
+    queue: int = DEFAULT_QUEUE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_batch"):
+        for name in ("max_body_bytes", "max_batch", "max_request_chars", "workers",
+                     "max_connections", "batch_tokens"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.queue, bool) or not isinstance(self.queue, int) or self.queue < 0:
+            raise ValueError(f"queue must be an integer >= 0, got {self.queue!r}")
+        for name in ("queue_timeout_s", "idle_timeout_s", "header_timeout_s", "body_timeout_s",
+                     "write_timeout_s"):  # fmt: skip
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 def parse_predict_request(
-    body: Any, *, is_pair: bool, max_batch: int
+    body: Any, *, is_pair: bool, max_batch: int, max_request_chars: int | None = None
 ) -> tuple[list[Any], int]:
     """Check a decoded /predict body; return (items for `Classifier.predict`, top_k).
 
-    Raises `RequestError` (422) naming the field that is wrong and how to fix it.
+    Raises `RequestError` (422; 413 for texts over `max_request_chars` characters in all)
+    naming the field that is wrong and how to fix it.
     """
     example = '{"pairs": [["A man sleeps.", "A person rests."]]}' if is_pair else (
         '{"texts": ["a great movie"]}'
@@ -92,8 +180,9 @@ def parse_predict_request(
         raise _invalid(f"the body must be a JSON object like {example}, got {_json_type(body)}")
     unknown = sorted(set(body) - set(REQUEST_KEYS))
     if unknown:
+        shown = ", ".join(_short(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise _invalid(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; a /predict body takes "
+            f"unknown field(s) {shown}; a /predict body takes "
             f"{', '.join(REQUEST_KEYS)}, e.g. {example}"
         )
     if ("texts" in body) == ("pairs" in body):
@@ -112,10 +201,12 @@ def parse_predict_request(
             f'"{key}" has {len(items)} items, more than this service\'s limit of {max_batch} '
             "per request; split them over several requests"
         )
+    chars = 0
     if key == "texts":
         for i, text in enumerate(items):
             if not isinstance(text, str):
                 raise _invalid(f"texts[{i}] is {_json_type(text)}, expected a string")
+            chars += len(text)
     else:
         for i, pair in enumerate(items):
             if not (isinstance(pair, list) and len(pair) == 2):
@@ -126,7 +217,15 @@ def parse_predict_request(
             for j, part in enumerate(pair):
                 if not isinstance(part, str):
                     raise _invalid(f"pairs[{i}][{j}] is {_json_type(part)}, expected a string")
+                chars += len(part)
         items = [tuple(pair) for pair in items]
+    if max_request_chars is not None and chars > max_request_chars:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f'the {key} have {chars:,} characters in all, more than this service\'s limit of '
+            f"{max_request_chars:,} per request; only the first max_length tokens of each text "
+            "are used, so send the start of long texts, or split them over several requests",
+        )
     top_k = body.get("top_k", 1)
     if isinstance(top_k, bool) or not isinstance(top_k, int):
         raise _invalid(f'"top_k" must be an integer, got {_json_type(top_k)}')
@@ -142,6 +241,188 @@ def prediction_json(pred: Prediction) -> dict[str, Any]:
     }
 
 
+class ServiceBusy(Exception):
+    """No worker became free within the queue timeout."""
+
+
+class InferencePool:
+    """`workers` threads run every `Classifier.predict`; at most `workers + queue` requests
+    are admitted at once (`try_enter` / `leave`), the rest are turned away (503), and an
+    admitted request that waits more than `queue_timeout` s for a worker is `ServiceBusy`.
+
+    A fixed pool, not one inference per request thread: ORT's and the tokenizer's buffers
+    are allocated by a few long-lived threads, so they stay in a few malloc arenas instead
+    of one per connection thread, and memory is bounded by workers, not by clients.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        workers: int,
+        queue: int,
+        batch_size: int,
+        queue_timeout: float,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._classifier = classifier
+        self._slots = threading.BoundedSemaphore(workers)
+        self.queue_timeout = queue_timeout
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embslim-infer")
+        self.capacity = workers + queue
+        self.batch_size = batch_size
+        self._on_idle = on_idle
+        self._lock = threading.Lock()
+        self._admitted = 0
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self._admitted >= self.capacity:
+                return False
+            self._admitted += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+            idle = self._admitted == 0
+        if idle and self._on_idle is not None:
+            self._on_idle()
+
+    def predict(self, items: list[Any], *, top_k: int) -> list[Prediction]:
+        if not self._slots.acquire(timeout=self.queue_timeout):
+            raise ServiceBusy
+        try:
+            future = self._executor.submit(
+                self._classifier.predict, items, top_k=top_k, batch_size=self.batch_size
+            )
+            return future.result()
+        finally:
+            self._slots.release()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ServiceHTTPServer(QuietThreadingHTTPServer):
+    """The threaded server, plus a cap on open connections and the inference pool."""
+
+    def __init__(self, address: tuple[str, int], handler: type, *, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self._connections = 0
+        self._count_lock = threading.Lock()
+        self.pool: InferencePool | None = None
+        self.trimmer: memory.IdleTrimmer | None = None
+        self.metrics: Metrics | None = None
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            full = self._connections >= self.max_connections
+            if not full:
+                self._connections += 1
+        if full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._forget_connection()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget_connection()
+
+    def _forget_connection(self) -> None:
+        with self._count_lock:
+            self._connections -= 1
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 on a connection over the cap, written from the accept loop (never blocks)."""
+        payload = {
+            "error": f"the service has {self.max_connections} open connections, its limit; "
+            f"retry after {RETRY_AFTER_S} s",
+            "status": 503,
+        }
+        data = json.dumps(payload).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(data)}\r\nRetry-After: {RETRY_AFTER_S}\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        ).encode()
+        try:
+            request.setblocking(False)
+            request.send(head + data)
+        except OSError:
+            pass
+        if self.metrics is not None:
+            self.metrics.record(path="-", status=503, seconds=0.0)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.trimmer is not None:
+            self.trimmer.stop()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's read side, with a deadline per phase instead of a per-recv timeout.
+
+    A per-recv socket timeout lets a client that sends one byte every few seconds hold the
+    connection forever; here every recv gets only the time left until the phase's deadline.
+    Phases: "idle" (waiting for the next request; its first byte starts "headers"),
+    "headers" (request line and headers), "body", and "none" (no deadline).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.phase = "none"
+        self.deadline: float | None = None
+        self.expired: str | None = None  # the phase whose deadline passed
+        self._header_timeout: float | None = None
+        self.received = 0  # bytes received in this phase
+
+    def readable(self) -> bool:
+        return True
+
+    def start(
+        self, phase: str, timeout: float | None, *, header_timeout: float | None = None
+    ) -> None:
+        self.phase = phase
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._header_timeout = header_timeout
+        self.expired = None
+        self.received = 0
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.expired = self.phase
+                raise TimeoutError(f"{self.phase} deadline passed")
+            self._sock.settimeout(left)
+        try:
+            n = self._sock.recv_into(buffer)
+        except TimeoutError:
+            self.expired = self.phase
+            raise
+        if n and self.phase == "idle" and self._header_timeout is not None:
+            self.start("headers", self._header_timeout)
+            self.received = n
+        else:
+            self.received += n
+        return n
+
+
 def make_server(
     classifier: Classifier,
     *,
@@ -149,7 +430,7 @@ def make_server(
     port: int = 8080,
     config: ServiceConfig | None = None,
     metrics: Metrics | None = None,
-) -> QuietThreadingHTTPServer:
+) -> ServiceHTTPServer:
     """A threaded server (not yet serving) that answers with `classifier`."""
     cfg = config or ServiceConfig()
     stats = metrics or Metrics()
@@ -161,20 +442,35 @@ def make_server(
         "labels": list(classifier.labels),
         "pair": classifier.is_pair,
         "max_length": classifier.max_length,
-        "max_batch": cfg.max_batch,
-        "max_body_bytes": cfg.max_body_bytes,
+        **asdict(cfg),
     }
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection
-        server_version = "embslim-service/0.1"
-        timeout = 30  # seconds a connection may sit idle or trickle a body
+        server_version = "embslim-service/0.2"
+        timeout = cfg.idle_timeout_s  # replaced per phase by _DeadlineReader
         # Headers and body go out in two writes; with Nagle's algorithm on, the body waits
         # for the client's delayed ACK of the headers (~40 ms on Linux) on every response.
         disable_nagle_algorithm = True
 
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # the plain socket reader; ours replaces it
+            self._reader = _DeadlineReader(self.connection)
+            self.rfile = io.BufferedReader(self._reader, 65536)
+
+        def handle_one_request(self) -> None:
+            self._reader.start("idle", cfg.idle_timeout_s, header_timeout=cfg.header_timeout_s)
+            super().handle_one_request()  # closes the connection on a TimeoutError
+            if self._reader.expired == "headers":
+                self.close_connection = True
+                self._send_raw_timeout()
+
         def do_GET(self) -> None:  # http.server dispatches on this name
             self._handle("GET")
+
+        def do_HEAD(self) -> None:
+            self._handle("HEAD")
 
         def do_POST(self) -> None:
             self._handle("POST")
@@ -188,53 +484,107 @@ def make_server(
         def do_PATCH(self) -> None:
             self._handle("PATCH")
 
+        def do_OPTIONS(self) -> None:
+            self._handle("OPTIONS")
+
         def _handle(self, method: str) -> None:
             started = time.perf_counter()
+            self._reader.start("none", None)
             path = urlsplit(self.path).path
             texts = 0
+            headers: dict[str, str] = {}
+            allow: tuple[str, ...] | None = None
             try:
-                allowed = ROUTES.get(path)
-                if allowed is None:
+                if method == "OPTIONS" and self.path == "*":
+                    status = HTTPStatus.OK
+                    every = {m for p in ROUTES for m in allowed_methods(p)}
+                    payload = {"path": "*", "allow": sorted(every)}
+                    self._drain_small_body()
+                elif path not in ROUTES:
+                    self._drain_small_body()
                     raise RequestError(
                         HTTPStatus.NOT_FOUND,
-                        f"no such path {path!r}; this service has "
+                        f"no such path {_short(path)}; this service has "
                         + ", ".join(f"{m[0]} {p}" for p, m in ROUTES.items()),
                     )
-                if method not in allowed:
-                    raise RequestError(
-                        HTTPStatus.METHOD_NOT_ALLOWED,
-                        f"{path} takes {', '.join(allowed)}, not {method}",
-                    )
-                if path == "/health":
-                    status, payload = HTTPStatus.OK, health
-                elif path == "/metrics":
-                    status, payload = HTTPStatus.OK, stats.snapshot()
                 else:
-                    items, top_k = parse_predict_request(
-                        self._read_json(), is_pair=classifier.is_pair, max_batch=cfg.max_batch
-                    )
-                    try:
-                        preds = classifier.predict(items, top_k=top_k)
-                    except InputError as e:
-                        raise _invalid(str(e)) from e
-                    texts = len(preds)
-                    status = HTTPStatus.OK
-                    payload = {
-                        "predictions": [prediction_json(p) for p in preds],
-                        "model": classifier.model_path.name,
-                    }
+                    allow = allowed_methods(path)
+                    status, payload, texts = self._route(method, path, allow)
             except RequestError as e:
                 status, payload = e.status, {"error": e.message, "status": int(e.status)}
+                headers = e.headers
             except Exception:  # a bug: answer 500, keep serving, log the traceback
-                logger.exception("internal error on %s %s", method, path)
+                logger.exception("internal error on %s %s", method, _short(path))
                 status = HTTPStatus.INTERNAL_SERVER_ERROR
                 payload = {"error": "internal error; see the service log", "status": 500}
+                self.close_connection = True
             # Recorded before the answer goes out, so a client that reads /metrics after a
             # response always sees that request counted.
             stats.record(
                 path=path, status=int(status), seconds=time.perf_counter() - started, texts=texts
             )
-            self._send(status, payload, allow=ROUTES.get(path))
+            if method == "OPTIONS" and allow is not None and status == HTTPStatus.OK:
+                headers = {**headers, "Allow": ", ".join(allow)}
+            elif status == HTTPStatus.METHOD_NOT_ALLOWED and allow:
+                headers = {**headers, "Allow": ", ".join(allow)}
+            self._send(status, payload, headers=headers, body=method != "HEAD")
+
+        def _route(
+            self, method: str, path: str, allow: tuple[str, ...]
+        ) -> tuple[HTTPStatus, Any, int]:
+            if method == "OPTIONS":
+                self._drain_small_body()
+                return HTTPStatus.OK, {"path": path, "allow": list(allow)}, 0
+            if method not in allow:
+                self._drain_small_body()
+                raise RequestError(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    f"{path} takes {', '.join(ROUTES[path])}, not {method}",
+                )
+            if path == "/health":
+                return HTTPStatus.OK, health, 0
+            if path == "/metrics":
+                return HTTPStatus.OK, stats.snapshot(), 0
+            pool = self.server.pool
+            if not pool.try_enter():
+                self.close_connection = True  # the body stays unread
+                raise RequestError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"the service is busy: {pool.capacity} requests are being classified or "
+                    f"queued, its limit; retry after {RETRY_AFTER_S} s",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            try:
+                items, top_k = parse_predict_request(
+                    self._read_json(),
+                    is_pair=classifier.is_pair,
+                    max_batch=cfg.max_batch,
+                    max_request_chars=cfg.max_request_chars,
+                )
+                try:
+                    preds = pool.predict(items, top_k=top_k)
+                except InputError as e:
+                    raise _invalid(str(e)) from e
+                except ServiceBusy as e:
+                    raise RequestError(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        f"the service is busy: no worker was free within "
+                        f"{cfg.queue_timeout_s:g} s; retry after {RETRY_AFTER_S} s",
+                        headers={"Retry-After": str(RETRY_AFTER_S)},
+                    ) from e
+                except MemoryError as e:
+                    raise RequestError(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        "the service is out of memory; retry later with fewer or shorter texts",
+                        headers={"Retry-After": str(RETRY_AFTER_S)},
+                    ) from e
+            finally:
+                pool.leave()
+            payload = {
+                "predictions": [prediction_json(p) for p in preds],
+                "model": classifier.model_path.name,
+            }
+            return HTTPStatus.OK, payload, len(preds)
 
         def handle_expect_100(self) -> bool:
             """Answer "Expect: 100-continue" (curl sends it for bodies over 1 MB) with the 413
@@ -244,26 +594,75 @@ def make_server(
                 return True  # no "100 Continue": the handler answers 413 and closes
             return super().handle_expect_100()
 
-        def _read_json(self) -> Any:
+        def _drain_small_body(self) -> None:
+            """Read a small body a refused request came with, so the connection stays usable;
+            close the connection instead when there is a large or unknown one."""
+            length = self.headers.get("Content-Length")
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+            if chunked or (length is not None and not (length.isdigit() and int(length) <= 65536)):
+                self.close_connection = True
+                return
+            if length and int(length) > 0:
+                try:
+                    self._read_body(int(length))
+                except RequestError:
+                    self.close_connection = True
+
+        def _content_length(self) -> int:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 self.close_connection = True
                 raise RequestError(
                     HTTPStatus.LENGTH_REQUIRED,
                     "chunked bodies are not accepted; send Content-Length",
                 )
-            length_header = self.headers.get("Content-Length")
-            if length_header is None:
+            values = self.headers.get_all("Content-Length") or []
+            if not values:
                 self.close_connection = True
                 raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header")
-            try:
-                length = int(length_header)
-                if length < 0:
-                    raise ValueError(length_header)
-            except ValueError as e:
+            if len(set(v.strip() for v in values)) > 1:
                 self.close_connection = True
                 raise RequestError(
-                    HTTPStatus.BAD_REQUEST, f"Content-Length {length_header!r} is not a size"
+                    HTTPStatus.BAD_REQUEST,
+                    f"{len(values)} different Content-Length headers; send one",
+                )
+            text = values[0].strip()
+            if not (text.isascii() and text.isdigit()) or len(text) > 18:
+                self.close_connection = True
+                raise RequestError(
+                    HTTPStatus.BAD_REQUEST, f"Content-Length {_short(values[0])} is not a size"
+                )
+            return int(text)
+
+        def _read_body(self, length: int) -> bytes:
+            """Read exactly `length` bytes within --body-timeout seconds (408 if not)."""
+            self._reader.start("body", cfg.body_timeout_s)
+            chunks: list[bytes] = []
+            got = 0
+            try:
+                while got < length:
+                    chunk = self.rfile.read1(min(65536, length - got))
+                    if not chunk:
+                        self.close_connection = True
+                        raise RequestError(
+                            HTTPStatus.BAD_REQUEST,
+                            f"the body ended after {got:,} of the {length:,} bytes its "
+                            "Content-Length announced; send the whole body",
+                        )
+                    chunks.append(chunk)
+                    got += len(chunk)
+            except TimeoutError as e:
+                self.close_connection = True
+                raise RequestError(
+                    HTTPStatus.REQUEST_TIMEOUT,
+                    f"the body did not arrive within {cfg.body_timeout_s:g} s ({got:,} of "
+                    f"{length:,} bytes came); send it in one go, or smaller",
                 ) from e
+            finally:
+                self._reader.start("none", None)
+            return b"".join(chunks)
+
+        def _read_json(self) -> Any:
+            length = self._content_length()
             if length > cfg.max_body_bytes:
                 self.close_connection = True  # the unread body must not be parsed as a request
                 raise RequestError(
@@ -271,13 +670,18 @@ def make_server(
                     f"the body is {length:,} bytes, more than this service's limit of "
                     f"{cfg.max_body_bytes:,}; send fewer or shorter texts per request",
                 )
-            body = self.rfile.read(length)
             ctype = self.headers.get("Content-Type", "application/json")
             if ctype.split(";")[0].strip().lower() != "application/json":
+                if length <= 65536:
+                    self._read_body(length)  # keep the connection usable
+                else:
+                    self.close_connection = True
                 raise RequestError(
                     HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                    f"Content-Type is {ctype!r}; send JSON with 'Content-Type: application/json'",
+                    f"Content-Type is {_short(ctype)}; send JSON with "
+                    "'Content-Type: application/json'",
                 )
+            body = self._read_body(length)
             try:
                 return json.loads(body.decode("utf-8"))
             except UnicodeDecodeError as e:
@@ -290,30 +694,104 @@ def make_server(
                 ) from e
             except RecursionError as e:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "the JSON is nested too deeply") from e
+            except ValueError as e:  # e.g. an integer of more than 4,300 digits
+                raise RequestError(
+                    HTTPStatus.BAD_REQUEST, f"the body is not usable JSON ({_one_line(e)})"
+                ) from e
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """http.server's own errors (bad request line, 414, 431, 501...) as JSON too."""
+            try:
+                status = HTTPStatus(code)
+            except ValueError:
+                status = HTTPStatus.BAD_REQUEST
+            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                self.request_version = "HTTP/1.1"  # always answer with a status line
+            if not hasattr(self, "requestline"):
+                self.requestline = ""
+            self.close_connection = True
+            text = message or status.phrase
+            if status == HTTPStatus.NOT_IMPLEMENTED:
+                text = (f"{text}; this service answers "
+                        + ", ".join(f"{m[0]} {p}" for p, m in ROUTES.items()))  # fmt: skip
+            stats.record(path="-", status=int(status), seconds=0.0)
+            self._send(status, {"error": text, "status": int(status)},
+                       body=getattr(self, "command", "") != "HEAD")  # fmt: skip
+
+        def _send_raw_timeout(self) -> None:
+            """408 for a request whose line or headers did not arrive in time."""
+            self.request_version = "HTTP/1.1"
+            if not getattr(self, "requestline", None):
+                self.requestline = ""
+            stats.record(path="-", status=408, seconds=0.0)
+            message = (
+                f"the request line and headers did not arrive within {cfg.header_timeout_s:g} s "
+                "of its first byte; send the whole request at once"
+            )
+            try:
+                self._send(HTTPStatus.REQUEST_TIMEOUT, {"error": message, "status": 408})
+                self.wfile.flush()
+            except OSError:
+                pass  # the client is gone: nobody to tell
 
         def _send(
-            self, status: HTTPStatus, payload: Any, *, allow: Sequence[str] | None = None
+            self,
+            status: HTTPStatus,
+            payload: Any,
+            *,
+            headers: dict[str, str] | None = None,
+            body: bool = True,
         ) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            try:
+                data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate in an echoed value: escape it
+                data = json.dumps(payload).encode("ascii")
+            self.connection.settimeout(cfg.write_timeout_s)
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
-            if status == HTTPStatus.METHOD_NOT_ALLOWED and allow:
-                self.send_header("Allow", ", ".join(allow))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            if body:
+                self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("%s " + format, self.address_string(), *args)
 
-    return QuietThreadingHTTPServer((host, port), Handler)
+    server = ServiceHTTPServer((host, port), Handler, max_connections=cfg.max_connections)
+    batch_size = max(1, cfg.batch_tokens // max(1, classifier.max_length))
+    trimmer = memory.IdleTrimmer(lambda: server.pool is not None and server.pool.admitted > 0)
+    server.trimmer = trimmer
+    server.metrics = stats
+    server.pool = InferencePool(
+        classifier,
+        workers=cfg.workers,
+        queue=cfg.queue,
+        batch_size=batch_size,
+        queue_timeout=cfg.queue_timeout_s,
+        on_idle=trimmer.poke,
+    )
+    return server
 
 
 def _invalid(message: str) -> RequestError:
     return RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, message)
+
+
+def _short(value: str, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -321,8 +799,22 @@ def _json_type(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"a number ({value!r})"
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge int"
+        return f"a number ({shown})"
     return names.get(type(value), type(value).__name__)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,23 +822,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m sample_apps.service.serve",
         description="Serve an embslim bundle over HTTP: POST /predict, GET /health, GET /metrics.",
     )
+    d = ServiceConfig()
+    pos_int, pos_float = _positive(int), _positive(float)
     parser.add_argument("bundle", help="bundle directory (holds manifest.json)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
     parser.add_argument("--variant", default="auto", help='"auto", "fp32", "int8", ...')
     parser.add_argument("--file", default=None, help="load this model file of the bundle")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per request")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help="most texts in one request")  # fmt: skip
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest request body accepted")  # fmt: skip
+    parser.add_argument("--threads", type=pos_int, default=1,
+                        help="ONNX Runtime intra-op threads per worker (default 1)")  # fmt: skip
+    parser.add_argument("--workers", type=pos_int, default=d.workers,
+                        help="inference threads (default %(default)s)")  # fmt: skip
+    parser.add_argument("--queue", type=int, default=d.queue,
+                        help="/predict requests that may wait for a worker; more get 503 "
+                             "(default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-connections", type=pos_int, default=d.max_connections,
+                        help="open connections; more get 503 (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-batch", type=pos_int, default=d.max_batch,
+                        help="most texts in one request (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-body-bytes", type=pos_int, default=d.max_body_bytes,
+                        help="largest request body accepted (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-request-chars", type=pos_int, default=d.max_request_chars,
+                        help="most characters over all texts of a request "
+                             "(default %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-tokens", type=pos_int, default=d.batch_tokens,
+                        help="tokens per ONNX Runtime call (default %(default)s)")  # fmt: skip
+    parser.add_argument("--queue-timeout", type=pos_float, default=d.queue_timeout_s,
+                        help="seconds a request may wait for a worker before 503")
+    parser.add_argument("--idle-timeout", type=pos_float, default=d.idle_timeout_s,
+                        help="seconds a kept-alive connection may wait for its next request")
+    parser.add_argument("--header-timeout", type=pos_float, default=d.header_timeout_s,
+                        help="seconds from a request's first byte to the end of its headers")
+    parser.add_argument("--body-timeout", type=pos_float, default=d.body_timeout_s,
+                        help="seconds for a request's whole body")
+    parser.add_argument("--write-timeout", type=pos_float, default=d.write_timeout_s,
+                        help="seconds to write an answer")
+    parser.add_argument("--malloc-arenas", type=pos_int, default=2,
+                        help="glibc malloc arenas (Linux; default %(default)s)")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    # Before any request thread exists, so every thread shares these arenas.
+    memory.limit_malloc_arenas(args.malloc_arenas)
     try:
-        config = ServiceConfig(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch)
+        config = ServiceConfig(
+            max_body_bytes=args.max_body_bytes,
+            max_batch=args.max_batch,
+            max_request_chars=args.max_request_chars,
+            workers=args.workers,
+            queue=args.queue,
+            max_connections=args.max_connections,
+            batch_tokens=args.batch_tokens,
+            queue_timeout_s=args.queue_timeout,
+            idle_timeout_s=args.idle_timeout,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            write_timeout_s=args.write_timeout,
+        )
+        # No ORT arena: a burst's activation memory is freed after each run, and the idle
+        # malloc_trim hands it back to the OS (README, "Limits": measured).
         classifier = Classifier.from_bundle(
-            args.bundle, variant=args.variant, file=args.file, threads=args.threads
+            args.bundle, variant=args.variant, file=args.file, threads=args.threads,
+            memory_arena=False,
         )
         server = make_server(classifier, host=args.host, port=args.port, config=config)
     except (BundleError, ValueError, OSError) as e:

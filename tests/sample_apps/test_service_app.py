@@ -75,7 +75,10 @@ def test_health(service):
     assert body == {
         "status": "ok", "model": "model.onnx", "variant": "fp32", "task": "tiny",
         "labels": ["neg", "pos"], "pair": False, "max_length": 12, "max_batch": 8,
-        "max_body_bytes": 4096,
+        "max_body_bytes": 4096, "max_request_chars": 100_000, "workers": 2, "queue": 32,
+        "max_connections": 128, "batch_tokens": 512, "queue_timeout_s": 10.0,
+        "idle_timeout_s": 15.0, "header_timeout_s": 10.0, "body_timeout_s": 20.0,
+        "write_timeout_s": 10.0,
     }  # fmt: skip
 
 
@@ -210,10 +213,10 @@ def test_unknown_path_and_wrong_method(service):
         "no such path '/predictions'; this service has POST /predict, GET /health, GET /metrics"
     )
     status, body, headers = service.request("GET", "/predict")
-    assert status == 405 and headers["Allow"] == "POST"
+    assert status == 405 and headers["Allow"] == "POST, OPTIONS"
     assert body["error"] == "/predict takes POST, not GET"
     status, _, headers = service.request("DELETE", "/health")
-    assert status == 405 and headers["Allow"] == "GET"
+    assert status == 405 and headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(service):
