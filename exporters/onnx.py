@@ -89,8 +89,18 @@ def _logits_module(model: "PreTrainedModel", input_names: Sequence[str]) -> "tor
     return Logits()
 
 
-def _dummy_inputs(shape: tuple[int, int], input_names: Sequence[str], vocab_size: int, *, seed: int) -> dict[str, np.ndarray]:
-    """Random ids with ragged padding, so masks and type ids are exercised."""
+def graph_input_names(model: "PreTrainedModel", input_names: Sequence[str]) -> tuple[str, ...]:
+    """The graph's inputs: the contract's, less token_type_ids for a model with one token type
+    (type_vocab_size 1, e.g. RoBERTa): such a model has no row for type 1, and the runtime feeds
+    only the inputs the graph declares."""
+    if int(getattr(model.config, "type_vocab_size", 2) or 0) <= 1:
+        return tuple(n for n in input_names if n != "token_type_ids")
+    return tuple(input_names)
+
+
+def _dummy_inputs(shape: tuple[int, int], input_names: Sequence[str], vocab_size: int, *, seed: int,
+                  type_vocab_size: int = 2) -> dict[str, np.ndarray]:
+    """Random ids with ragged padding, so masks and type ids (within the model's types) are exercised."""
     rng = np.random.default_rng(seed)
     batch, seq = shape
     ids = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
@@ -99,10 +109,14 @@ def _dummy_inputs(shape: tuple[int, int], input_names: Sequence[str], vocab_size
         mask[b, max(1, seq - b * max(1, seq // (2 * batch))):] = 0
     ids[mask == 0] = 0
     types = np.zeros(shape, dtype=np.int64)
-    types[:, seq // 2:] = 1
+    types[:, seq // 2:] = min(1, max(0, type_vocab_size - 1))
     types[mask == 0] = 0
     values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     return {n: values[n] for n in input_names}
+
+
+def _types(model: "PreTrainedModel") -> int:
+    return int(getattr(model.config, "type_vocab_size", 2) or 1)
 
 
 def export_onnx(model: "PreTrainedModel", out_path: str | Path, *, contract: OnnxContract) -> Path:
@@ -114,16 +128,17 @@ def export_onnx(model: "PreTrainedModel", out_path: str | Path, *, contract: Onn
     model = model.eval()
     # A new wrapper is in training mode, and torch.onnx restores that mode on everything under it
     # after export: set eval first, or the caller's model comes back with dropout on.
-    wrapper = _logits_module(model, contract.input_names).eval()
+    names = graph_input_names(model, contract.input_names)
+    wrapper = _logits_module(model, names).eval()
     vocab = int(model.config.vocab_size)
-    dummy = _dummy_inputs((2, 8), contract.input_names, vocab, seed=0)
-    args = tuple(torch.from_numpy(dummy[n]) for n in contract.input_names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in contract.input_names} | {"logits": {0: "batch"}}
+    dummy = _dummy_inputs((2, 8), names, vocab, seed=0, type_vocab_size=_types(model))
+    args = tuple(torch.from_numpy(dummy[n]) for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
     t0 = time.perf_counter()
     with torch.inference_mode(), warnings.catch_warnings():
         # The tracer warns about constants in transformers' mask code; validation below is the real check.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, args, str(out_path), input_names=list(contract.input_names),
+        torch.onnx.export(wrapper, args, str(out_path), input_names=list(names),
                           output_names=list(contract.output_names), dynamic_axes=axes,
                           opset_version=contract.opset, dynamo=False, do_constant_folding=True)
     log.info("exported %s (%.1f MB) in %.1f s", out_path.name, out_path.stat().st_size / 1e6, time.perf_counter() - t0)
@@ -140,12 +155,13 @@ def validate_onnx(model: "PreTrainedModel", onnx_path: str | Path, *, contract: 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got_in = tuple(i.name for i in session.get_inputs())
     got_out = tuple(o.name for o in session.get_outputs())
-    report.add("input names", set(got_in) == set(contract.input_names), f"expected {contract.input_names}, got {got_in}")
+    names = graph_input_names(model, contract.input_names)
+    report.add("input names", set(got_in) == set(names), f"expected {names}, got {got_in}")
     report.add("output names", got_out == contract.output_names, f"expected {contract.output_names}, got {got_out}")
     if report.ok:
         shapes = shapes_for(max_length, contract.validation_shapes) if max_length else contract.validation_shapes
         for i, shape in enumerate(shapes):
-            feed = _dummy_inputs(shape, contract.input_names, int(model.config.vocab_size), seed=i + 1)
+            feed = _dummy_inputs(shape, names, int(model.config.vocab_size), seed=i + 1, type_vocab_size=_types(model))
             (onnx_logits,) = session.run(["logits"], feed)
             with torch.inference_mode():
                 ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()

@@ -1,8 +1,19 @@
 """The bundle directory: staging, manifest and the tokenizer/config files beside the models.
 
-Everything is written into a staging folder next to the destination and renamed into place only
-once complete (`staged_bundle`), so a failure never leaves a half-written bundle. The manifest
-records the sha256 and size of every artifact; `runtime/` verifies them before loading.
+Every command's output (a bundle, a checkpoint, a vocabulary, a report folder) is written into a
+staging folder beside the destination and renamed into place only once complete (`staged_output`),
+so a failure never leaves a half-written output. The rules for `--out`:
+
+- it may not exist; with `--force` it may be an empty folder or an earlier output of the same kind
+  (`OUTPUT_KINDS`: a bundle is a folder whose manifest.json is embslim's); anything else (a user's
+  folder, a file, a path under a file, an unwritable place) is refused before anything is written;
+- a staging folder is `.<out>.partial-<pid>-<hex>` holding the marker file `.embslim-staging`; it
+  never holds a loadable `manifest.json`: the manifest is written as `.manifest.staged.json` and
+  renamed last, after the folder itself (`expose_manifest` is for the one caller, `embslim run`,
+  that validates the staged bundle with the runtime before committing it);
+- stale staging folders of dead processes (name pattern + marker) are removed by the next write.
+
+The manifest records the sha256 and size of every artifact; `runtime/` verifies them before loading.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -26,42 +38,206 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STAGED_MANIFEST = ".manifest.staged.json"   # the manifest's name until the bundle is committed
+STAGING_MARKER = ".embslim-staging"         # in every staging folder: what stale-folder cleanup looks for
+WORK_MARKER = ".embslim-work"               # in `embslim run`'s <out>.work folder
 
 
 class BundleExistsError(FileExistsError):
     """The destination exists and --force was not given."""
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(tmp, 0o644)   # mkstemp makes 0600; a bundle is meant to be read by others
-    os.replace(tmp, path)
+class OutputError(ValueError):
+    """`--out` cannot be written or may not be replaced."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _is_embslim_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and isinstance(data.get("artifacts"), list)
+
+
+def _has_json(folder: Path, name: str, *keys: str) -> bool:
+    try:
+        data = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in keys)
+
+
+# What an earlier output of each kind looks like; `--force` replaces only these (or an empty folder).
+OUTPUT_KINDS = {
+    "bundle": ("a bundle (a folder with embslim's manifest.json)", lambda p: _is_embslim_manifest(p / MANIFEST)),
+    "checkpoint": ("a checkpoint (a folder written by `embslim finetune`)",
+                   lambda p: _has_json(p, "embslim_embedding.json", "inner")),
+    "vocab": ("a vocabulary folder (written by `embslim prune`)", lambda p: _has_json(p, "vocab.json", "kept_ids", "remap")),
+    "report": ("a report folder (written by `embslim report --out` or `compare`)",
+               lambda p: _has_json(p, "report.json", "variants") and not (p / MANIFEST).exists()),
+    "work": ("embslim's work folder (written by `embslim run`)",
+             lambda p: (p / WORK_MARKER).is_file() or _has_json(p, "vocab.json", "kept_ids", "remap")),
+}
+
+
+def check_output(out: str | Path, *, kind: str = "bundle", force: bool = False, flag: str = "--out") -> Path:
+    """Refuse, before anything is written, an `out` that may not be (re)placed: a file, a path under a
+    file, an unwritable parent, or an existing folder that is not empty and not an earlier output of
+    `kind` (or is one, without `force`). Returns the resolved path."""
+    what, looks_ours = OUTPUT_KINDS[kind]
+    out = Path(out).expanduser().resolve()
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise OutputError(f"{flag} {out} is a file, not a folder; choose another {flag} (nothing was written)")
+        empty = not any(out.iterdir())
+        if not (empty or looks_ours(out) or (out / STAGING_MARKER).is_file()):
+            raise OutputError(f"{flag} {out} exists and is not {what}; embslim replaces only its own outputs, even with "
+                              f"--force: choose a new or empty folder for {flag} (nothing was written)")
+        if not force:
+            raise BundleExistsError(f"{out} already exists; pass --force to replace it or choose another {flag}")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {out}: {parent} is a file, not a folder; choose another {flag} (nothing was written)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {out}: {parent} is not writable; choose a writable {flag} (nothing was written)")
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove `.<out>.partial-*` / `.<out>.old-*` folders beside `out` that carry embslim's staging
+    marker and whose process is gone (a kill, a power cut). Nothing else is touched."""
+    removed = []
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        if not (p.name.startswith((f".{out.name}.partial-", f".{out.name}.old-")) and p.is_dir() and not p.is_symlink()):
+            continue
+        try:
+            pid = int(json.loads((p / STAGING_MARKER).read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue   # no marker: not ours, leave it
+        if pid != os.getpid() and _alive(pid):
+            continue   # another embslim process is writing it now
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+        log.info("removed stale staging folder %s", p)
+    return removed
+
+
+def _mark(folder: Path, out: Path) -> None:
+    (folder / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "out": str(out)}))
 
 
 @contextlib.contextmanager
-def staged_bundle(out: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces `out`, on failure it is deleted."""
-    out = Path(out).resolve()
-    if out.exists() and not force:
-        raise BundleExistsError(f"{out} already exists; pass --force to replace it or choose another --out")
+def staged_output(out: str | Path, *, kind: str | None = "bundle", force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder (mode from the umask, like any new folder); on success it
+    replaces `out`, on any failure it is deleted. `out` is checked first (`check_output`), except
+    with kind=None: embslim's own work files, replaced whatever they hold."""
+    out = check_output(out, kind=kind, force=force) if kind is not None else Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    clean_stale(out)
+    stage = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(stage)   # 0o777 & ~umask, unlike mkdtemp's 0o700 (which would survive the rename)
     try:
+        _mark(stage, out)
         yield stage
+        _commit(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    log.debug("%s written to %s", kind or "output", out)
+
+
+def _commit(stage: Path, out: Path) -> None:
+    """Rename the finished staging folder to `out`, then its staged manifest to manifest.json (the
+    last step: a folder only ever looks like a bundle once complete), then drop the marker."""
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
         os.replace(out, old)
-    os.replace(stage, out)
+        with contextlib.suppress(OSError):
+            _mark(old, out)
+    moved = False
+    try:
+        os.replace(stage, out)
+        moved = True
+        if (out / STAGED_MANIFEST).is_file():
+            os.replace(out / STAGED_MANIFEST, out / MANIFEST)
+    except BaseException:   # not committed after all: the new folder goes, the previous output comes back
+        if moved:
+            shutil.rmtree(out, ignore_errors=True)
+        if old is not None:
+            os.replace(old, out)
+            with contextlib.suppress(OSError):
+                (out / STAGING_MARKER).unlink()
+        raise
+    with contextlib.suppress(OSError):
+        (out / STAGING_MARKER).unlink()
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    log.info("bundle written to %s", out)
+
+
+def staged_bundle(out: str | Path, *, force: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """`staged_output` for a bundle."""
+    return staged_output(out, kind="bundle", force=force)
+
+
+def manifest_path(folder: str | Path) -> Path:
+    """Where `folder`'s manifest is: manifest.json, or the staged name inside a staging folder."""
+    folder = Path(folder)
+    if (folder / STAGING_MARKER).is_file() and not (folder / MANIFEST).is_file():
+        return folder / STAGED_MANIFEST
+    return folder / MANIFEST
+
+
+def expose_manifest(folder: str | Path) -> None:
+    """Give a staging folder its manifest.json now, so the runtime can load the staged bundle for
+    validation. Until the commit, a kill leaves that folder loadable; the next write removes it."""
+    folder = Path(folder)
+    if (folder / STAGED_MANIFEST).is_file():
+        os.replace(folder / STAGED_MANIFEST, folder / MANIFEST)
+
+
+def copy_bundle(bundle: str | Path, stage: Path) -> None:
+    """Copy a bundle's files into a staging folder to change them there (`embslim quantize`); its
+    manifest is loadable in the copy at once, since the runtime validates the new variants from it."""
+    bundle = Path(bundle)
+    for src in sorted(bundle.rglob("*")):   # one file at a time, so a full disk is one OSError naming its file
+        dst = stage / src.relative_to(bundle)
+        if src.is_dir():
+            dst.mkdir(exist_ok=True)
+        elif src.name != STAGING_MARKER:
+            shutil.copy2(src, dst)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a bundle is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass(frozen=True)
@@ -148,7 +324,7 @@ def write_manifest(folder: Path, *, meta: BundleMeta, pad_id: int, artifacts: li
         "artifacts": artifacts,
         "metrics": metrics,
     }
-    write_json_atomic(folder / MANIFEST, manifest)
+    write_json_atomic(manifest_path(folder), manifest)
     return manifest
 
 
@@ -176,7 +352,7 @@ def add_artifacts(folder: str | Path, entries: list[dict]) -> dict:
     """List more files (e.g. quantized variants, `artifact_entry(...)`) in an existing bundle's
     manifest, replacing entries for the same file; the manifest is rewritten atomically."""
     folder = Path(folder)
-    path = folder / MANIFEST
+    path = manifest_path(folder)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; export the bundle first (embslim.pipeline.bundle.export_model)")
     manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -184,3 +360,18 @@ def add_artifacts(folder: str | Path, entries: list[dict]) -> dict:
     manifest["artifacts"] = [e for e in manifest.get("artifacts", []) if e.get("file") not in files] + list(entries)
     write_json_atomic(path, manifest)
     return manifest
+
+
+
+def make_work_dir(work: str | Path, *, remove_trainers: bool = True) -> Path:
+    """Create `embslim run`'s `<out>.work` folder (marked as embslim's), and remove the `.trainer-*`
+    folders a killed fine-tune left in it (`remove_trainers`: not under a multi-process launcher,
+    whose ranks share one such folder). Called only once the run's inputs have been checked."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARKER).touch()
+    for p in work.glob(".trainer-*") if remove_trainers else ():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            log.info("removed a killed fine-tune's %s", p)
+    return work

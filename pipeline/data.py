@@ -161,7 +161,7 @@ def load_task(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
         eval_path = _resolve(cfg.eval, data_root)
         eval_rows = _read_rows(eval_path, _detect(eval_path, cfg.format), cfg)
         labelled = _build(cfg.name or eval_path.resolve().parent.name or "task", eval_rows, eval_rows,
-                          train_src=str(eval_path), eval_src=str(eval_path), cfg=cfg)
+                          train_src=str(eval_path), eval_src=str(eval_path), cfg=cfg, training=False)
         return TaskData(labelled.name, Split((), None, ()), labelled.eval, labelled.label_names, labelled.is_pair,
                         texts=tuple(texts))
     if len(texts) < 2:
@@ -450,9 +450,10 @@ def _seeded_split(rows: list[_Row], fraction: float, *, seed: int, source: Path)
 
 
 def _build(name: str, train_rows: list[_Row], eval_rows: list[_Row], *, train_src: str, eval_src: str,
-           cfg: DataConfig) -> TaskData:
+           cfg: DataConfig, training: bool = True) -> TaskData:
     if not eval_rows:
         raise DataError(f"{eval_src}: eval split has no rows; expected at least one labelled example")
+    _check_labels(train_rows, eval_rows, train_src=train_src, cfg=cfg, training=training)
     raw = {r[2] for r in train_rows}
     as_int = all(_INT.fullmatch(x) for x in raw)
     key = (lambda s: int(s) if _INT.fullmatch(s) else s) if as_int else (lambda s: s)
@@ -471,6 +472,29 @@ def _build(name: str, train_rows: list[_Row], eval_rows: list[_Row], *, train_sr
         return s
 
     return TaskData(name, split(train_rows, "train", train_src), split(eval_rows, "eval", eval_src), names, is_pair)
+
+
+# Label cells that mean "no label" in exported spreadsheets and dataframes, not a class of their own.
+_MISSING_LABELS = {"nan", "none", "null", "na", "n/a", "<na>", "nat"}
+
+
+def _rows_text(rows: list[str]) -> str:
+    return ", ".join(rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def _check_labels(train_rows: list[_Row], eval_rows: list[_Row], *, train_src: str, cfg: DataConfig,
+                  training: bool = True) -> None:
+    """Refuse label sets that cannot train a classifier: missing labels (NaN, None, null, ...) and,
+    when the rows train (`training`), a single class (a one-class model is 100% accurate and useless)."""
+    missing = [r for r in train_rows + eval_rows if r[2].strip().lower() in _MISSING_LABELS]
+    if missing:
+        values = ", ".join(sorted({repr(r[2]) for r in missing}))
+        raise DataError(f"{len(missing)} row(s) have a missing label ({values}) in column {cfg.label_column!r}: "
+                        f"{_rows_text([r[3] for r in missing])}; fill in the labels or drop those rows")
+    classes = {r[2] for r in train_rows}
+    if training and len(classes) < 2:
+        raise DataError(f"{train_src}: every training row has the label {next(iter(classes))!r}; a classifier needs at "
+                        f"least two classes: add examples of the other classes or check --label-column ({cfg.label_column!r})")
 
 
 def _load_hf(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:

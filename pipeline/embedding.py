@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import nn
 
-from embslim.pipeline.model import family_of, get_word_embeddings, set_word_embeddings
+from embslim.pipeline.model import family_of, get_word_embeddings, match_token_types, set_word_embeddings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -213,11 +213,24 @@ META_FILE = "embslim_meta.json"
 def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path,
                     *, meta: dict | None = None) -> Path:
     """`meta` (task labels, max length, source model; see embslim.pipeline.bundle.BundleMeta) lets
-    `embslim export` build a bundle from the checkpoint alone."""
-    from safetensors.torch import save_file
+    `embslim export` build a bundle from the checkpoint alone.
+
+    Atomic: everything is written into `.<folder>.partial-*` beside `folder`, which replaces `folder`
+    only when complete, so a kill mid-write leaves the previous checkpoint (or none), never a torn one.
+    `folder` itself is replaced whatever it holds: callers check user-given paths first
+    (`embslim.pipeline.bundle.check_output`, as the CLI does)."""
+    from embslim.pipeline.bundle import staged_output
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with staged_output(folder, kind=None) as stage:
+        _write_checkpoint(model, tokenizer, stage, meta=meta)
+    return folder
+
+
+def _write_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path,
+                      *, meta: dict | None) -> None:
+    from safetensors.torch import save_file
+
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -225,7 +238,6 @@ def save_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBas
     (folder / SPEC_FILE).write_text(json.dumps(embedding_spec(model), indent=2))
     if meta is not None:
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
-    return folder
 
 
 def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", dict | None]:
@@ -233,17 +245,30 @@ def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedT
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from safetensors import SafetensorError
+
     folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist; pass a folder written by `embslim finetune`")
     for name in ("config.json", "model.safetensors", SPEC_FILE):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder / name} is missing; pass a folder written by `embslim finetune`")
-    config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_config(config)
-    set_word_embeddings(model, _module_from_spec(json.loads((folder / SPEC_FILE).read_text())))
     try:
+        config = AutoConfig.from_pretrained(folder)
+        spec = json.loads((folder / SPEC_FILE).read_text())
+        meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("inner"), dict) or not isinstance(meta, (dict, type(None))):
+            raise ValueError(f"{SPEC_FILE} or {META_FILE} is not the expected JSON object")
+        model = AutoModelForSequenceClassification.from_config(config)
+        set_word_embeddings(model, _module_from_spec(spec))
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{folder}/model.safetensors does not match {SPEC_FILE}: {str(e).splitlines()[0]}") from e
+        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        match_token_types(model, tokenizer)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {folder} is damaged or incomplete ({type(e).__name__}: {detail}); "
+                              "write it again with `embslim finetune` (or `embslim run`)") from e
     model.eval()
-    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else None
-    return model, AutoTokenizer.from_pretrained(folder, use_fast=True), meta
+    return model, tokenizer, meta

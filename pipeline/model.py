@@ -130,17 +130,75 @@ def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
     path = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(path, use_fast=True)
-    except (OSError, ValueError) as e:
+    except Exception as e:   # noqa: BLE001 - tokenizers raises bare Exception for a damaged tokenizer.json
+        # a folder without tokenizer files fails deep inside transformers (TypeError: stat: path should be ...)
+        if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+            raise ModelError(f"model folder {path!r} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
+                             "copy them from the source model into the folder") from e
+        if Path(path).is_dir():
+            raise ModelError(f"the tokenizer files in {path!r} cannot be read ({_cause(e)}); copy the model's "
+                             "tokenizer.json (and tokenizer_config.json) again") from e
         raise ModelError(_not_found(name, path, e)) from e
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+
+
+def _cause(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    first = text.split(". ")[0].rstrip(".")   # transformers' messages go on for several sentences
+    return f"{type(err).__name__}: {first[:200]}" if text else type(err).__name__
+
+
 def _not_found(name: str, path: str, err: Exception) -> str:
-    if _looks_like_path(name):
-        return f"model folder {path!r} not found or not a Hugging Face model folder ({type(err).__name__}); check the path given to --model"
+    if _looks_like_path(name) or Path(path).is_dir():
+        return (f"model folder {path!r} is not a loadable Hugging Face model folder ({_cause(err)}); check the path "
+                "given to --model, or copy the model's files (config.json, model.safetensors, tokenizer) again")
     return (
         f"could not load model {name!r}: it is not a local folder and the Hugging Face hub did not provide it "
         f"({type(err).__name__}); pass --model with a local folder, or check the hub id and your network"
     )
+
+
+# Weights a classifier may start without: the head (new labels) and the pooler (sentence-transformers
+# checkpoints often lack it); fine-tuning trains them. Any other missing or reshaped weight would
+# silently leave part of the encoder random.
+_FRESH_PREFIXES = ("classifier.", "pre_classifier.", "score.")
+
+
+def _check_loaded_weights(path: str, info: dict) -> None:
+    names = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    bad = [k for k in names + list(info.get("missing_keys", []))
+           if not k.startswith(_FRESH_PREFIXES) and ".pooler." not in f".{k}"]
+    if bad:
+        raise ModelError(f"the weights in {path!r} do not fit its config.json: {len(bad)} encoder weight(s) missing or "
+                         f"of another shape (e.g. {', '.join(bad[:3])}), so they would start random; check that "
+                         "config.json belongs to these weights, or copy the model again")
+
+
+def match_token_types(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> None:
+    """A model with one token type (type_vocab_size 1) under a tokenizer that makes type ids (a BERT
+    tokenizer): type 1 has no embedding row, so the tokenizer stops producing them, and neither
+    fine-tuning, validation nor the exported graph (hence the runtime) sees them."""
+    if int(getattr(model.config, "type_vocab_size", 2) or 0) <= 1 and "token_type_ids" in tokenizer.model_input_names:
+        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+
+
+def _check_config(path: str) -> None:
+    """A local folder's config.json must exist and be a JSON object: say so, not transformers' traceback."""
+    import json
+
+    config = Path(path).expanduser() / "config.json"
+    if not Path(path).expanduser().is_dir():
+        return   # a hub id: transformers checks it
+    if not config.is_file():
+        raise ModelError(f"model folder {path!r} has no config.json; copy the model's config.json into it")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{config} is not valid JSON ({_cause(e)}); copy the model's config.json again") from e
+    if not isinstance(data, dict) or not isinstance(data.get("model_type", ""), str):
+        raise ModelError(f"{config} must be a JSON object with a 'model_type'; copy the model's config.json again")
 
 
 def load_config(name: str):
@@ -150,6 +208,7 @@ def load_config(name: str):
     path = resolve_model(name)
     if _looks_like_path(name) and not Path(path).expanduser().is_dir():
         raise ModelError(f"model folder {path!r} does not exist; check the path given to --model")
+    _check_config(path)
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -166,6 +225,7 @@ def load_classifier(name: str, *, labels: Sequence[str] = (), task: str | None =
     infers it from the config's `architectures`) must fit the model's head. Raises ModelError or
     TaskError with one line: missing model, unsupported family, wrong head, or no labels for a
     fresh head."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -191,12 +251,18 @@ def load_classifier(name: str, *, labels: Sequence[str] = (), task: str | None =
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected for a fresh head
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs, output_loading_info=True)
+    except (OSError, ValueError, SafetensorError) as e:
+        weights = Path(path) / "model.safetensors"
+        if isinstance(e, SafetensorError) or (weights.is_file() and "safetensors" in str(e).lower()):
+            raise ModelError(f"{weights} is truncated or damaged ({_cause(e)}); copy or download the model's weights "
+                             "again") from e
         raise ModelError(_not_found(name, path, e)) from e
     finally:
         hf_logging.set_verbosity(verbosity)
     family_of(model)  # fail early on unsupported families
+    _check_loaded_weights(path, info)
+    match_token_types(model, tokenizer)
     model.config.architectures = [type(model).__name__]   # what the bundle really is, e.g. BertForSequenceClassification
     log.info("loaded %s (%s, %.1fM parameters) from %s; %s", name, model.config.model_type,
              sum(p.numel() for p in model.parameters()) / 1e6, path,

@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 from embslim.pipeline.data import DataConfig, TaskData, load_task
 from embslim.pipeline.finetune import FinetuneConfig
@@ -56,6 +57,15 @@ class VariantConfig:
             raise ConfigError(f"variant {self.name!r}: unknown method {self.method!r}; known: {', '.join(COMPRESSORS)}")
         if self.method is None and self.options:
             raise ConfigError(f"variant {self.name!r} has options but no method")
+        if self.method is not None:   # check the options now, before a run creates anything
+            from embslim.pipeline.compress import get
+
+            compressor = get(self.method)
+            try:
+                compressor.config(**self.options)
+            except TypeError as e:
+                known = ", ".join(f.name for f in fields(compressor.config))
+                raise ConfigError(f"variant {self.name!r}: {e}; {self.method} options are: {known}") from e
 
 
 @dataclass(frozen=True)
@@ -102,24 +112,115 @@ _SECTIONS = {"data": DataConfig, "prune": PruneConfig, "finetune": FinetuneConfi
              "targets": TargetsConfig}
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+def _type_name(hint: Any) -> str:
+    """A config type as a user reads it: 'an integer', 'true or false', 'a list of strings', ..."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (" (or omitted)" if type(None) in args else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        if args and get_origin(args[0]) is Literal:
+            return "a list of values from " + ", ".join(repr(a) for a in get_args(args[0]))
+        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if is_dataclass(hint):
+        return "a table of options"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(hint, str(hint))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if hint is dict or origin is dict or is_dataclass(hint):
+        return isinstance(value, (dict, hint)) if is_dataclass(hint) else isinstance(value, dict)
+    return True
+
+
+def _example(key: str, hint: Any, default: Any) -> str:
+    """`key = <value>` in TOML, from the field's default (or its type when the default is None)."""
+    if default is None or default is MISSING:
+        default = next((d for t, d in ((bool, True), (int, 1), (float, 0.5), (str, "text")) if _fits(d, hint)), None)
+        if get_origin(hint) is Literal:
+            default = get_args(hint)[0]
+    if isinstance(default, tuple):
+        default = list(default) or ([get_args(get_args(hint)[0])[0]] if get_origin(get_args(hint)[0]) is Literal else ["text"])
+    if is_dataclass(default) or default is None:
+        return f"[{key}] then one option per line"
+    return f"{key} = {json.dumps(default)}"
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """`cls(**values)` after checking every key is a field of `cls` and every value has the field's type,
+    so a wrong config says which key, what type it needs and an example, not Python's own message."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a table of options, got {type(values).__name__} {values!r}; "
+                          f"e.g. {_first_example(cls)}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {where}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown option(s) {', '.join(map(str, unknown))} in {where}; known: {', '.join(sorted(known))}")
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        if not _fits(value, hints[key]):
+            f = known[key]
+            default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+            example = (f"{key} = {json.dumps([value])}" if isinstance(value, str) and get_origin(hints[key]) is tuple
+                       else _example(key, hints[key], default))
+            raise ConfigError(f"{where}: {key} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}; "
+                              f"e.g. {example}")
     try:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from e
+    except ValueError as e:   # the dataclass's own check: keep its type, say where the value came from
+        if where.startswith("[") and not where.endswith("of flags"):
+            try:
+                err = type(e)(f"{where}: {e}")
+            except TypeError:
+                raise e from None
+            raise err from e
+        raise
 
 
 def config_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> RunConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a table of options at the top level, got {type(raw).__name__}")
     top = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "variants"}
+    for key, cls in _SECTIONS.items():
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):   # None: an empty YAML section
+            raise ConfigError(f"[{key}] of {where} must be a table of options, got {type(raw[key]).__name__} "
+                              f"{raw[key]!r}; e.g. [{key}] then one option per line, like {_first_example(cls)}")
     sections = {k: _build(cls, raw.get(k) or {}, f"[{k}] of {where}") for k, cls in _SECTIONS.items()}
     if "variants" in raw:
+        if not isinstance(raw["variants"], list) or not all(isinstance(v, Mapping) for v in raw["variants"]):
+            raise ConfigError(f"variants in {where} must be a list of tables, got {raw['variants']!r}; "
+                              'e.g. [[variants]] then name = "dep+messi" and method = "messi"')
         sections["variants"] = tuple(_build(VariantConfig, v, f"[[variants]] #{i + 1} of {where}")
                                      for i, v in enumerate(raw["variants"]))
     return _build(RunConfig, top | sections, where)
+
+
+def _first_example(cls: type) -> str:
+    f = fields(cls)[0]
+    default = f.default if f.default is not MISSING else None
+    return _example(f.name, get_type_hints(cls)[f.name], default)
 
 
 def parse_variant(text: str) -> VariantConfig:
@@ -255,6 +356,7 @@ def _task_digest(task: TaskData) -> str:
 def _resume(model: "PreTrainedModel", folder: Path, fingerprint: str) -> dict | None:
     """Load a variant's fine-tuned weights from an earlier run's checkpoint when that run had the same
     inputs (model weights, data, vocabulary, compressor, fine-tune settings); None otherwise."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from embslim.pipeline.embedding import META_FILE
@@ -264,7 +366,9 @@ def _resume(model: "PreTrainedModel", folder: Path, fingerprint: str) -> dict | 
         if meta.get("run_fingerprint") != fingerprint or not isinstance(meta.get("finetune"), dict):
             return None
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    except (OSError, ValueError, RuntimeError):   # missing, unreadable or mismatched: train again
+    except (OSError, ValueError, RuntimeError, AttributeError, SafetensorError) as e:
+        # missing, torn (a kill mid-write before writes were atomic), unreadable or mismatched: train again
+        log.info("no usable checkpoint in %s (%s); fine-tuning again", folder, type(e).__name__)
         return None
     model.eval()
     return meta["finetune"] | {"resumed_from": str(folder)}
@@ -373,7 +477,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     instead of fine-tuned again, so a run that died in a later stage restarts in minutes.
     With fine-tuning off (`cfg.finetune.enabled` False, --no-finetune) the given trained model is
     pruned and exported as it is, and every artifact is compared with it."""
-    from embslim.pipeline.bundle import MANIFEST, BundleExistsError, export_model, staged_bundle, write_manifest
+    from embslim.pipeline.bundle import (check_output, export_model, expose_manifest, make_work_dir, manifest_path,
+                                         staged_bundle, write_manifest)
     from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, trim_positions
     from embslim.pipeline.finetune import is_main_process, predict_logits, process_rank
@@ -383,17 +488,15 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     from embslim.pipeline.validate import check_parity, validate_artifact
     from embslim.pipeline.vocab import fingerprint_dict, oov_stats, prune
 
-    out = Path(out).resolve()
-    if out.exists() and not force:
-        raise BundleExistsError(f"{out} already exists; pass --force to replace it or choose another --out")
-    work = out.with_name(out.name + ".work")
+    out = check_output(out, force=force)   # nothing is created until the inputs below are checked
+    work = check_output(out.with_name(out.name + ".work"), kind="work", force=True, flag="work folder")
     total = 7
     t_start = time.perf_counter()
     keep = not cfg.finetune.enabled
 
     with stage(1, total, "load task data and model"):
         task, loaded = load_inputs(cfg, task=task, data_root=data_root)
-        work.mkdir(parents=True, exist_ok=True)
+        make_work_dir(work, remove_trainers=process_rank()[1] == 1)   # created only now the inputs are checked
         max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
         ft_cfg = replace(cfg.finetune, max_length=max_length)
         hidden = int(get_word_embeddings(loaded.model).embedding_dim)
@@ -454,6 +557,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                 v["artifacts"] = export_model(v["model"], loaded.tokenizer, v["folder"], meta=meta, opset=cfg.opset,
                                               atol=cfg.validate.parity_atol, stages=stages)
 
+        expose_manifest(bundle)   # the runtime loads the staged bundle from here on
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
             rows = []
             for i, name in enumerate((["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"], start=1):
@@ -489,7 +593,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                                                original_logits=original_logits)]
 
         with stage(7, total, "write manifest and report"):
-            artifacts = json.loads((bundle / MANIFEST).read_text())["artifacts"]   # fp32 + what the targets added
+            artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added
             write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts,
                            stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
                            metrics={r["name"]: r for r in rows})

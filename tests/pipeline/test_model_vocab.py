@@ -41,7 +41,7 @@ def test_missing_model_folder_is_one_clear_error(tmp_path):
 
 
 def test_folder_without_a_model_is_one_clear_error(tmp_path):
-    with pytest.raises(ModelError, match=r"not found or not a Hugging Face model folder"):
+    with pytest.raises(ModelError, match=r"model folder .* has no config\.json; copy the model.s config\.json into it"):
         load_classifier(str(tmp_path), labels=["a", "b"])
 
 
