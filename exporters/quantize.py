@@ -420,7 +420,7 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
     logits = {} if fp32_logits is None else {fp32_file: fp32_logits}   # callers checking many files pass it once
     for name in (fp32_file, file):
         if name not in logits:
-            clf = Classifier.from_bundle(bundle_dir, file=name, threads=None)
+            clf = Classifier.from_bundle(bundle_dir, file=name, threads=None, staging=True)   # maybe being written
             logits[name] = eval_logits(clf, split, batch_size=batch_size, desc=f"{name}: eval")
     ref = task_metrics(logits[fp32_file], split.labels, n_labels=n_labels)
     got = task_metrics(logits[file], split.labels, n_labels=n_labels)

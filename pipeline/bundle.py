@@ -30,7 +30,7 @@ from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Iterator
 
-from embslim.runtime.manifest import SCHEMA_VERSION, sha256_file
+from embslim.runtime.manifest import SCHEMA_VERSION, STAGING_MARKER, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STAGED_MANIFEST = ".manifest.staged.json"   # the manifest's name until the bundle is committed
-STAGING_MARKER = ".embslim-staging"         # in every staging folder: what stale-folder cleanup looks for
+# In every staging folder: what stale-folder cleanup looks for, and what makes the runtime refuse it.
 WORK_MARKER = ".embslim-work"               # in `embslim run`'s <out>.work folder
 
 
@@ -207,8 +207,10 @@ def manifest_path(folder: str | Path) -> Path:
 
 
 def expose_manifest(folder: str | Path) -> None:
-    """Give a staging folder its manifest.json now, so the runtime can load the staged bundle for
-    validation. Until the commit, a kill leaves that folder loadable; the next write removes it."""
+    """Give a staging folder its manifest.json now, so embslim's validation can load the staged
+    bundle (`Classifier.from_bundle(..., staging=True)`). The staging marker stays until the commit,
+    so a folder a kill leaves behind is still refused by the runtime and `inspect`; the next write
+    removes it."""
     folder = Path(folder)
     if (folder / STAGED_MANIFEST).is_file():
         os.replace(folder / STAGED_MANIFEST, folder / MANIFEST)

@@ -197,7 +197,7 @@ def _usage(manifest: dict[str, Any], task: CardTask) -> list[str]:
           f"print(pipe({hf_example}))", "```"]
     return (["### embslim runtime (onnxruntime, numpy and tokenizers only)", "", *runtime, "",
              "### Optimum", "", *optimum, "",
-             f"Any model file of the table loads this way: pass its name as `file_name` (default `model.onnx`)."
+             "Any model file of the table loads this way: pass its name as `file_name` (default `model.onnx`)."
              " The int8 and 4-bit files use ONNX Runtime's contrib operators: run them with ONNX Runtime.", "",
              "### transformers `pipeline()`", "", *hf, ""])
 

@@ -85,7 +85,7 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
-    fp32 = Classifier.from_bundle(bundle, file="model.onnx")
+    fp32 = Classifier.from_bundle(bundle, file="model.onnx", staging=True)   # maybe the bundle being written
     shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
     if cfg.fuse:
         log.info("fusing model.onnx (ORT transformer optimizer%s)", ", and once without Attention for 4-bit" if cfg.int4 else "")

@@ -115,7 +115,7 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
     from embslim.runtime import Classifier
 
     bundle = Path(bundle)
-    clf = Classifier.from_bundle(bundle, file=file, threads=None)
+    clf = Classifier.from_bundle(bundle, file=file, threads=None, staging=True)   # maybe the bundle being written
     logits = eval_logits(clf, split, batch_size=cfg.batch_size, desc=f"{file}: eval")
     metrics = task_metrics(logits, split.labels, n_labels=n_labels) | {"file": file, "onnx_bytes": (bundle / file).stat().st_size}
     if torch_logits is not None:

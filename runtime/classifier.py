@@ -114,6 +114,7 @@ class Classifier:
         verify: bool = True,
         max_chars: int | None = DEFAULT_MAX_CHARS,
         memory_arena: bool = True,
+        staging: bool = False,
     ) -> Classifier:
         """Load a bundle directory.
 
@@ -131,6 +132,8 @@ class Classifier:
             script; False frees it after every run, which a long-running service wants so
             that memory goes back to its resting level after a burst (with glibc, together
             with `malloc_trim`; see sample_apps/service/memory.py).
+        staging: also load a folder embslim is still writing (its own validation stages);
+            otherwise such a folder is refused with a BundleError.
         """
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
@@ -138,7 +141,7 @@ class Classifier:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         _check_max_chars(max_chars)
         bundle = Path(path)
-        manifest = read_manifest(bundle)
+        manifest = read_manifest(bundle, staging=staging)
         entry = select_model_artifact(manifest, variant=variant, file=file)
         tok_entry = _tokenizer_entry(manifest)
         if verify:

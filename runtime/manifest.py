@@ -58,11 +58,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
+# In every folder embslim is still writing (pipeline.bundle.staged_output); removed on commit.
+STAGING_MARKER = ".embslim-staging"
+
+
+def read_manifest(bundle_dir: str | os.PathLike[str], *, staging: bool = False) -> dict[str, Any]:
     """Load `<bundle_dir>/manifest.json` and check every key the runtime relies on.
 
     All problems are collected and reported in one `BundleError`, so a broken exporter is
-    fixed in one round trip rather than one key at a time.
+    fixed in one round trip rather than one key at a time. A folder carrying embslim's staging
+    marker (`STAGING_MARKER`: a bundle still being written, or left by a command that was killed)
+    is refused unless `staging` is True, which only embslim's own validation of the folder it is
+    writing passes.
     """
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
@@ -70,6 +77,11 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise BundleError(
             f"bundle directory {str(bundle)!r} {what}; pass the folder that holds "
             f"{MANIFEST_FILE}, model.onnx and tokenizer.json"
+        )
+    if not staging and (bundle / STAGING_MARKER).exists():
+        raise BundleError(
+            f"{str(bundle)!r} is an unfinished bundle (the staging folder of an embslim command that is still "
+            "running or did not finish); it is never loaded: run the command again, which removes it, or delete it"
         )
     path = bundle / MANIFEST_FILE
     try:

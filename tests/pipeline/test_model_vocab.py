@@ -93,7 +93,7 @@ def test_unk_fallback_and_keep_top_and_keep_text(loaded, tmp_path):
 def test_prune_errors_are_specific(loaded, tmp_path):
     with pytest.raises(VocabError, match="training split is empty"):
         prune(loaded.tokenizer, [], weight=_weight(loaded))
-    with pytest.raises(VocabError, match=r"--keep-text file .*missing.txt not found"):
+    with pytest.raises(VocabError, match=r"--keep-text .*missing.txt not found; pass a UTF-8 text file with one text per line"):
         prune(loaded.tokenizer, TRAIN, weight=_weight(loaded), cfg=PruneConfig(keep_text=(str(tmp_path / "missing.txt"),)))
     with pytest.raises(VocabError, match="fallback must be 'nearest' or 'unk'"):
         PruneConfig(fallback="zero")
