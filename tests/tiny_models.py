@@ -82,3 +82,12 @@ def make_tiny_model_dir(folder: Path, *, family: str = "bert", num_labels: int =
     tokenizer.save_pretrained(folder)
     build_wordpiece(folder / "tokenizer.json")  # keep the original file (fixed padding on), as a real model ships it
     return folder
+
+
+def write_task_tsv(folder: Path, task) -> tuple[Path, Path]:
+    """`task`'s train and eval splits as GLUE-style TSV files (sentence, label name) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train.tsv", task.train), ("dev.tsv", task.eval)):
+        rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return folder / "train.tsv", folder / "dev.tsv"

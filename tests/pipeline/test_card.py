@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tiny_models import write_task_tsv
 
 from embslim.pipeline.card import CardError, render_card, source_card_header
 from embslim.pipeline.report import MISSING, _fmt
@@ -43,10 +44,7 @@ def carded_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     (src / "README.md").write_text("---\nlanguage: en\nlicense: mit\npipeline_tag: sentence-similarity\n"
                                    "tags:\n- sentence-transformers\n---\n\n# tiny test encoder\n", encoding="utf-8")
     data = root / "data"
-    data.mkdir()
-    for name, split in (("train.tsv", tiny_task.train), ("dev.tsv", tiny_task.eval)):
-        rows = ["sentence\tlabel"] + [f"{t}\t{tiny_task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
-        (data / name).write_text("\n".join(rows) + "\n")
+    write_task_tsv(data, tiny_task)
     assert main(["run", "--model", str(src), "--train", str(data / "train.tsv"), "--eval", str(data / "dev.tsv"),
                  "--task-name", "sentiment", "--out", str(root / "bundle"), "--targets", "arm64", "--int4",
                  "--allow-drop", *FAST]) == 0

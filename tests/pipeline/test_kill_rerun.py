@@ -14,17 +14,10 @@ from pathlib import Path
 import pytest
 
 from embslim.pipeline.cli import main
+from tiny_models import write_task_tsv
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = {"finetune": "[3/7] fine-tune", "export": "[4/7] export", "quantize": "[6/7] quantize"}
-
-
-def _write_task(folder: Path, task) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train.tsv", task.train), ("dev.tsv", task.eval)):
-        rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
-        (folder / name).write_text("\n".join(rows) + "\n")
-    return folder / "train.tsv", folder / "dev.tsv"
 
 
 def _wait_for(predicate, timeout: float = 20.0) -> bool:
@@ -40,7 +33,7 @@ def _wait_for(predicate, timeout: float = 20.0) -> bool:
 def test_kill_9_then_rerun_leaves_one_valid_bundle(stage, tmp_path, tiny_model_dir, tiny_task):
     from embslim.runtime import BundleError, Classifier
 
-    train, dev = _write_task(tmp_path / "data", tiny_task)
+    train, dev = write_task_tsv(tmp_path / "data", tiny_task)
     out = tmp_path / "b"
     work = tmp_path / "b.work"
     # enough steps that fine-tuning is still running when the kill lands

@@ -394,11 +394,10 @@ class _Records(logging.Handler):
 
 
 def _write_task(folder: Path, task: Any) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train.tsv", task.train), ("dev.tsv", task.eval)):
-        rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
-        (folder / name).write_text("\n".join(rows) + "\n")
-    return ["--train", str(folder / "train.tsv"), "--eval", str(folder / "dev.tsv")]
+    from tiny_models import write_task_tsv
+
+    train, dev = write_task_tsv(folder, task)
+    return ["--train", str(train), "--eval", str(dev)]
 
 
 @pytest.fixture(scope="module")

@@ -14,24 +14,17 @@ import onnx
 import pytest
 
 from embslim.pipeline.cli import main
+from tiny_models import write_task_tsv
 from embslim.runtime import BundleError, Classifier
 from embslim.runtime.manifest import read_manifest, sha256_file
 
 FAST = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--latency-runs", "3"]
 
 
-def _write_task(folder: Path, task) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train.tsv", task.train), ("dev.tsv", task.eval)):
-        rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
-        (folder / name).write_text("\n".join(rows) + "\n")
-    return folder / "train.tsv", folder / "dev.tsv"
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir, tiny_task):
     root = tmp_path_factory.mktemp("run")
-    train, dev = _write_task(root / "data", tiny_task)
+    train, dev = write_task_tsv(root / "data", tiny_task)
     out = root / "bundle"
     code = main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
                  "--targets", "arm64,avx2", "--int4", "--mobile", "--allow-drop", *FAST])

@@ -10,19 +10,22 @@ from pathlib import Path
 
 from embslim.runtime import Classifier
 from embslim.runtime.manifest import read_manifest, sha256_file
+from tiny_models import write_task_tsv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_torchrun_two_cpu_ranks_write_one_valid_bundle(tmp_path, tiny_model_dir, tiny_task):
-    rows = ["sentence\tlabel"] + [f"{t}\t{tiny_task.label_names[y]}" for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)]
-    (tmp_path / "train.tsv").write_text("\n".join(rows[:81]) + "\n")
+    from embslim.pipeline.data import subsample
+
+    train, _ = write_task_tsv(tmp_path, type(tiny_task)(tiny_task.name, subsample(tiny_task.train, 80, seed=0),
+                                                       tiny_task.eval, tiny_task.label_names, False))
     out = tmp_path / "bundle"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", "29531", "-m", "embslim", "run", "--model", str(tiny_model_dir),
-           "--train", str(tmp_path / "train.tsv"), "--out", str(out), "--variant", "dep",
+           "--train", str(train), "--out", str(out), "--variant", "dep",
            "--variant", "messi:k=2,j=4", "--bundle-variant", "dep+messi(k=2,j=4)", "--no-baseline",
            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--no-measure", "--targets", ""]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

@@ -163,3 +163,22 @@ def tiny_logits(bundle: Path, ids: Sequence[int], type_ids: Sequence[int]) -> np
     w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     hidden = w["word_emb"][np.asarray(ids)] + w["type_emb"][np.asarray(type_ids)]
     return hidden.mean(axis=0) @ w["head_w"] + w["head_b"]
+
+
+def with_token_ids(bundle: Path, dest: Path, ids: dict[str, int]) -> Path:
+    """A copy of `bundle` whose tokenizer.json gives `ids` (token -> id, e.g. past the graph's
+    vocabulary), with the manifest's size and sha256 of tokenizer.json fixed to match."""
+    import hashlib
+    import shutil
+
+    dest = Path(shutil.copytree(bundle, dest))
+    tok = json.loads((dest / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["model"]["vocab"].update(ids)
+    (dest / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    manifest = read_manifest_json(dest)
+    for entry in manifest["artifacts"]:
+        if entry["file"] == "tokenizer.json":
+            raw = (dest / "tokenizer.json").read_bytes()
+            entry["bytes"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+    write_manifest(dest, manifest)
+    return dest

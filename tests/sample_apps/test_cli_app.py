@@ -135,23 +135,9 @@ def test_real_process_with_a_pipe(tiny_bundle, clf):
 
 
 def _bad_tokenizer_bundle(tiny_bundle, tmp_path):
-    import hashlib
-    import shutil
+    from tiny_bundle import with_token_ids
 
-    from tiny_bundle import read_manifest_json, write_manifest
-
-    bundle = shutil.copytree(tiny_bundle, tmp_path / "bad-tokenizer")
-    tok = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
-    tok["model"]["vocab"]["great"] = 30600
-    tok["model"]["vocab"]["good"] = 30522
-    (bundle / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
-    manifest = read_manifest_json(bundle)
-    for entry in manifest["artifacts"]:
-        if entry["file"] == "tokenizer.json":
-            raw = (bundle / "tokenizer.json").read_bytes()
-            entry["bytes"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
-    write_manifest(bundle, manifest)
-    return bundle
+    return with_token_ids(tiny_bundle, tmp_path / "bad-tokenizer", {"great": 30600, "good": 30522})
 
 
 HELP = r" \(see python -m sample_apps\.cli\.classify --help\)$"

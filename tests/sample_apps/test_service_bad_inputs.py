@@ -10,16 +10,14 @@ per request, queue -> 503 + Retry-After, connections), 13 (slow clients -> 408 o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 import socket
 import threading
 import time
 
 import pytest
-from tiny_bundle import read_manifest_json, write_manifest
+from tiny_bundle import with_token_ids
 
 from embslim.runtime import Classifier
 from sample_apps.service.metrics import Metrics
@@ -376,16 +374,7 @@ def test_lone_surrogates_in_pairs(tiny_pair_bundle):
 
 
 def test_the_service_refuses_a_bundle_whose_tokenizer_ids_exceed_the_graph(tiny_bundle, tmp_path, capsys):
-    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    tok = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
-    tok["model"]["vocab"]["great"] = 30600
-    (bundle / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
-    manifest = read_manifest_json(bundle)
-    for entry in manifest["artifacts"]:
-        if entry["file"] == "tokenizer.json":
-            raw = (bundle / "tokenizer.json").read_bytes()
-            entry["bytes"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
-    write_manifest(bundle, manifest)
+    bundle = with_token_ids(tiny_bundle, tmp_path / "bundle", {"great": 30600})
     assert main([str(bundle), "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
