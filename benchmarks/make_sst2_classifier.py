@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+import tempfile
 from pathlib import Path
 
 
@@ -61,9 +62,10 @@ def main() -> None:
         return [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
                  "token_type_ids": enc["token_type_ids"][i], "labels": ys[i]} for i in range(len(xs))]
 
+    scratch = tempfile.TemporaryDirectory(prefix="make_sst2_classifier-")   # the Trainer's output_dir; nothing kept
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(output_dir=str(Path(args.out).with_name(Path(args.out).name + ".trainer")),
+        args=TrainingArguments(output_dir=scratch.name,
                                num_train_epochs=args.epochs, per_device_train_batch_size=32, learning_rate=5e-5,
                                weight_decay=0.01, warmup_ratio=0.06, seed=args.seed, save_strategy="no",
                                report_to=[], use_cpu=True, logging_steps=50),

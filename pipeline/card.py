@@ -163,7 +163,14 @@ def _done_lines(manifest: dict[str, Any], report: dict[str, Any], source_name: s
     if ft:
         bits = [f"{k.replace('_', ' ')} {ft[k]}" for k in ("epochs", "max_steps", "batch_size", "learning_rate",
                                                            "max_length", "seed") if ft.get(k) is not None]
-        lines.append(f"**Fine-tuning**: on {_fmt(ft.get('train_samples'), 'int')} training examples; " + ", ".join(bits) + ".")
+        if ft.get("enabled") is False:   # --no-finetune: the given trained model, kept as it is
+            distilled = [n for n, sec in (ft.get("seconds") or {}).items() if sec]
+            lines.append("**Fine-tuning**: none; the given model's trained weights and its own head are kept "
+                         "(`--no-finetune`)" + (f"; {', '.join(f'`{n}`' for n in distilled)} learned from the given "
+                                                "model's logits (distillation, no labels)" if distilled else "") + ".")
+        else:
+            lines.append(f"**Fine-tuning**: on {_fmt(ft.get('train_samples'), 'int')} training examples; "
+                         + ", ".join(bits) + ".")
     export = stages.get("export") or {}
     lines.append(f"**Export**: ONNX opset {export.get('opset', MISSING)} with {export.get('exporter', MISSING)}; "
                  "outputs checked against PyTorch before the bundle was written.")
@@ -223,7 +230,12 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any], *, source: dic
            "## Footprint and accuracy", "",
            (f"Accuracy on the task's eval split ({_fmt(n_eval, 'int')} examples) under ONNX Runtime (CPU); "
             "MB = 10^6 bytes; latency at batch 1 on the build machine, one thread. "
-            "`report.md` in this folder has every measurement." if report.get("variants") else
+            "`report.md` in this folder has every measurement."
+            + (" The eval texts had no gold labels: accuracy here is agreement with the given model's labels."
+               if (report.get("task") or {}).get("eval_labels") == "model" else "")
+            + (" `report.md` also gives each file's agreement with the given model."
+               if any("original_agreement" in v for v in report.get("variants") or []) else "")
+            if report.get("variants") else
             "Sizes from manifest.json (MB = 10^6 bytes). This bundle has no report, so no accuracy yet: "
             "`embslim validate` measures it."), "",
            "| " + " | ".join(_TABLE_HEAD) + " |", "|---|---|---|" + "---:|" * (len(_TABLE_HEAD) - 3)]

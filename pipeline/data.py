@@ -54,6 +54,9 @@ class DataConfig:
     texts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from embslim.pipeline.config_types import check_field_types
+
+        check_field_types(self)
         object.__setattr__(self, "texts", tuple(str(t) for t in self.texts))
         if self.train is not None and self.dataset is not None:
             raise DataError(f"expected one of train (a file) or dataset (a name), got train={self.train!r} and "
@@ -468,7 +471,8 @@ def _build(name: str, train_rows: list[_Row], eval_rows: list[_Row], *, train_sr
     def split(rows: list[_Row], which: str, src: str) -> Split:
         s = Split(tuple(r[0] for r in rows), tuple(r[1] or "" for r in rows) if is_pair else None,
                   tuple(index[key(r[2])] for r in rows))
-        logger.info("%s %s: %d rows, %d labels (%s)", name, which, len(s), len(set(s.labels)), src)
+        if training or which == "eval":   # eval-only data (--text + --eval) has no training split to speak of
+            logger.info("%s %s: %d rows, %d labels (%s)", name, which, len(s), len(set(s.labels)), src)
         return s
 
     return TaskData(name, split(train_rows, "train", train_src), split(eval_rows, "eval", eval_src), names, is_pair)

@@ -97,6 +97,9 @@ class FinetuneConfig:
     embedding_only: bool | None = None
 
     def __post_init__(self) -> None:
+        from embslim.pipeline.config_types import check_field_types
+
+        check_field_types(self)
         if self.epochs < 0:
             raise FinetuneError(f"epochs must be >= 0 (0: no fine-tuning, as --no-finetune), got {self.epochs}")
         if self.epochs == 0 and self.max_steps <= 0:

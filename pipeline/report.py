@@ -172,8 +172,8 @@ def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
 
 _ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
 _COLUMNS = ("variant", "precision", "params (M)", "embedding params (M)", "ONNX MB", "embedding MB",
-            "accuracy %", "macro-F1 %", "Δ accuracy (pts)", "agreement %", "max |Δlogit|",
-            "agrees with given model %", "p50 ms", "p95 ms", "peak RSS MB", "size vs ref")
+            "accuracy %", "macro-F1 %", "Δ accuracy (pts)", "agreement with PyTorch %", "max |Δlogit| vs PyTorch",
+            _ORIGINAL_COLUMN, "max |Δlogit| vs given model", "p50 ms", "p95 ms", "peak RSS MB", "size vs ref")
 _TEXT_COLUMNS = {"variant", "precision", "key", "value"}  # left-aligned; the rest are numbers
 
 
@@ -184,7 +184,8 @@ def _variant_rows(variants: list[dict[str, Any]]) -> list[list[str]]:
              _fmt(v.get("onnx_embedding_bytes"), "mb"), _fmt(v.get("accuracy"), "pct"),
              _fmt(v.get("macro_f1"), "pct"), _fmt(_diff(v.get("accuracy"), ref.get("accuracy")), "delta"),
              _fmt(v.get("agreement"), "pct"), _fmt(v.get("max_logit_diff"), "sci"),
-             _fmt(v.get("original_agreement"), "pct"), _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(v.get("latency_ms_p95"), "adaptive"),
+             _fmt(v.get("original_agreement"), "pct"), _fmt(v.get("original_max_logit_diff"), "sci"),
+             _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(v.get("latency_ms_p95"), "adaptive"),
              _fmt(v.get("peak_rss_mb"), "adaptive"), _fmt(_ratio(v.get("onnx_bytes"), ref.get("onnx_bytes")), "ratio")]
             for v in variants]
 
@@ -281,7 +282,7 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
         out.append(("All files", "lines", []))
     head, rows = list(_COLUMNS), _variant_rows(variants)
     if not any("original_agreement" in v for v in variants):   # only runs that kept a trained model have it
-        keep = [i for i, h in enumerate(head) if h != _ORIGINAL_COLUMN]
+        keep = [i for i, h in enumerate(head) if h not in (_ORIGINAL_COLUMN, "max |Δlogit| vs given model")]
         head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
     out.append(("", "table", (head, rows)))
     out.append(("", "bullets", _detail_lines(variants)))

@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 import time
-import types
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, get_origin, get_type_hints
 
+from embslim.pipeline.config_types import ConfigError, _example, _fits, _type_name, check_field_types
 from embslim.pipeline.data import DataConfig, TaskData, load_task
 from embslim.pipeline.finetune import FinetuneConfig
 from embslim.pipeline.targets import TargetsConfig
@@ -33,10 +33,6 @@ if TYPE_CHECKING:
     from embslim.pipeline.vocab import PrunedVocab
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config file or option is wrong."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +83,7 @@ class RunConfig:
     opset: int = 17
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         names = [v.name for v in self.variants]
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"variants need distinct names, got {names}")
@@ -110,60 +107,6 @@ class RunConfig:
 
 _SECTIONS = {"data": DataConfig, "prune": PruneConfig, "finetune": FinetuneConfig, "validate": ValidateConfig,
              "targets": TargetsConfig}
-
-
-def _type_name(hint: Any) -> str:
-    """A config type as a user reads it: 'an integer', 'true or false', 'a list of strings', ..."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (" (or omitted)" if type(None) in args else "")
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is tuple:
-        if args and get_origin(args[0]) is Literal:
-            return "a list of values from " + ", ".join(repr(a) for a in get_args(args[0]))
-        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    if is_dataclass(hint):
-        return "a table of options"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(hint, str(hint))
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
-    if hint is dict or origin is dict or is_dataclass(hint):
-        return isinstance(value, (dict, hint)) if is_dataclass(hint) else isinstance(value, dict)
-    return True
-
-
-def _example(key: str, hint: Any, default: Any) -> str:
-    """`key = <value>` in TOML, from the field's default (or its type when the default is None)."""
-    if default is None or default is MISSING:
-        default = next((d for t, d in ((bool, True), (int, 1), (float, 0.5), (str, "text")) if _fits(d, hint)), None)
-        if get_origin(hint) is Literal:
-            default = get_args(hint)[0]
-    if isinstance(default, tuple):
-        default = list(default) or ([get_args(get_args(hint)[0])[0]] if get_origin(get_args(hint)[0]) is Literal else ["text"])
-    if is_dataclass(default) or default is None:
-        return f"[{key}] then one option per line"
-    return f"{key} = {json.dumps(default)}"
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
@@ -385,9 +328,13 @@ def load_inputs(cfg: RunConfig, *, task: TaskData | None = None, data_root: str 
     task = task or load_task(cfg.data, data_root=data_root)
     loaded = load_classifier(cfg.model, labels=task.label_names, task=cfg.task, new_head=cfg.new_head)
     if not cfg.finetune.enabled and not loaded.kept_head:
-        raise ModelError(f"--no-finetune keeps the model as trained, but {cfg.model!r} gets a fresh, untrained "
-                         f"{'head (--new-head)' if cfg.new_head else 'head (it has no sequence-classification head)'}; "
-                         "drop --no-finetune to fine-tune it on labelled --train data, or pass a fine-tuned classifier")
+        if cfg.new_head:
+            raise ModelError(f"--no-finetune keeps the model as trained, but --new-head gives {cfg.model!r} a fresh, "
+                             "untrained head; drop --new-head to keep its own head, or drop --no-finetune to train the "
+                             "new head on labelled --train data")
+        raise ModelError(f"--no-finetune keeps the model as trained, but {cfg.model!r} gets a fresh, untrained head (it "
+                         "has no sequence-classification head); drop --no-finetune to fine-tune it on labelled --train "
+                         "data, or pass a fine-tuned classifier")
     if loaded.kept_head:
         task = match_labels(task, loaded.labels, model=cfg.model, training=cfg.finetune.enabled)
     elif task.train.labels is not None and len(task.train) == 0:
@@ -637,8 +584,9 @@ def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "Prune
                   f"DEP vocabulary counted on {corpus}; unseen ids -> {cfg.prune.fallback}.",
                   "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
                   f"total wall time {seconds:.0f} s."]
-                 + (["fine-tuning off (--no-finetune): the given model's weights are kept; original_agreement is each "
-                     "artifact's label agreement with the given model on the eval texts."] if not ft_cfg.enabled else [])
+                 + (["fine-tuning off (--no-finetune): the given model's weights are kept; \"agrees with given model\" "
+                     "is each file's label agreement with the given PyTorch model on the eval texts, and \"max |Δlogit| "
+                     "vs given model\" the largest logit difference there."] if not ft_cfg.enabled else [])
                  + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}),
     }
 

@@ -55,7 +55,9 @@ class TargetsConfig:
 
     def __post_init__(self) -> None:
         from embslim.exporters.quantize import TARGETS
+        from embslim.pipeline.config_types import check_field_types
 
+        check_field_types(self)
         object.__setattr__(self, "targets", tuple(self.targets))
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown:

@@ -39,6 +39,9 @@ class ValidateConfig:
     measure: bool = True                  # latency + RSS probes (about 10 s per model)
 
     def __post_init__(self) -> None:
+        from embslim.pipeline.config_types import check_field_types
+
+        check_field_types(self)
         if self.batch_size < 1 or self.latency_seq_len < 2 or self.latency_runs < 1:
             raise ValueError("batch_size >= 1, latency_seq_len >= 2 and latency_runs >= 1 are required")
         if not 0 <= self.min_agreement <= 1:
@@ -129,9 +132,11 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: 
         ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
     log.info("%s: accuracy %.2f%%%s%s%s", file, 100 * metrics["accuracy"],
-             f", agreement with the original model {100 * metrics['original_agreement']:.2f}%"
+             f", agreement with the given model {100 * metrics['original_agreement']:.2f}% (max |dlogit| "
+             f"{metrics['original_max_logit_diff']:.1e})"
              if "original_agreement" in metrics else "",
-             f", agreement {100 * metrics['agreement']:.2f}%, max |dlogit| {metrics['max_logit_diff']:.1e}" if "agreement" in metrics else "",
+             f", agreement with its PyTorch model {100 * metrics['agreement']:.2f}% (max |dlogit| "
+             f"{metrics['max_logit_diff']:.1e})" if "agreement" in metrics else "",
              f", p50 {metrics['latency_ms_p50']:.2f} ms, peak RSS {metrics['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in metrics else "")
     return metrics, logits
 

@@ -54,6 +54,9 @@ class PruneConfig:
     trim_positions: bool = False
 
     def __post_init__(self) -> None:
+        from embslim.pipeline.config_types import check_field_types
+
+        check_field_types(self)
         if self.fallback not in ("nearest", "unk"):
             raise VocabError(f"fallback must be 'nearest' or 'unk', got {self.fallback!r}")
         if self.metric not in ("l2", "cosine"):

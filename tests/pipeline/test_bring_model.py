@@ -199,3 +199,18 @@ def test_the_python_api_builds_the_same_configs_as_the_cli(classifier_dir, tmp_p
     assert embslim.config_from_dict({"model": str(classifier_dir), "data": {"texts": [str(tmp_path / "t.txt")]},
                                      "finetune": {"epochs": 0, "max_length": 32}, "validate": {"measure": False},
                                      "targets": {"targets": []}}).finetune.enabled is False
+
+
+@pytest.mark.parametrize(("make", "pattern"), [
+    (lambda e: e.DataConfig(texts="train.txt"), r"DataConfig: texts must be a list of strings, got str 'train.txt'; "
+                                                r"e\.g\. texts = \[\"train\.txt\"\]"),
+    (lambda e: e.TargetsConfig(targets="arm64"), r"TargetsConfig: targets must be a list of values from 'arm64'"),
+    (lambda e: e.FinetuneConfig(epochs="two"), r"FinetuneConfig: epochs must be a number, got str 'two'; e\.g\. epochs = 1\.0"),
+    (lambda e: e.ValidateConfig(measure="no"), r"ValidateConfig: measure must be true or false"),
+    (lambda e: e.PruneConfig(keep_top=1.5), r"PruneConfig: keep_top must be an integer, got float 1\.5"),
+])
+def test_the_python_api_configs_check_their_own_types(make, pattern):
+    import embslim
+
+    with pytest.raises(ValueError, match=pattern):
+        make(embslim)

@@ -143,7 +143,7 @@ def test_markdown_variants_table_numbers() -> None:
     assert ref[col["Δ accuracy (pts)"]] == "+0.00"
     assert dep[col["Δ accuracy (pts)"]] == "-0.34"  # 0.8349 - 0.8383
     assert int8[col["Δ accuracy (pts)"]] == "-0.69"  # 0.8314 - 0.8383
-    assert dep[col["agreement %"]] == "99.66"
+    assert dep[col["agreement with PyTorch %"]] == "99.66"
     assert ref[col["size vs ref"]] == "1.00x"
     assert dep[col["size vs ref"]] == "0.68x"  # 61,797,408 / 90,900,000
     assert int8[col["size vs ref"]] == "0.17x"
