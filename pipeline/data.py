@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import os
 import random
 import re
 from collections import Counter
@@ -519,10 +520,18 @@ def _load_hf(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
         elif local is not None:
             ds = datasets.load_dataset(str(local))
         else:
+            from embslim.pipeline.model import hub_unreachable
+
+            reason = None if os.environ.get("HF_DATASETS_OFFLINE") == "1" else hub_unreachable()
+            if reason:
+                raise DataError(f"dataset {name!r} is not a local folder (under --data-root or here), and {reason}; "
+                                "pass the folder written by save_to_disk, or --train/--eval files")
             path, sep, config = name.partition(":")
             if not sep and path.count("/") == 1:  # "glue/sst2" -> ("glue", "sst2")
                 path, config = path.split("/")
             ds = datasets.load_dataset(path, config or None)
+    except DataError:
+        raise
     except Exception as e:  # network, unknown name, missing config, damaged folder: one user-facing problem
         where = f"local folder {local}" if local is not None else "the Hugging Face hub"
         raise DataError(f"could not load dataset {name!r} from {where} ({type(e).__name__}: {str(e)[:200]}); check "

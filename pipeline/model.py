@@ -201,6 +201,44 @@ def _check_config(path: str) -> None:
         raise ModelError(f"{config} must be a JSON object with a 'model_type'; copy the model's config.json again")
 
 
+def _check_hub_reachable(name: str) -> None:
+    """Fail at once, in one line, when `name` is not a local folder, not in the Hugging Face cache and
+    the hub's host does not even resolve: huggingface_hub would otherwise retry for ~30 s and log
+    every retry. A reachable hub, HF_HUB_OFFLINE and cached models take the normal path."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except Exception:   # noqa: BLE001 - not a valid repo id, or an old huggingface_hub: let transformers say so
+        return
+    reason = hub_unreachable()
+    if reason:
+        raise ModelError(f"model {name!r} is not a local folder, and {reason}; pass --model with a local folder "
+                         f"(./{name} if it is one in this directory) or connect to the network")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (its host, HF_ENDPOINT's or huggingface.co, does not
+    resolve), or None when it may be. A DNS lookup only: it fails at once where the hub is cut off,
+    instead of huggingface_hub's ~30 s of logged retries."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, endpoint.port or 443)
+    except OSError as e:
+        return f"the Hugging Face hub ({host}) cannot be reached from here ({e.strerror or e})"
+    return None
+
+
 def load_config(name: str):
     """The model's Hugging Face config (local folder or hub id); ModelError in one line otherwise."""
     from transformers import AutoConfig
@@ -208,6 +246,8 @@ def load_config(name: str):
     path = resolve_model(name)
     if _looks_like_path(name) and not Path(path).expanduser().is_dir():
         raise ModelError(f"model folder {path!r} does not exist; check the path given to --model")
+    if not Path(path).expanduser().is_dir():
+        _check_hub_reachable(name)
     _check_config(path)
     try:
         return AutoConfig.from_pretrained(path)

@@ -214,3 +214,23 @@ def test_the_python_api_configs_check_their_own_types(make, pattern):
 
     with pytest.raises(ValueError, match=pattern):
         make(embslim)
+
+
+def test_a_name_that_is_neither_a_folder_nor_reachable_fails_at_once(tmp_path, capsys, monkeypatch):
+    """Where the hub is cut off (as here), a mistyped folder name is one line, not ~30 s of retries."""
+    import socket
+    import time
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)   # the same answer on machines that do reach the hub
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    train = _csv(tmp_path / "train.csv", [(t, y) for y in ("a", "b") for t in _texts("weather", 6, len(y))])
+    t0 = time.perf_counter()
+    code = main(["run", "--model", "no-such-local-folder", "--train", str(train), "--out", str(tmp_path / "b"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and time.perf_counter() - t0 < 10
+    assert err.splitlines()[-1].endswith("pass --model with a local folder (./no-such-local-folder if it is one in "
+                                         "this directory) or connect to the network")
+    assert "Retrying" not in err and "Traceback" not in err
