@@ -44,6 +44,11 @@ def to_ort_format(model_onnx: str | Path, out_dir: str | Path, *,
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    # ORT's tools give their loggers level DEBUG when imported (onnxruntime.tools.logger.get_logger),
+    # which bypasses the levels the embslim command sets: let them inherit those (WARNING unless -v).
+    for name in ("ort_format_model.utils", "ort_format_model"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
     from embslim.exporters.compare import compare_onnx
 
     model_onnx, out_dir = Path(model_onnx), Path(out_dir)
