@@ -510,8 +510,11 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
             for i, name in enumerate((["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"], start=1):
                 log.info("validate %d/%d: %s", i, len(variants), name)
                 v = variants[name]
-                torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
-                                              max_length=max_length, batch_size=cfg.validate.batch_size)
+                if v["model"] is original and plan[name] is None and original_logits is not None:
+                    torch_logits = original_logits   # the given model, untrained: its eval logits are already here
+                else:
+                    torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
+                                                  max_length=max_length, batch_size=cfg.validate.batch_size)
                 metrics, _ = validate_artifact(v["folder"], "model.onnx", task.eval, n_labels=len(task.label_names),
                                                cfg=cfg.validate, torch_logits=torch_logits, original_logits=original_logits)
                 check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate)
