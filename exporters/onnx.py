@@ -2,7 +2,10 @@
 
 The exported graph's contract is data (`OnnxContract`): it takes the ORIGINAL tokenizer's
 `input_ids`, `attention_mask` and, for families that use them, `token_type_ids` (int64,
-[batch, sequence], both axes dynamic), and returns `logits` [batch, labels]. The DEP remap is an
+[batch, sequence], both axes dynamic), and returns the task's outputs: `logits` [batch, labels]
+for a classifier; `token_embeddings` [batch, sequence, hidden], `sentence_embedding` [batch, dim]
+and `last_hidden_state` (an Identity alias of token_embeddings, the name Optimum's
+ORTModelForFeatureExtraction reads) for a sentence encoder. The DEP remap is an
 int32 Gather inside the graph. After export the graph is validated on shapes that differ from
 the tracing input: names, then shapes, then values; every failure is collected and one
 `OnnxValidationError` is raised, so a bad export never becomes a bundle.
@@ -15,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -47,8 +50,9 @@ class OnnxContract:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...] = ("logits",)
     opset: int = 17
-    atol: float = 1e-4                 # max |logit difference| vs PyTorch
+    atol: float = 1e-4                 # max |output difference| vs PyTorch
     validation_shapes: tuple[tuple[int, int], ...] = DEFAULT_SHAPES
+    output_axes: Mapping[str, Mapping[int, str]] = field(default_factory=lambda: {"logits": {0: "batch"}})
 
     def __post_init__(self) -> None:
         if "input_ids" not in self.input_names:
@@ -74,19 +78,30 @@ class ValidationReport:
         return "; ".join(f"{what}: {detail}" for what, ok, detail in self.checks if not ok)
 
 
-def _logits_module(model: "PreTrainedModel", input_names: Sequence[str]) -> "torch.nn.Module":
-    """Positional-argument wrapper so torch.onnx names the inputs in the contract's order."""
+# Graph outputs that are another output under a second name: (the model's attribute it copies).
+_ALIASES = {"last_hidden_state": "token_embeddings"}
+
+
+def _output(result: object, name: str) -> "torch.Tensor":
+    return getattr(result, _ALIASES.get(name, name))
+
+
+def _outputs_module(model: "PreTrainedModel", input_names: Sequence[str], output_names: Sequence[str]) -> "torch.nn.Module":
+    """Positional-argument wrapper so torch.onnx names the inputs in the contract's order and
+    returns the contract's outputs in order (an alias as an Identity of the output it names)."""
     import torch
 
-    class Logits(torch.nn.Module):
+    class Outputs(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, *args: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(input_names, args))).logits
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            result = self.model(**dict(zip(input_names, args)))
+            outs = tuple(_output(result, n).clone() if n in _ALIASES else _output(result, n) for n in output_names)
+            return outs if len(outs) > 1 else outs[0]
 
-    return Logits()
+    return Outputs()
 
 
 def graph_input_names(model: "PreTrainedModel", input_names: Sequence[str]) -> tuple[str, ...]:
@@ -129,11 +144,11 @@ def export_onnx(model: "PreTrainedModel", out_path: str | Path, *, contract: Onn
     # A new wrapper is in training mode, and torch.onnx restores that mode on everything under it
     # after export: set eval first, or the caller's model comes back with dropout on.
     names = graph_input_names(model, contract.input_names)
-    wrapper = _logits_module(model, names).eval()
+    wrapper = _outputs_module(model, names, contract.output_names).eval()
     vocab = int(model.config.vocab_size)
     dummy = _dummy_inputs((2, 8), names, vocab, seed=0, type_vocab_size=_types(model))
     args = tuple(torch.from_numpy(dummy[n]) for n in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {n: dict(a) for n, a in contract.output_axes.items()}
     t0 = time.perf_counter()
     with torch.inference_mode(), warnings.catch_warnings():
         # The tracer warns about constants in transformers' mask code; validation below is the real check.
@@ -162,15 +177,18 @@ def validate_onnx(model: "PreTrainedModel", onnx_path: str | Path, *, contract: 
         shapes = shapes_for(max_length, contract.validation_shapes) if max_length else contract.validation_shapes
         for i, shape in enumerate(shapes):
             feed = _dummy_inputs(shape, names, int(model.config.vocab_size), seed=i + 1, type_vocab_size=_types(model))
-            (onnx_logits,) = session.run(["logits"], feed)
+            got = dict(zip(contract.output_names, session.run(list(contract.output_names), feed)))
             with torch.inference_mode():
-                ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
-            if onnx_logits.shape != ref.shape:
-                report.add(f"shape at {shape}", False, f"expected {ref.shape}, got {onnx_logits.shape}")
-                continue
-            diff = float(np.abs(onnx_logits - ref).max())
-            report.max_abs_diff = max(report.max_abs_diff, diff)
-            report.add(f"values at {shape}", diff <= contract.atol, f"max |diff| {diff:.2e}, atol {contract.atol:g}")
+                result = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+            for out_name, onnx_out in got.items():
+                ref = _output(result, out_name).float().numpy()
+                what = f"{out_name} at {shape}" if len(got) > 1 else f"at {shape}"
+                if onnx_out.shape != ref.shape:
+                    report.add(f"shape {what}", False, f"expected {ref.shape}, got {onnx_out.shape}")
+                    continue
+                diff = float(np.abs(onnx_out - ref).max())
+                report.max_abs_diff = max(report.max_abs_diff, diff)
+                report.add(f"values {what}", diff <= contract.atol, f"max |diff| {diff:.2e}, atol {contract.atol:g}")
     if not report.ok:
         raise OnnxValidationError(f"ONNX export of {Path(onnx_path).name} does not match PyTorch: {report.failures()}")
     return report

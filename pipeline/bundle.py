@@ -254,6 +254,8 @@ class BundleMeta:
     input_names: tuple[str, ...]
     tokenizer_json: str | None = None  # the source's original tokenizer.json (vocabulary unchanged)
     task_type: str = "text-classification"   # Optimum's task name (embslim.pipeline.tasks)
+    # feature-extraction: {"dim", "pooling", "normalize", "dense"} (the runtime's Embedder reads it)
+    embedding: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -286,7 +288,8 @@ def write_tokenizer_and_config(model: "PreTrainedModel", tokenizer: "PreTrainedT
         tokenizer.model_max_length = saved_max
     if meta.tokenizer_json and Path(meta.tokenizer_json).is_file():
         _write_tokenizer_json(Path(meta.tokenizer_json), folder / "tokenizer.json", max_length=meta.max_length)
-    model.config.architectures = [type(model).__name__]
+    # A sentence encoder names its encoder's class (BertModel), which Optimum and sentence-transformers load.
+    model.config.architectures = [getattr(model, "architecture", type(model).__name__)]
     model.config.save_pretrained(folder)
 
 
@@ -318,7 +321,7 @@ def write_manifest(folder: Path, *, meta: BundleMeta, pad_id: int, artifacts: li
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "task": {"name": meta.task_name, "type": meta.task_type, "labels": list(meta.labels), "pair": meta.is_pair,
-                 "max_length": meta.max_length},
+                 "max_length": meta.max_length} | ({"embedding": meta.embedding} if meta.embedding else {}),
         "source_model": meta.source,
         "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(folder / "tokenizer.json"),
                       "pad_id": pad_id, "input_names": list(meta.input_names)},
@@ -332,19 +335,32 @@ def write_manifest(folder: Path, *, meta: BundleMeta, pad_id: int, artifacts: li
 
 def export_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path, *,
                  meta: BundleMeta, opset: int = 17, atol: float = 1e-4, stages: dict | None = None) -> list[dict]:
-    """Write tokenizer, config and a validated fp32 model.onnx into `folder`, plus a manifest
-    without metrics. Raises OnnxValidationError (and writes no manifest) if parity fails."""
+    """Write tokenizer, config and a validated fp32 model.onnx (the outputs of the bundle's task,
+    `embslim.pipeline.tasks`) into `folder`, plus a manifest without metrics; a sentence encoder
+    also gets the sentence-transformers files that let the folder load with
+    `SentenceTransformer(folder, backend="onnx")`. Raises OnnxValidationError (and writes no
+    manifest) if parity fails."""
     from embslim.exporters.onnx import OnnxContract, export_onnx, validate_onnx
     from embslim.pipeline.embedding import export_index_dtypes
+    from embslim.pipeline.tasks import get_task
 
     folder = Path(folder)
+    task = get_task(meta.task_type)
     write_tokenizer_and_config(model, tokenizer, folder, meta=meta)
-    contract = OnnxContract(input_names=meta.input_names, opset=opset, atol=atol)
+    extra = []
+    if getattr(model, "spec", None) is not None:   # a SentenceEncoder: its pooling as sentence-transformers files
+        from embslim.pipeline.sentence import write_sentence_transformers_files
+
+        extra = write_sentence_transformers_files(folder, model.spec, hidden=int(model.config.hidden_size),
+                                                  max_length=meta.max_length)
+    contract = OnnxContract(input_names=meta.input_names, output_names=tuple(task.outputs), output_axes=task.outputs,
+                            opset=opset, atol=atol)
     with export_index_dtypes(model):
         export_onnx(model, folder / "model.onnx", contract=contract)
         validate_onnx(model, folder / "model.onnx", contract=contract, max_length=meta.max_length)
     artifacts = [artifact_entry(folder, f, variant=v) for f, v in
                  (("model.onnx", "fp32"), ("tokenizer.json", "tokenizer"), ("config.json", "config"))]
+    artifacts += [artifact_entry(folder, f, variant="sentence-transformers") for f in extra]
     write_manifest(folder, meta=meta, pad_id=int(tokenizer.pad_token_id or 0), artifacts=artifacts,
                    stages=stages or {}, metrics={})
     return artifacts

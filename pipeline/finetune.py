@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -86,6 +86,9 @@ class FinetuneConfig:
     # Hinton et al.'s form; T=2 softens the teacher's near-one-hot logits enough to carry its ranking.
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
+    # Sentence embeddings (feature-extraction) distil with 1 - cosine(student, teacher) ("cosine") or
+    # the mean squared error of the vectors ("mse", sentence-transformers' MSELoss for model distillation).
+    distill_loss: Literal["cosine", "mse"] = "cosine"
     # Learning-rate multiplier for a COMPRESSED word embedding's parameters (k-sub tables, MESSI
     # coefficients and bases, SVD factors, PETE's MLP); a plain table (DEP, unpruned) keeps the base
     # rate. A compressed embedding starts far from the pretrained rows (k-sub reconstructs ~5% of
@@ -109,6 +112,8 @@ class FinetuneConfig:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.learning_rate < 1:
             raise FinetuneError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.distill_loss not in ("cosine", "mse"):
+            raise FinetuneError(f"distill_loss must be cosine or mse, got {self.distill_loss!r}")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise FinetuneError("distill_alpha must be in [0, 1] and distill_temperature > 0")
         if not 0 < self.embedding_lr_scale <= 1000:
@@ -144,8 +149,10 @@ def _accuracy(eval_pred) -> dict:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
-def _distill_trainer(alpha: float, temperature: float) -> type:
-    """A Trainer whose loss mixes the labels' cross-entropy with the teacher's softened logits."""
+def _distill_trainer(alpha: float, temperature: float, *, output: str = "logits", distance: str = "cosine") -> type:
+    """A Trainer whose loss mixes the labels' cross-entropy with the teacher's softened logits, or,
+    for a sentence encoder (`output` "sentence_embedding"), is the distance of its sentence
+    embeddings to the teacher's: 1 - cosine, or the mean squared error (`distance`)."""
     import torch.nn.functional as F
     from transformers import Trainer
 
@@ -155,6 +162,11 @@ def _distill_trainer(alpha: float, temperature: float) -> type:
             if teacher is None:   # the eval split carries no teacher logits: plain cross-entropy there
                 return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
             outputs = model(**inputs)
+            if output != "logits":
+                student = getattr(outputs, output)
+                dist = (1 - F.cosine_similarity(student, teacher, dim=-1)).mean() if distance == "cosine" \
+                    else F.mse_loss(student, teacher)
+                return (dist, outputs) if return_outputs else dist
             kl = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.softmax(teacher / temperature, -1),
                           reduction="batchmean") * temperature ** 2
             # Unlabelled text (or alpha = 1): the teacher's logits are the whole target.
@@ -224,9 +236,11 @@ def _scaled_embedding_lr(trainer_cls: type, scaled: list, scale: float) -> type:
 
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Split, eval_split: Split,
              *, cfg: FinetuneConfig, name: str = "model", work_dir: str | None = None,
-             teacher: PreTrainedModel | None = None) -> dict:
+             teacher: PreTrainedModel | None = None, output: str = "logits") -> dict:
     """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy).
-    With a `teacher`, its logits on the training examples join the loss (see FinetuneConfig)."""
+    With a `teacher`, its `output` on the training examples (logits; a sentence encoder's
+    sentence_embedding) joins the loss, or is the whole loss without labels (see FinetuneConfig).
+    An eval split without labels is not evaluated per epoch."""
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -236,12 +250,13 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
         raise FinetuneError("the training text has no labels: fine-tuning on it needs a teacher (distillation)")
     teacher_logits = None
     if teacher is not None:
-        teacher_logits = predict_logits(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length, batch_size=64,
-                                        desc=f"{name}: the teacher's logits on {len(train)} training texts")
+        teacher_logits = predict_outputs(teacher, tokenizer, train.texts, train.pairs, max_length=cfg.max_length,
+                                         batch_size=64, output=output,
+                                         desc=f"{name}: the teacher's {output} on {len(train)} training texts")
     if len(train) == 0:
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0
+    evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0 and eval_split.labels is not None
     with _trainer_dir(work_dir, name) as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -268,7 +283,8 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             disable_tqdm=False,
             remove_unused_columns=teacher is None,  # keep teacher_logits for the distillation loss
         )
-        trainer_cls = _distill_trainer(cfg.distill_alpha, cfg.distill_temperature) if teacher is not None else Trainer
+        trainer_cls = (_distill_trainer(cfg.distill_alpha, cfg.distill_temperature, output=output, distance=cfg.distill_loss)
+                       if teacher is not None else Trainer)
         frozen = _freeze_all_but_the_embedding(model) if cfg.embedding_only else []
         scaled = compressed_embedding_parameters(model) if cfg.embedding_lr_scale != 1.0 else []
         if scaled:   # a plain table (DEP, unpruned) trains exactly as without the option
@@ -308,6 +324,14 @@ def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
                    desc: str = "PyTorch logits for the parity check") -> np.ndarray:
     """PyTorch logits with per-batch padding, the same batching the runtime uses (for parity checks);
     `desc` names the loop in progress lines."""
+    return predict_outputs(model, tokenizer, texts, pairs, max_length=max_length, batch_size=batch_size, desc=desc)
+
+
+def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                    pairs: Sequence[str] | None = None, *, max_length: int, batch_size: int = 32,
+                    output: str = "logits", desc: str = "PyTorch outputs for the parity check") -> np.ndarray:
+    """One output of `model` (`logits` [n, labels], or a sentence encoder's `sentence_embedding`
+    [n, dim]; float32) over `texts`, with per-batch padding, the same batching the runtime uses."""
     import torch
 
     from embslim.pipeline.logs import progress
@@ -319,5 +343,8 @@ def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
         for s in progress(starts, total=len(starts), desc=desc, logger=log):
             enc = tokenizer(list(texts[s:s + batch_size]), list(pairs[s:s + batch_size]) if pairs is not None else None,
                             truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            out.append(model(**enc).logits.float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
+            out.append(getattr(model(**enc), output).float().numpy())
+    if out:
+        return np.concatenate(out)
+    width = model.config.num_labels if output == "logits" else getattr(model, "embedding_dim", model.config.hidden_size)
+    return np.zeros((0, width), dtype=np.float32)

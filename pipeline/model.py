@@ -59,7 +59,12 @@ class LoadedModel:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """The head's label names in id order (config.id2label)."""
+        """The head's label names in id order (config.id2label); () for a model without labels
+        (a sentence encoder)."""
+        from embslim.pipeline.tasks import get_task
+
+        if not get_task(self.task).has_labels:
+            return ()
         id2label = self.model.config.id2label
         return tuple(str(id2label[i]) for i in range(len(id2label)))
 
@@ -310,3 +315,44 @@ def load_classifier(name: str, *, labels: Sequence[str] = (), task: str | None =
              else f"a fresh head for {len(labels)} labels")
     return LoadedModel(model=model, tokenizer=tokenizer, name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name,
                        path=path, weights_sha256=_weights_sha256(path), task=resolved.name, kept_head=keep)
+
+
+def load_sentence_model(name: str, *, pooling: str | None = None, normalize: bool | None = None) -> LoadedModel:
+    """Load `name` as a sentence encoder (`embslim.pipeline.sentence.SentenceEncoder`): a
+    sentence-transformers folder's Transformer, Pooling, Dense and Normalize modules, read as data,
+    or a plain encoder with `pooling` (mean, cls or max) and `normalize` given. Raises ModelError,
+    TaskError or SentenceModelError with one line: missing model, unsupported family or module, a
+    classification head (that model is a text-classification model), or no pooling for a plain encoder."""
+    from safetensors import SafetensorError
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from embslim.pipeline.sentence import SentenceEncoder, pooling_spec
+    from embslim.pipeline.tasks import resolve_task
+
+    path = resolve_model(name)
+    config = load_config(name)
+    resolve_task("feature-extraction", config, model=name)
+    spec = pooling_spec(path, pooling=pooling, normalize=normalize)
+    tokenizer = load_tokenizer(name)
+    if not tokenizer.is_fast:
+        raise ModelError(f"model {name!r} has no fast (Rust) tokenizer; embslim bundles need tokenizer.json")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        encoder, info = AutoModel.from_pretrained(path, output_loading_info=True, add_pooling_layer=False) \
+            if config.model_type in ("bert", "roberta", "xlm-roberta") else AutoModel.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelError(_not_found(name, path, e)) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model = SentenceEncoder(encoder, spec)
+    family_of(model)
+    _check_loaded_weights(path, info)
+    match_token_types(model, tokenizer)
+    log.info("loaded %s (%s, %.1fM parameters) from %s as a sentence encoder: %s pooling%s%s (%s)", name,
+             config.model_type, sum(p.numel() for p in model.parameters()) / 1e6, path, spec.mode,
+             f", {len(spec.dense)} Dense layer(s)" if spec.dense else "", ", normalised" if spec.normalize else "",
+             "its sentence-transformers modules" if spec.source == "sentence-transformers" else "--pooling/--normalize")
+    return LoadedModel(model=model, tokenizer=tokenizer, name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name,
+                       path=path, weights_sha256=_weights_sha256(path), task="feature-extraction", kept_head=True)

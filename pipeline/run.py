@@ -72,6 +72,10 @@ class RunConfig:
     # A model with its own classification head keeps it and its labels (matched to the data's by
     # name); True trains a fresh head for the data's labels instead.
     new_head: bool = False
+    # feature-extraction: how token embeddings become the sentence embedding. None: the model's own
+    # sentence-transformers Pooling / Normalize modules (a plain encoder needs pooling).
+    pooling: str | None = None        # mean | cls | max
+    normalize: bool | None = None
     data: DataConfig = field(default_factory=DataConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -89,16 +93,21 @@ class RunConfig:
             raise ConfigError(f"variants need distinct names, got {names}")
         if self.bundle_variant is not None and self.bundle_variant not in names:
             raise ConfigError(f"bundle_variant {self.bundle_variant!r} is not one of the variants {names}")
-        if any(v.distill for v in self.variants) and "dep" not in names and self.finetune.enabled:
+        from embslim.pipeline.tasks import TaskError, get_task
+
+        try:
+            task = get_task(self.task)
+        except TaskError as e:
+            raise ConfigError(str(e)) from e
+        if (any(v.distill for v in self.variants) and "dep" not in names and self.finetune.enabled
+                and not task.keeps_model):
             raise ConfigError("distillation uses the fine-tuned 'dep' variant as teacher: add a variant named 'dep' "
                               "(with --no-finetune the given model itself is the teacher)")
-        if self.task is not None:
-            from embslim.pipeline.tasks import TaskError, get_task
-
-            try:
-                get_task(self.task)
-            except TaskError as e:
-                raise ConfigError(str(e)) from e
+        if (self.pooling is not None or self.normalize is not None) and task.primary_output != "sentence_embedding":
+            raise ConfigError(f"pooling / normalize shape sentence embeddings; they need --task feature-extraction "
+                              f"(the run's task is {task.name})")
+        if self.pooling is not None and self.pooling not in ("mean", "cls", "max"):
+            raise ConfigError(f"pooling must be mean, cls or max, got {self.pooling!r}")
 
     @property
     def chosen(self) -> str:
@@ -233,8 +242,12 @@ def stage(n: int, total: int, what: str) -> Iterator[None]:
 def bundle_meta(loaded: "LoadedModel", task: TaskData, *, max_length: int) -> "BundleMeta":
     from embslim.pipeline.bundle import BundleMeta
 
-    return BundleMeta(task_name=task.name, labels=tuple(task.label_names), is_pair=task.is_pair, max_length=max_length,
-                      task_type=loaded.task,
+    from embslim.pipeline.tasks import get_task
+
+    spec = getattr(loaded.model, "spec", None)   # a sentence encoder's pooling
+    return BundleMeta(task_name=task.name, labels=tuple(task.label_names) if get_task(loaded.task).has_labels else (),
+                      is_pair=task.is_pair, max_length=max_length, task_type=loaded.task,
+                      embedding=spec.to_json() | {"dim": loaded.model.embedding_dim} if spec is not None else None,
                       source={"name": loaded.name, "family": loaded.model.config.model_type, "weights_sha256": loaded.weights_sha256},
                       input_names=loaded.input_names, tokenizer_json=str(Path(loaded.path) / "tokenizer.json"))
 
@@ -277,9 +290,9 @@ def _describe(name: str, info: dict, *, keep: bool = False) -> str:
     if info["method"] == "table":
         return "DEP: task-text vocabulary, remap in graph" + (", no fine-tuning" if keep else "")
     opts = ", ".join(f"{k}={v}" for k, v in info["options"].items())
-    teacher = "the given model" if keep else "dep"
+    teacher = "the given model on the corpus" if keep else "dep"
     return (f"DEP + {info['method']}" + (f" ({opts})" if opts else "")
-            + (f", distilled from {teacher}" if info["distill"] else (", not trained" if keep else "")))
+            + (f", distilled from {teacher}" if info["distill"] else (", not trained (as fitted)" if keep else "")))
 
 
 def _fingerprint(**parts: Any) -> str:
@@ -323,9 +336,12 @@ def load_inputs(cfg: RunConfig, *, task: TaskData | None = None, data_root: str 
     Refuses (one line) a run that would keep an untrained head: --no-finetune on a bare encoder
     or with --new-head."""
     from embslim.pipeline.data import match_labels
-    from embslim.pipeline.model import ModelError, load_classifier
+    from embslim.pipeline.model import ModelError, load_classifier, load_sentence_model
+    from embslim.pipeline.tasks import get_task
 
     task = task or load_task(cfg.data, data_root=data_root)
+    if cfg.task is not None and not get_task(cfg.task).has_labels:   # a sentence encoder: no head, no labels to match
+        return task, load_sentence_model(cfg.model, pooling=cfg.pooling, normalize=cfg.normalize)
     loaded = load_classifier(cfg.model, labels=task.label_names, task=cfg.task, new_head=cfg.new_head)
     if not cfg.finetune.enabled and not loaded.kept_head:
         if cfg.new_head:
@@ -375,6 +391,7 @@ def _train_variants(variants: dict[str, dict], plan: dict[str, tuple | None], *,
     `work` so `--resume` can reuse them."""
     from embslim.pipeline.embedding import save_checkpoint
     from embslim.pipeline.finetune import finetune, is_main_process
+    from embslim.pipeline.tasks import get_task
 
     # A distilled variant's teacher ("dep" when fine-tuning) is trained first.
     order = sorted(variants, key=lambda n: (n != "dep", variants[n]["config"] is not None and variants[n]["config"].distill))
@@ -400,7 +417,7 @@ def _train_variants(variants: dict[str, dict], plan: dict[str, tuple | None], *,
             v["finetune"] = resumed
             continue
         v["finetune"] = finetune(v["model"], loaded.tokenizer, split, task.eval, cfg=ft_cfg, name=name,
-                                 work_dir=str(work), teacher=teacher)
+                                 work_dir=str(work), teacher=teacher, output=get_task(loaded.task).primary_output)
         if is_main_process():
             save_checkpoint(v["model"], loaded.tokenizer, folder,
                             meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
@@ -428,10 +445,12 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                                          staged_bundle, write_manifest)
     from embslim.pipeline.card import write_card
     from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, trim_positions
-    from embslim.pipeline.finetune import is_main_process, predict_logits, process_rank
+    from embslim.pipeline.finetune import is_main_process, predict_outputs, process_rank
     from embslim.pipeline.model import get_word_embeddings
     from embslim.pipeline.report import write_report
+    from embslim.pipeline.scoring import load_probes, scorer_for
     from embslim.pipeline.targets import build_targets
+    from embslim.pipeline.tasks import get_task
     from embslim.pipeline.validate import check_parity, validate_artifact
     from embslim.pipeline.vocab import fingerprint_dict, oov_stats, prune
 
@@ -439,22 +458,27 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     work = check_output(out.with_name(out.name + ".work"), kind="work", force=True, flag="work folder")
     total = 7
     t_start = time.perf_counter()
-    keep = not cfg.finetune.enabled
 
     with stage(1, total, "load task data and model"):
         task, loaded = load_inputs(cfg, task=task, data_root=data_root)
+        task_def = get_task(loaded.task)
+        keep = not cfg.finetune.enabled or task_def.keeps_model   # the given model is used as trained
+        # Sentence embeddings: only the kNN / pair data is labelled, and it is read before anything is written.
+        scorer = scorer_for(loaded.task, n_labels=len(task.label_names), probes=None if task_def.has_labels else
+                            load_probes(task, cfg.validate, data_root=data_root, clinc_eval_split=cfg.data.clinc_eval_split))
         make_work_dir(work, remove_trainers=process_rank()[1] == 1)   # created only now the inputs are checked
         max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
-        ft_cfg = replace(cfg.finetune, max_length=max_length)
+        ft_cfg = replace(cfg.finetune, max_length=max_length, enabled=cfg.finetune.enabled and not task_def.keeps_model)
         hidden = int(get_word_embeddings(loaded.model).embedding_dim)
         params_before = sum(p.numel() for p in loaded.model.parameters())
         original = copy.deepcopy(loaded.model) if cfg.baseline or loaded.kept_head else None
-        original_logits = None
+        original_logits = None   # the given model's outputs on the eval texts (logits, or sentence embeddings)
         if loaded.kept_head:   # every artifact is compared with the model the user gave
-            original_logits = predict_logits(original, loaded.tokenizer, task.eval.texts, task.eval.pairs,
-                                             max_length=max_length, batch_size=cfg.validate.batch_size,
-                                             desc="the given model's logits on the eval texts")
-            if task.eval.labels is None:   # unlabelled held-out text: the given model's labels are the reference
+            original_logits = predict_outputs(original, loaded.tokenizer, task.eval.texts, task.eval.pairs,
+                                              max_length=max_length, batch_size=cfg.validate.batch_size,
+                                              output=task_def.primary_output,
+                                              desc=f"the given model's {task_def.primary_output} on the eval texts")
+            if task.eval.labels is None and task_def.has_labels:   # unlabelled held-out text: its labels are the reference
                 task = replace(task, eval=task.eval.with_labels(original_logits.argmax(-1)), eval_labels_source="model")
         meta = bundle_meta(loaded, task, max_length=max_length)
 
@@ -493,7 +517,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
               "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},
               "finetune": {n: v["finetune"] for n, v in variants.items()} | {"enabled": ft_cfg.enabled},
-              "model": {"task": loaded.task, "head": "kept" if loaded.kept_head else "new"},
+              "model": {"task": loaded.task, "head": "none" if not task_def.has_labels else "kept" if loaded.kept_head else "new"}
+              | ({"embedding": meta.embedding} if meta.embedding else {}),
               "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
     with staged_bundle(out, force=force) as bundle:
         for name, v in variants.items():
@@ -513,11 +538,12 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                 if v["model"] is original and plan[name] is None and original_logits is not None:
                     torch_logits = original_logits   # the given model, untrained: its eval logits are already here
                 else:
-                    torch_logits = predict_logits(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
-                                                  max_length=max_length, batch_size=cfg.validate.batch_size)
-                metrics, _ = validate_artifact(v["folder"], "model.onnx", task.eval, n_labels=len(task.label_names),
-                                               cfg=cfg.validate, torch_logits=torch_logits, original_logits=original_logits)
-                check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate)
+                    torch_logits = predict_outputs(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
+                                                   max_length=max_length, batch_size=cfg.validate.batch_size,
+                                                   output=task_def.primary_output)
+                metrics, _ = validate_artifact(v["folder"], "model.onnx", task.eval, scorer=scorer, cfg=cfg.validate,
+                                               torch_outputs=torch_logits, original_outputs=original_logits)
+                check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate, scorer=scorer)
                 rows.append(metrics | {
                     "name": name, "precision": "fp32", "description": _describe(name, v["info"], keep=keep),
                     "file": "model.onnx" if v["folder"] == bundle else str(v["folder"] / "model.onnx"),
@@ -531,16 +557,16 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         with stage(6, total, f"quantize for {', '.join(cfg.targets.targets) or 'no targets'}"
                               + (" (every variant)" if cfg.targets.all_variants and cfg.targets.targets else "")):
             rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
-                     build_targets(bundle, task.eval, n_labels=len(task.label_names), cfg=cfg.targets,
-                                   validate=cfg.validate, work=work, original_logits=original_logits)]
+                     build_targets(bundle, task.eval, scorer=scorer, cfg=cfg.targets,
+                                   validate=cfg.validate, work=work, original_outputs=original_logits)]
             if cfg.targets.all_variants and cfg.targets.targets:
                 others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
                 for name, v in variants.items():
                     if v["folder"] != bundle:
                         rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
-                                 build_targets(v["folder"], task.eval, n_labels=len(task.label_names), cfg=others,
+                                 build_targets(v["folder"], task.eval, scorer=scorer, cfg=others,
                                                validate=cfg.validate, work=work / f"targets-{_slug(name)}",
-                                               original_logits=original_logits)]
+                                               original_outputs=original_logits)]
 
         with stage(7, total, "write manifest and report"):
             artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added
@@ -548,7 +574,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                            stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
                            metrics={r["name"]: r for r in rows})
             report = _report(cfg, task, loaded, vocab, vocab_stats, variants, rows, ft_cfg=ft_cfg, hidden=hidden,
-                             params_before=params_before, work=work, seconds=time.perf_counter() - t_start)
+                             params_before=params_before, work=work, seconds=time.perf_counter() - t_start,
+                             probes=getattr(scorer, "probes", None))
             write_report(report, bundle)
             write_card(bundle, report=report, source_dir=loaded.path)
     return out
@@ -556,58 +583,96 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
 
 def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "PrunedVocab", vocab_stats: dict,
             variants: dict[str, dict], rows: list[dict], *, ft_cfg: "FinetuneConfig", hidden: int, params_before: int,
-            work: Path, seconds: float) -> dict:
+            work: Path, seconds: float, probes: Any = None) -> dict:
     """report.json's content: the model, task, vocabulary, fine-tune settings, one row per artifact, notes."""
+    from embslim.pipeline.tasks import get_task
+
+    task_def = get_task(loaded.task)
     ft = variants[cfg.chosen]["finetune"]
     corpus = (f"the training split ({len(task.train)} examples)" if len(task.train) else "") + (
         f"{' and ' if len(task.train) else ''}{len(task.texts)} --text lines" if task.texts else "")
+    spec = getattr(loaded.model, "spec", None)
+    model = {"name": loaded.name, "family": loaded.model.config.model_type, "hidden_size": hidden,
+             "vocab_size": vocab.original_size, "total_params": params_before, "task": loaded.task,
+             "head": "none" if not task_def.has_labels else "kept (its own labels)" if loaded.kept_head else "new"}
+    if spec is not None:
+        model |= {"pooling": spec.mode, "normalize": spec.normalize, "dense": len(spec.dense),
+                  "embedding_dim": loaded.model.embedding_dim}
     return {
         "title": f"embslim footprint report: {task.name}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"name": loaded.name, "family": loaded.model.config.model_type, "hidden_size": hidden,
-                  "vocab_size": vocab.original_size, "total_params": params_before, "task": loaded.task,
-                  "head": "kept (its own labels)" if loaded.kept_head else "new"},
-        "task": {"name": task.name, "is_pair": task.is_pair, "n_labels": len(task.label_names),
-                 "labels": list(task.label_names)[:20], "n_train": len(task.train), "n_texts": len(task.texts),
-                 "n_train_used": ft["train_examples"], "n_eval": len(task.eval), "eval_labels": task.eval_labels_source},
+        "model": model,
+        "task": {"name": task.name, "type": loaded.task, "is_pair": task.is_pair,
+                 "n_labels": len(task.label_names) if task_def.has_labels else 0,
+                 "labels": list(task.label_names)[:20] if task_def.has_labels else [], "n_train": len(task.train),
+                 "n_texts": len(task.texts), "n_train_used": ft["train_examples"], "n_eval": len(task.eval),
+                 "eval_labels": task.eval_labels_source} | (probes.describe() if probes is not None else {}),
         "vocab": vocab_stats,
         "finetune": {"enabled": ft_cfg.enabled, "epochs": ft_cfg.epochs, "max_steps": ft_cfg.max_steps,
                      "batch_size": ft_cfg.batch_size, "learning_rate": ft_cfg.learning_rate, "max_length": ft_cfg.max_length,
                      "seed": ft_cfg.seed, "train_samples": ft["train_examples"],
-                     "seconds": {n: v["finetune"]["seconds"] for n, v in variants.items()}},
+                     "seconds": {n: v["finetune"]["seconds"] for n, v in variants.items()}}
+                    | ({"distill_loss": ft_cfg.distill_loss} if not task_def.has_labels else {}),
         "variants": rows,
-        "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}.",
-                  f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
-                  f"{cfg.validate.batch_size} with per-batch padding"
-                  + ("; the eval texts have no gold labels, so accuracy = agreement with the given model's labels."
-                     if task.eval_labels_source == "model" else "."),
-                  f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
-                  f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
-                  "peak RSS: VmHWM of that fresh process (model load + inference).",
-                  f"DEP vocabulary counted on {corpus}; unseen ids -> {cfg.prune.fallback}.",
-                  "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
-                  f"total wall time {seconds:.0f} s."]
+        "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}."]
+                 + _metric_notes(cfg, task, task_def, probes)
+                 + [f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
+                    f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
+                    "peak RSS: VmHWM of that fresh process (model load + inference).",
+                    f"DEP vocabulary counted on {corpus}; unseen ids -> {cfg.prune.fallback}.",
+                    "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
+                    f"total wall time {seconds:.0f} s."]
                  + (["fine-tuning off (--no-finetune): the given model's weights are kept; \"agrees with given model\" "
                      "is each file's label agreement with the given PyTorch model on the eval texts, and \"max |Δlogit| "
-                     "vs given model\" the largest logit difference there."] if not ft_cfg.enabled else [])
-                 + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}),
+                     "vs given model\" the largest logit difference there."] if not ft_cfg.enabled and task_def.has_labels else [])
+                 + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}, key=scorer_key(rows)),
     }
 
 
-def method_picks(rows: list[dict], methods: Mapping[str, str]) -> list[str]:
+def scorer_key(rows: list[dict]) -> str:
+    """The metric method_picks ranks by: accuracy, else kNN accuracy, else mean cosine to the original."""
+    return next((k for k in ("accuracy", "knn_accuracy", "cosine_mean") if any(r.get(k) is not None for r in rows)),
+                "accuracy")
+
+
+def _metric_notes(cfg: RunConfig, task: TaskData, task_def: Any, probes: Any) -> list[str]:
+    if task_def.has_labels:
+        return [f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
+                f"{cfg.validate.batch_size} with per-batch padding"
+                + ("; the eval texts have no gold labels, so accuracy = agreement with the given model's labels."
+                   if task.eval_labels_source == "model" else ".")]
+    info = probes.describe() if probes is not None else {}
+    notes = [f"ONNX Runtime CPU, through embslim.runtime.Embedder (batch {cfg.validate.batch_size}, per-batch padding); "
+             f"cosine = cosine between each file's sentence embeddings and the given (unpruned, PyTorch) model's on the "
+             f"{len(task.eval)} held-out texts: mean, 1st percentile and min."]
+    if "knn" in info:
+        notes.append(f"kNN accuracy: nearest neighbour (k = 1, cosine) of each of {info['knn']['n_queries']} queries "
+                     f"among {info['knn']['n_index']} index texts, correct when it has the query's label; data "
+                     f"{info['knn']['source']}; classes left out: {', '.join(cfg.validate.knn_ignore_labels) or 'none'}.")
+    if "pairs" in info:
+        notes.append(f"pair AUC: ROC-AUC of the cosine of each of {info['pairs']['n_pairs']} text pairs against their "
+                     f"0/1 label ({info['pairs']['source']}).")
+    notes.append("no fine-tuning: a sentence encoder is kept as trained; variants marked +distill learn their compressed "
+                 "embedding from the given model's sentence embeddings on the corpus.")
+    return notes
+
+
+def method_picks(rows: list[dict], methods: Mapping[str, str], *, key: str = "accuracy") -> list[str]:
     """One report line per compression method built in several variants: the variant to pick
-    (highest fp32 ORT accuracy), with the others' accuracies. `methods`: variant name -> method."""
+    (highest fp32 ORT `key`: accuracy, kNN accuracy or mean cosine), with the others'.
+    `methods`: variant name -> method."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        if not r.get("base") and r.get("accuracy") is not None and r["name"] in methods:
+        if not r.get("base") and r.get(key) is not None and r["name"] in methods:
             groups.setdefault(methods[r["name"]], []).append(r)
+    what = {"accuracy": "ORT accuracy", "knn_accuracy": "ORT kNN accuracy", "cosine_mean": "mean cosine x100"}[key]
     lines = []
     for method, members in groups.items():
         if len(members) > 1:
-            best, *rest = sorted(members, key=lambda r: -r["accuracy"])
-            lines.append(f"{method}: pick {best['name']} ({100 * best['accuracy']:.2f}% ORT accuracy, "
+            best, *rest = sorted(members, key=lambda r: -r[key])
+            lines.append(f"{method}: pick {best['name']} ({100 * best[key]:.2f}% {what}, "
                          f"{best['embedding_params']:,} embedding params); the others: "
-                         + ", ".join(f"{r['name']} {100 * r['accuracy']:.2f}%" for r in rest))
+                         + ", ".join(f"{r['name']} {100 * r[key]:.2f}%" for r in rest))
     return lines
 
 

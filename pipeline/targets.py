@@ -14,7 +14,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from embslim.pipeline.data import Split
 from embslim.pipeline.validate import ValidateConfig
@@ -70,24 +70,29 @@ class TargetsConfig:
             raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
 
 
-def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: TargetsConfig, validate: ValidateConfig,
-                  work: str | Path, original_logits: "np.ndarray | None" = None) -> list[dict]:
+def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
+                  work: str | Path, scorer: Any = None, n_labels: int | None = None,
+                  original_outputs: "np.ndarray | None" = None, original_logits: "np.ndarray | None" = None) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
-    return one metrics row per artifact for the report. `original_logits` (the user's trained model
-    on `split`) adds each artifact's agreement with that model to its row."""
+    return one metrics row per artifact for the report, judged by the task's `scorer`
+    (`embslim.pipeline.scoring`; `n_labels` alone means a classifier). `original_outputs` (the
+    user's model on `split`; `original_logits` is the classification spelling) adds each artifact's
+    comparison with that model to its row."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
-    from embslim.exporters.quantize import QuantizeConfig, check_quantized, quantize
+    from embslim.exporters.quantize import QuantizeConfig, quantize
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
-    from embslim.pipeline.validate import eval_logits, latency_ids
-    from embslim.runtime import Classifier
+    from embslim.pipeline.scoring import ClassificationScorer
+    from embslim.pipeline.validate import latency_ids
 
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
-    fp32 = Classifier.from_bundle(bundle, file="model.onnx", staging=True)   # maybe the bundle being written
+    scorer = scorer if scorer is not None else ClassificationScorer(int(n_labels or 0))
+    original = original_outputs if original_outputs is not None else original_logits
+    fp32 = scorer.load(bundle, "model.onnx")   # maybe the bundle being written
     shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
     if cfg.fuse:
         log.info("fusing model.onnx (ORT transformer optimizer%s)", ", and once without Attention for 4-bit" if cfg.int4 else "")
@@ -104,7 +109,8 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
                                     validation_shapes=shapes))
 
     rows = []
-    fp32_logits = eval_logits(fp32, split, batch_size=validate.batch_size, desc="model.onnx: eval (fp32 reference)")
+    fp32_outputs = scorer.outputs(fp32, split, batch_size=validate.batch_size, desc="model.onnx: eval (fp32 reference)")
+    fp32_metrics = scorer.metrics(fp32, fp32_outputs, split, batch_size=validate.batch_size)
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len,
                       max_length=fp32.max_length) if validate.measure else None
     for i, plan in enumerate(plans, start=1):
@@ -121,27 +127,24 @@ def build_targets(bundle: str | Path, split: Split, *, n_labels: int, cfg: Targe
             entries += [artifact_entry(bundle, ort_path.name, variant=f"{plan.variant}-ort", target=plan.target),
                         artifact_entry(bundle, ops.name, variant="required-operators", target=plan.target)]
         add_artifacts(bundle, entries)
-        check = check_quantized(bundle, plan.file_name, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits,
-                                original_logits=original_logits)
+        check = scorer.quantized(bundle, plan.file_name, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                                 max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
+                                 original=original)
         row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
                "description": f"{'fused, ' if source else ''}{plan.variant} for {plan.target}"
-                              + (" (FLAGGED: accuracy drop above max_drop)" if check["flagged"] else ""),
-               "onnx_bytes": q.bytes_out, "accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
-               "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"], "quantized_ops": q.quantized,
-               **{k: check[k] for k in ("original_agreement", "original_max_logit_diff") if k in check}}
+                              + (f" (FLAGGED: {scorer.primary} drop above max_drop)" if check["flagged"] else ""),
+               "onnx_bytes": q.bytes_out, **check, "quantized_ops": q.quantized}
         if ids is not None:
             row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
         rows.append(row)
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_file = Path(plan.file_name).with_suffix(".ort").name
-            ort_check = check_quantized(bundle, ort_file, split, n_labels=n_labels, max_drop=cfg.max_drop,
-                                        allow_drop=cfg.allow_drop, batch_size=validate.batch_size, fp32_logits=fp32_logits,
-                                        original_logits=original_logits)
+            ort_check = scorer.quantized(bundle, ort_file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                                         max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
+                                         original=original)
             row = {"name": f"{plan.variant}-{plan.target}-ort", "precision": plan.variant, "file": ort_file,
                    "description": f"ORT mobile format of {plan.file_name}", "onnx_bytes": (bundle / ort_file).stat().st_size,
-                   "accuracy": ort_check["accuracy"], "agreement_fp32": ort_check["agreement"],
-                   **{k: ort_check[k] for k in ("original_agreement", "original_max_logit_diff") if k in ort_check}}
+                   **{k: v for k, v in ort_check.items() if k not in ("accuracy_drop_vs_fp32", "flagged")}}
             rows.append(row | (measure(bundle / ort_file, ids, runs=validate.latency_runs, threads=validate.threads)
                                if ids is not None else {}))
     return rows

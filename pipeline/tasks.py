@@ -7,9 +7,9 @@ model with the wrong head refused), the ONNX outputs and their dynamic axes (Opt
 `embslim.runtime` class that loads its bundles. The stages read these fields; they hold no
 `if task == ...` chains.
 
-Only `text-classification` is built so far; `feature-extraction` (sentence embeddings) and
-`token-classification` (NER / PII tagging) are declared so that `--task` already parses and a
-model carrying their head is refused with one line instead of being trained as a classifier.
+`text-classification` and `feature-extraction` (sentence embeddings) are built;
+`token-classification` (NER / PII tagging) is declared so that `--task` already parses and a
+model carrying its head is refused with one line instead of being trained as a classifier.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class Task:
     runtime_class: str = ""            # embslim.runtime class for its bundles
     pipeline_tag: str = ""             # model-card / transformers pipeline tag
     built: bool = False                # False: declared for --task parsing, refused by `run`
+    primary_output: str = "logits"     # the output validation, parity and distillation compare
+    has_labels: bool = True            # False: a task learnt from plain text only (no head, no labels)
+    # True: the given model is used as it is (nothing to fine-tune without labels); only variants that
+    # distil train, from the given model, on the task's text.
+    keeps_model: bool = False
 
 
 TASKS: dict[str, Task] = {
@@ -40,8 +45,12 @@ TASKS: dict[str, Task] = {
         built=True),
     "feature-extraction": Task(
         "feature-extraction", "AutoModel", ("Model",),
-        outputs={"sentence_embedding": {0: "batch"}, "token_embeddings": {0: "batch", 1: "sequence"}},
-        runtime_class="Embedder", pipeline_tag="sentence-similarity"),
+        # last_hidden_state: an Identity alias of token_embeddings, the name Optimum's
+        # ORTModelForFeatureExtraction (and so sentence-transformers' ONNX backend) reads.
+        outputs={"token_embeddings": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"},
+                 "last_hidden_state": {0: "batch", 1: "sequence"}},
+        runtime_class="Embedder", pipeline_tag="sentence-similarity", built=True,
+        primary_output="sentence_embedding", has_labels=False, keeps_model=True),
     "token-classification": Task(
         "token-classification", "AutoModelForTokenClassification", ("ForTokenClassification",),
         outputs={"logits": {0: "batch", 1: "sequence"}}, runtime_class="Tagger", pipeline_tag="token-classification"),
@@ -52,8 +61,10 @@ _OTHER_HEADS = ("ForMaskedLM", "ForQuestionAnswering", "ForMultipleChoice", "For
                 "ForNextSentencePrediction")
 
 
-def get_task(name: str) -> Task:
-    """The task named `name` (Optimum's spelling); TaskError listing the known ones otherwise."""
+def get_task(name: str | None) -> Task:
+    """The task named `name` (Optimum's spelling; None: text-classification, for bundles and
+    checkpoints written before tasks were recorded); TaskError listing the known ones otherwise."""
+    name = name or "text-classification"
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]
@@ -78,7 +89,7 @@ def resolve_task(requested: str | None, config: Any, *, model: str) -> tuple[Tas
     head is text-classification, a token-classification model token-classification; a bare encoder
     (or one with a language-model head) gets a fresh text-classification head, the journey embslim
     started with. Raises TaskError (one line) when the model's head belongs to another task, or the
-    task is not built yet."""
+    task is not built yet. A bare encoder fits feature-extraction only when asked for it."""
     arches = list(getattr(config, "architectures", None) or [])
     head = head_of(arches)
     task = get_task(requested) if requested else get_task(head if head in TASKS else "text-classification")
@@ -86,7 +97,7 @@ def resolve_task(requested: str | None, config: Any, *, model: str) -> tuple[Tas
         raise TaskError(f"model {model!r} is a {head} model ({', '.join(arches)}) but the run's task is {task.name}; "
                         f"pass --task {head}, or a {task.name} model / a bare encoder")
     if not task.built:
-        raise TaskError(f"--task {task.name} is not built yet (embslim builds text-classification bundles); "
+        raise TaskError(f"--task {task.name} is not built yet (embslim builds {', '.join(n for n, t in TASKS.items() if t.built)} bundles); "
                         f"for model {model!r} ({', '.join(arches) or 'no architectures'}) pass --task text-classification "
                         "with a sequence classifier or a bare encoder")
     return task, head == task.name

@@ -1,7 +1,8 @@
 """Validate an exported model under ONNX Runtime: task accuracy, parity with PyTorch, latency, memory.
 
-Accuracy is measured through `embslim.runtime.Classifier`, i.e. exactly the code an app runs (stock
-tokenizer, per-batch padding, the graph's own remap). Parity compares those logits with PyTorch's
+Task metrics are measured through the runtime class an app runs (`embslim.runtime.Classifier` or
+`Embedder`: stock tokenizer, per-batch padding, the graph's own remap); what is measured per task
+is `embslim.pipeline.scoring`'s. Parity compares those logits with PyTorch's
 on the same batches. Latency and peak RSS come from a fresh process per model (embslim.pipeline.probe),
 so one model's memory never inflates another's.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -37,6 +38,14 @@ class ValidateConfig:
     parity_atol: float = 1e-4             # max |ONNX - PyTorch| logit difference for fp32
     min_agreement: float = 1.0            # share of predictions equal to PyTorch's (fp32: all of them)
     measure: bool = True                  # latency + RSS probes (about 10 s per model)
+    # feature-extraction metrics on labelled data (paths under --data-root, else the cwd):
+    # kNN intent accuracy (k = 1, cosine): the file's train split is the index, its eval split the
+    # queries (e.g. clinc150/data_full.json); None: the run's own --train / eval splits when labelled.
+    knn_data: str | None = None
+    # ROC-AUC of pair cosine against a 0/1 label: a file of labelled text pairs (e.g. mrpc/dev.tsv).
+    pair_data: str | None = None
+    pair_columns: tuple[str, ...] = ()   # (text, pair, label) columns of pair_data; () tries GLUE's and MRPC's names
+    knn_ignore_labels: tuple[str, ...] = ("oos",)   # classes left out of kNN (CLINC150's out-of-scope)
 
     def __post_init__(self) -> None:
         from embslim.pipeline.config_types import check_field_types
@@ -44,6 +53,8 @@ class ValidateConfig:
         check_field_types(self)
         if self.batch_size < 1 or self.latency_seq_len < 2 or self.latency_runs < 1:
             raise ValueError("batch_size >= 1, latency_seq_len >= 2 and latency_runs >= 1 are required")
+        if self.pair_columns and len(self.pair_columns) != 3:
+            raise ValueError(f"pair_columns names (text, pair, label) columns, got {list(self.pair_columns)}")
         if not 0 <= self.min_agreement <= 1:
             raise ValueError(f"min_agreement is a share in [0, 1], got {self.min_agreement}")
 
@@ -109,44 +120,44 @@ def eval_logits(clf: "Classifier", split: Split, *, batch_size: int, desc: str) 
     return np.concatenate(chunks) if chunks else np.zeros((0, len(clf.labels)), np.float32)
 
 
-def validate_artifact(bundle: str | Path, file: str, split: Split, *, n_labels: int, cfg: ValidateConfig,
-                      torch_logits: np.ndarray | None = None,
+def validate_artifact(bundle: str | Path, file: str, split: Split, *, cfg: ValidateConfig, scorer: Any = None,
+                      n_labels: int | None = None, torch_outputs: np.ndarray | None = None,
+                      original_outputs: np.ndarray | None = None, torch_logits: np.ndarray | None = None,
                       original_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json):
-    task metrics on `split`'s labels, parity with `torch_logits` (the same model in PyTorch) and
-    agreement with `original_logits` (the model the user gave, before pruning), each when given."""
-    from embslim.runtime import Classifier
+    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json),
+    run through the runtime class an app would use: the task's metrics on `split` (the `scorer`,
+    `embslim.pipeline.scoring`; `n_labels` alone means a classifier), parity with `torch_outputs`
+    (the same model in PyTorch) and the comparison with `original_outputs` (the model the user gave,
+    before pruning), each when given; latency and peak RSS in a fresh process when `cfg.measure`.
+    `torch_logits` / `original_logits` are the classification spellings of the two."""
+    from embslim.pipeline.scoring import ClassificationScorer
 
+    scorer = scorer if scorer is not None else ClassificationScorer(int(n_labels or 0))
+    torch_outputs = torch_outputs if torch_outputs is not None else torch_logits
+    original_outputs = original_outputs if original_outputs is not None else original_logits
     bundle = Path(bundle)
-    clf = Classifier.from_bundle(bundle, file=file, threads=None, staging=True)   # maybe the bundle being written
-    logits = eval_logits(clf, split, batch_size=cfg.batch_size, desc=f"{file}: eval")
-    metrics = task_metrics(logits, split.labels, n_labels=n_labels) | {"file": file, "onnx_bytes": (bundle / file).stat().st_size}
-    if torch_logits is not None:
-        metrics |= parity(logits, torch_logits)
-        metrics["torch_accuracy"] = task_metrics(torch_logits, split.labels, n_labels=n_labels)["accuracy"]
-    metrics |= against_original(logits, original_logits)
+    model = scorer.load(bundle, file)
+    outputs = scorer.outputs(model, split, batch_size=cfg.batch_size, desc=f"{file}: eval")
+    metrics = scorer.metrics(model, outputs, split, batch_size=cfg.batch_size) | {
+        "file": file, "onnx_bytes": (bundle / file).stat().st_size}
+    if torch_outputs is not None:
+        metrics |= scorer.parity(outputs, torch_outputs, split)
+    metrics |= scorer.against_original(outputs, original_outputs)
     if cfg.measure:
         from embslim.pipeline.probe import measure
 
         log.info("%s: latency and memory in a fresh process (%d runs)", file, cfg.latency_runs)
-        ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=clf.max_length)
+        ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=cfg.latency_seq_len, max_length=model.max_length)
         metrics |= measure(bundle / file, ids, runs=cfg.latency_runs, threads=cfg.threads)
-    log.info("%s: accuracy %.2f%%%s%s%s", file, 100 * metrics["accuracy"],
-             f", agreement with the given model {100 * metrics['original_agreement']:.2f}% (max |dlogit| "
-             f"{metrics['original_max_logit_diff']:.1e})"
-             if "original_agreement" in metrics else "",
-             f", agreement with its PyTorch model {100 * metrics['agreement']:.2f}% (max |dlogit| "
-             f"{metrics['max_logit_diff']:.1e})" if "agreement" in metrics else "",
+    log.info("%s: %s%s", file, scorer.summary(metrics),
              f", p50 {metrics['latency_ms_p50']:.2f} ms, peak RSS {metrics['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in metrics else "")
-    return metrics, logits
+    return metrics, outputs
 
 
-def check_parity(name: str, metrics: dict, *, cfg: ValidateConfig) -> None:
+def check_parity(name: str, metrics: dict, *, cfg: ValidateConfig, scorer: Any = None) -> None:
     """Raise one ValidationFailed naming every failed check (never downgraded to a warning)."""
-    problems = []
-    if metrics.get("max_logit_diff", 0.0) > cfg.parity_atol:
-        problems.append(f"max |logit difference| vs PyTorch {metrics['max_logit_diff']:.2e} > {cfg.parity_atol:g}")
-    if metrics.get("agreement", 1.0) < cfg.min_agreement:
-        problems.append(f"prediction agreement with PyTorch {100 * metrics['agreement']:.2f}% < {100 * cfg.min_agreement:.2f}%")
+    from embslim.pipeline.scoring import ClassificationScorer
+
+    problems = (scorer or ClassificationScorer(0)).parity_problems(metrics, cfg)
     if problems:
         raise ValidationFailed(f"{name} failed validation: " + "; ".join(problems))
