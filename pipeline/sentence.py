@@ -30,10 +30,16 @@ log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls", "max"]
 POOLINGS = ("mean", "cls", "max")
-# modules.json `type` -> kind. Both spellings sentence-transformers has written over its versions.
-_MODULE_TYPES = {f"sentence_transformers.models.{name}": name for name in ("Transformer", "Pooling", "Dense", "Normalize")}
-_MODULE_TYPES |= {f"sentence_transformers.models.{name.lower()}.{name}": name for name in ("Transformer", "Pooling", "Dense", "Normalize")}
-_MODULE_TYPES |= {"sentence_transformers.models.Normalize.Normalize": "Normalize"}
+# The module kinds embslim exports. A modules.json `type` is a dotted name in sentence_transformers
+# whose last part is the kind: `sentence_transformers.models.Pooling` (2.x-4.x), or
+# `sentence_transformers.sentence_transformer.modules.pooling.Pooling` (5.x). It is only compared, never imported.
+_KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def _module_kind(type_name: object) -> str | None:
+    name = str(type_name)
+    kind = name.rpartition(".")[2]
+    return kind if name.startswith("sentence_transformers.") and kind in _KINDS else None
 # Dense `activation_function` values -> what the exported graph computes.
 _ACTIVATIONS = {"torch.nn.modules.linear.Identity": "identity", "torch.nn.modules.activation.Tanh": "tanh",
                 "torch.nn.Identity": "identity", "torch.nn.Tanh": "tanh"}
@@ -90,7 +96,7 @@ def read_sentence_transformers(folder: str | Path) -> PoolingSpec | None:
     modules = _json(modules_file)
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise SentenceModelError(f"{modules_file} must be a list of module objects")
-    kinds = [(_MODULE_TYPES.get(str(m.get("type"))), m) for m in modules]
+    kinds = [(_module_kind(m.get("type")), m) for m in modules]
     unknown = [str(m.get("type")) for k, m in kinds if k is None]
     if unknown:
         raise SentenceModelError(f"{modules_file} has module(s) embslim cannot export: {', '.join(unknown)}; supported: "
@@ -115,17 +121,25 @@ def read_sentence_transformers(folder: str | Path) -> PoolingSpec | None:
                        max_seq_length=int(max_seq) if isinstance(max_seq, int) else None)
 
 
+_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max",
+                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
 def _pooling_mode(config: dict, where: Path) -> Pooling:
-    on = [k for k in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
-                      "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
-                      "pooling_mode_lasttoken") if config.get(k)]
-    modes = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
-    if len(on) != 1 or on[0] not in modes:
-        raise SentenceModelError(f"{where}: pooling {', '.join(on) or 'none'} is not supported; embslim exports exactly "
+    """The one pooling mode of a 1_Pooling/config.json: sentence-transformers 5's `pooling_mode`
+    (a name or a list of names) or the earlier `pooling_mode_*_token(s)` booleans."""
+    if "pooling_mode" in config:
+        raw = config["pooling_mode"]
+        on = [str(m) for m in (raw if isinstance(raw, list) else [raw])]
+    else:
+        on = [mode for key, mode in _LEGACY_POOLING.items() if config.get(key)]
+    if len(on) != 1 or on[0] not in POOLINGS:
+        raise SentenceModelError(f"{where}: pooling {' + '.join(on) or 'none'} is not supported; embslim exports exactly "
                                  "one of mean, cls or max pooling (pass --pooling to choose one)")
     if config.get("include_prompt") is False:
         raise SentenceModelError(f"{where}: include_prompt=false (pooling without the prompt tokens) is not supported")
-    return modes[on[0]]  # type: ignore[return-value]
+    return on[0]  # type: ignore[return-value]
 
 
 def _dense(folder: Path) -> DenseSpec:

@@ -91,3 +91,26 @@ def write_task_tsv(folder: Path, task) -> tuple[Path, Path]:
         rows = ["sentence\tlabel"] + [f"{t}\t{task.label_names[y]}" for t, y in zip(split.texts, split.labels)]
         (folder / name).write_text("\n".join(rows) + "\n")
     return folder / "train.tsv", folder / "dev.tsv"
+
+
+def make_tiny_sentence_model_dir(folder: Path, *, family: str = "bert", pooling: str = "mean", dense: int = 0,
+                                 normalize: bool = True, seed: int = 0) -> Path:
+    """A tiny sentence-transformers model saved by sentence-transformers itself: a tiny random
+    encoder (`make_tiny_model_dir`), `Pooling(pooling)`, `dense` Dense layers (Tanh, 32 -> 24 -> ...)
+    and `Normalize` when asked, as `SentenceTransformer.save` writes them (modules.json etc.)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    encoder_dir = make_tiny_model_dir(folder.parent / f".{folder.name}-encoder", family=family, seed=seed)
+    transformer = models.Transformer(str(encoder_dir), max_seq_length=64)
+    modules = [transformer, models.Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
+    width = transformer.get_embedding_dimension()
+    torch.manual_seed(seed + 1)
+    for _ in range(dense):
+        modules.append(models.Dense(width, width - 8, activation_function=torch.nn.Tanh()))
+        width -= 8
+    if normalize:
+        modules.append(models.Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    build_wordpiece(folder / "tokenizer.json")  # the original file (fixed padding on), as a real model ships it
+    return folder
