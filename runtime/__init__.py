@@ -29,14 +29,9 @@ never a TypeError.
 
 from __future__ import annotations
 
-from .classifier import (
-    DEFAULT_MAX_CHARS,
-    Classifier,
-    Prediction,
-    check_bundle_token_ids,
-    replace_lone_surrogates,
-)
+from .classifier import Classifier, Prediction, check_bundle_token_ids
 from .errors import BundleError, InputError, InputTypeError
+from .texts import DEFAULT_MAX_CHARS, replace_lone_surrogates
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
