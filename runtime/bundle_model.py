@@ -1,12 +1,13 @@
 """`BundleModel`: what every runtime class does with a bundle before its task-specific step.
 
-`from_bundle` reads and checks the manifest, picks the model variant, checks the sha256 of the model and tokenizer
+`from_bundle` reads and checks the manifest, refuses a bundle of another task (one line naming
+the class that loads it), picks the model variant, checks the sha256 of the model and tokenizer
 files, configures the tokenizer once (padding off, truncation at the bundle's max_length) and
 opens the ONNX Runtime session; the constructor checks the graph's inputs, lets the subclass
 check its output, and probes the graph with the tokenizer's largest token id. Calls validate
 their texts, tokenize and pad them one batch at a time and run the one graph output the class
-needs (`_output`). A subclass adds only how that output becomes results (`Classifier` turns
-`logits` into labels).
+needs (`_output`). A subclass adds only how that output becomes results: `Classifier` turns
+`logits` into labels, `Embedder` returns `sentence_embedding` rows.
 
 After loading the object is read-only: no call keeps state on `self`, and ONNX Runtime's
 `InferenceSession.run` and the tokenizer's `encode_batch` are thread-safe, so one instance
@@ -26,7 +27,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .errors import BundleError, InputError
-from .manifest import read_manifest, select_model_artifact, verify_artifact
+from .manifest import TASK_TYPES, read_manifest, select_model_artifact, task_type, verify_artifact
 from .session import check_token_ids, graph_inputs, open_session
 from .texts import DEFAULT_MAX_CHARS, as_list, check_max_chars, check_strings, clean
 from .tokens import load_tokenizer, pad_batch
@@ -35,16 +36,21 @@ __all__ = ["BundleModel"]
 
 logger = logging.getLogger(__name__)
 
+# What this runtime can load; TASK_TYPES also names classes it does not have yet (Tagger).
+_BUILT = ("Classifier", "Embedder")
+
 Model = TypeVar("Model", bound="BundleModel")
 
 
 class BundleModel:
     """Base of the runtime classes; build a subclass with `Subclass.from_bundle(path)`.
 
-    A subclass sets `_output` (the graph output it runs) and `_verb` (what it does to texts, for messages), and overrides
+    A subclass sets `task_type` (the manifest's `task.type` it loads), `_output` (the graph
+    output it runs) and `_verb` (what it does to texts, for messages), and overrides
     `_check_output` (the output's name and shape, at load) and `_describe` (for repr).
     """
 
+    task_type: ClassVar[str] = ""
     _output: ClassVar[str] = ""
     _verb: ClassVar[str] = "takes"
 
@@ -60,6 +66,7 @@ class BundleModel:
     ) -> None:
         check_max_chars(max_chars)
         self.model_path: Path = Path(model_path)
+        type(self)._check_task(manifest, where=str(self.model_path.parent))
         task = manifest["task"]
         self.manifest: dict[str, Any] = dict(manifest)
         self.max_length: int = int(task["max_length"])
@@ -115,7 +122,8 @@ class BundleModel:
             otherwise such a folder is refused with a BundleError.
 
         Raises `BundleError` (one line) for a missing, damaged, tampered or incompatible
-        bundle; `ValueError` for a bad `threads` or `max_chars`.
+        bundle, and for a bundle of another task (naming the class that loads it);
+        `ValueError` for a bad `threads` or `max_chars`.
         """
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
@@ -124,6 +132,7 @@ class BundleModel:
         check_max_chars(max_chars)
         bundle = Path(path)
         manifest = read_manifest(bundle, staging=staging)
+        cls._check_task(manifest, where=str(bundle))  # before hashing anything
         entry = select_model_artifact(manifest, variant=variant, file=file)
         tok_entry = _tokenizer_entry(manifest)
         if verify:
@@ -180,6 +189,33 @@ class BundleModel:
     def _describe(self) -> list[str]:
         """The task-specific `name=value` parts of repr()."""
         return []
+
+    # -- the task check -------------------------------------------------------------------
+
+    @classmethod
+    def _check_task(cls, manifest: Mapping[str, Any], *, where: str) -> None:
+        """`BundleError` (one line) when the manifest's task.type is not this class's."""
+        kind = task_type(manifest)
+        if kind == cls.task_type:
+            return
+        wanted = TASK_TYPES.get(kind)
+        if wanted in _BUILT:
+            raise BundleError(
+                f"{where!r} is a {kind} bundle; load it with embslim.runtime.{wanted}"
+                f".from_bundle(...), not {cls.__name__} (or with embslim.runtime.load_bundle"
+                "(...), which picks the class from the manifest)"
+            )
+        loads = ", ".join(f"{t} bundles with {c}" for t, c in TASK_TYPES.items() if c in _BUILT)
+        if wanted is not None:
+            raise BundleError(
+                f"{where!r} is a {kind} bundle, which needs embslim.runtime.{wanted}; this "
+                f"runtime has no {wanted} yet (it loads {loads}): upgrade embslim when it ships "
+                f"{wanted}"
+            )
+        raise BundleError(
+            f"{where!r} is a bundle of task {kind!r}, which this runtime does not know (it "
+            f"loads {loads}); upgrade embslim, or re-export the bundle for one of those tasks"
+        )
 
     # -- internals (no state is written here: safe to run from many threads) --------------
 

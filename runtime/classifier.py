@@ -9,7 +9,6 @@ class adds text pairs and how the graph's `logits` become labels and probabiliti
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -20,7 +19,6 @@ from tokenizers import Tokenizer
 
 from .bundle_model import BundleModel
 from .errors import BundleError, InputError, InputTypeError
-from .manifest import read_manifest
 from .session import graph_outputs
 
 # Re-exported: code written before the runtime had more than one class imports these from
@@ -35,7 +33,7 @@ from .texts import (  # noqa: F401
     replace_lone_surrogates,
 )
 
-__all__ = ["Classifier", "Prediction", "check_bundle_token_ids", "replace_lone_surrogates", "softmax"]
+__all__ = ["Classifier", "Prediction", "replace_lone_surrogates", "softmax"]
 
 _OUTPUT = "logits"
 
@@ -57,9 +55,11 @@ class Classifier(BundleModel):
 
     Build it with `Classifier.from_bundle(path)` (see `BundleModel.from_bundle` for its
     options and errors); the constructor takes an already-open session and configured
-    tokenizer and is meant for tests and tools.
+    tokenizer and is meant for tests and tools. A feature-extraction bundle is refused with
+    a `BundleError` naming `Embedder`.
     """
 
+    task_type = "text-classification"
     _output = _OUTPUT
     _verb = "classifies"
 
@@ -239,17 +239,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def check_bundle_token_ids(path: str | os.PathLike[str]) -> list[str]:
-    """Load every ONNX model artifact of a bundle with its tokenizer (what `embslim inspect`
-    calls): raises the `BundleError` `Classifier.from_bundle` would raise for any of them,
-    e.g. token ids past the graph's vocabulary; returns the model files checked."""
-    manifest = read_manifest(path)
-    checked = []
-    for entry in manifest["artifacts"]:
-        name = str(entry.get("file", ""))
-        if name.endswith((".onnx", ".ort")) and entry.get("variant") not in ("tokenizer", "config"):
-            Classifier.from_bundle(path, file=name, threads=1, verify=False)
-            checked.append(name)
-    return checked
