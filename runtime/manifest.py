@@ -1,7 +1,9 @@
 """Read and check a bundle's `manifest.json`, and find and verify the files it lists.
 
-A bundle is a directory; `manifest.json` says which task it solves (labels, single text or
-text pair, max_length), which tokenizer file and pad id to use, and lists every artifact as
+A bundle is a directory; `manifest.json` says which task it solves (`task.type`: a
+text-classification bundle's labels and whether it takes single texts or text pairs, a
+feature-extraction bundle's `task.embedding` dim, pooling and normalisation; max_length), which
+tokenizer file and pad id to use, and lists every artifact as
 `{file, variant, target, bytes, sha256}`. This module only reads that data: it never
 imports or executes anything the manifest names, and it refuses artifact paths that point
 outside the bundle directory.
@@ -26,11 +28,13 @@ from .errors import BundleError
 __all__ = [
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
+    "TASK_TYPES",
     "artifact",
     "machine_targets",
     "read_manifest",
     "select_model_artifact",
     "sha256_file",
+    "task_type",
     "verify_artifact",
 ]
 
@@ -38,6 +42,19 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+
+# `task.type`, named as Optimum's TasksManager (and embslim.pipeline.tasks) names tasks, and the
+# embslim.runtime class that loads such bundles. Manifests written before `task.type` existed
+# are text-classification bundles.
+TASK_TYPES: dict[str, str] = {
+    "text-classification": "Classifier",
+    "feature-extraction": "Embedder",
+    "token-classification": "Tagger",
+}
+DEFAULT_TASK_TYPE = "text-classification"
+# How a feature-extraction graph pools token embeddings into `sentence_embedding`
+# (sentence-transformers' 1_Pooling/config.json modes the pipeline exports).
+POOLINGS = ("mean", "cls", "max")
 
 _CHUNK = 1 << 20  # 1 MiB: large enough to hash at disk speed, small enough to never matter for RSS.
 _FIX = "re-export the bundle (or re-download it)"
@@ -135,17 +152,32 @@ def _check_manifest(manifest: Mapping[str, Any], bundle: Path) -> list[str]:
     if not isinstance(task, dict):
         problems.append(f"'task' must be an object, got {_kind(task)}")
     else:
+        kind = task.get("type", DEFAULT_TASK_TYPE)
+        if not isinstance(kind, str) or not kind:
+            problems.append(
+                f"'task.type' must be a task name such as {DEFAULT_TASK_TYPE!r}, got {kind!r}"
+            )
+        embedding = kind == "feature-extraction"
         labels = task.get("labels")
         if (
             not isinstance(labels, list)
-            or not labels
+            or not (labels or embedding)
             or not all(isinstance(label, str) for label in labels)
         ):
-            problems.append(f"'task.labels' must be a non-empty list of strings, got {labels!r}")
+            what = (
+                "a list of strings (empty for a feature-extraction bundle)"
+                if embedding
+                else "a non-empty list of strings"
+            )
+            problems.append(f"'task.labels' must be {what}, got {labels!r}")
         elif len(set(labels)) != len(labels):
             problems.append(f"'task.labels' has duplicates: {labels!r}")
         if not isinstance(task.get("pair"), bool):
             problems.append(f"'task.pair' must be true or false, got {task.get('pair')!r}")
+        elif embedding and task["pair"]:
+            problems.append("'task.pair' must be false for a feature-extraction bundle, got true")
+        if embedding:
+            problems += _check_embedding(task.get("embedding"))
         if not _is_positive_int(task.get("max_length")):
             problems.append(
                 f"'task.max_length' must be a positive integer, got {task.get('max_length')!r}"
@@ -192,6 +224,36 @@ def _check_manifest(manifest: Mapping[str, Any], bundle: Path) -> list[str]:
         ):
             problems.append(f"{where}.sha256 must be 64 hex digits, got {digest!r}")
     return problems
+
+
+def _check_embedding(spec: object) -> list[str]:
+    """`task.embedding` of a feature-extraction bundle: {"dim", "pooling", "normalize"}."""
+    if not isinstance(spec, dict):
+        return [
+            f"'task.embedding' must be an object like "
+            f'{{"dim": 384, "pooling": "mean", "normalize": true}}, got {_kind(spec)}'
+        ]
+    problems = []
+    if not _is_positive_int(spec.get("dim")):
+        problems.append(f"'task.embedding.dim' must be a positive integer, got {spec.get('dim')!r}")
+    if spec.get("pooling") not in POOLINGS:
+        problems.append(
+            f"'task.embedding.pooling' must be one of {', '.join(POOLINGS)}, "
+            f"got {spec.get('pooling')!r}"
+        )
+    if not isinstance(spec.get("normalize"), bool):
+        problems.append(
+            f"'task.embedding.normalize' must be true or false, got {spec.get('normalize')!r}"
+        )
+    return problems
+
+
+def task_type(manifest: Mapping[str, Any]) -> str:
+    """The manifest's `task.type` (Optimum's task name); "text-classification" when it has none
+    (manifests written before embslim had other tasks)."""
+    task = manifest.get("task")
+    kind = task.get("type", DEFAULT_TASK_TYPE) if isinstance(task, Mapping) else None
+    return kind if isinstance(kind, str) and kind else DEFAULT_TASK_TYPE
 
 
 def _check_file_name(name: str, bundle: Path, *, where: str) -> list[str]:

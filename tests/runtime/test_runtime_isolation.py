@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tiny_bundle import make_tiny_bundle
+from tiny_bundle import make_tiny_bundle, make_tiny_embedding_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME = REPO / "runtime"
@@ -17,7 +17,7 @@ ALLOWED_THIRD_PARTY = {"onnxruntime", "numpy", "tokenizers", "runtime"}
 
 # Runs in a fresh interpreter: torch, transformers and onnx (and the exporters' helpers)
 # cannot be imported at all, as in an app that never installed them.
-CHILD = textwrap.dedent(
+BLOCKER = textwrap.dedent(
     """
     import importlib.abc
     import sys
@@ -38,7 +38,10 @@ CHILD = textwrap.dedent(
             pass
         else:
             raise SystemExit(f"the blocker failed: {name} imported")
-
+    """
+)
+CHILD = BLOCKER + textwrap.dedent(
+    """
     from embslim.runtime import Classifier
 
     clf = Classifier.from_bundle(sys.argv[1], variant="auto", threads=1)
@@ -65,6 +68,36 @@ def test_runtime_works_without_torch_transformers_or_onnx(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK "), result.stdout
+
+
+EMBEDDER_CHILD = BLOCKER + textwrap.dedent(
+    """
+    from embslim.runtime import Embedder, load_bundle
+
+    emb = Embedder.from_bundle(sys.argv[1], variant="auto", threads=1)
+    vectors = emb.encode(["a great movie", "the plot was awful"])
+    assert vectors.shape == (2, emb.dim) and type(load_bundle(sys.argv[1])) is Embedder
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    print("OK", vectors.shape)
+    """
+)
+
+
+def test_embedder_works_without_torch_transformers_or_onnx(tmp_path):
+    bundle = make_tiny_embedding_bundle(tmp_path / "bundle", dim=3)
+    path = [str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    result = subprocess.run(
+        [sys.executable, "-c", EMBEDDER_CHILD, str(bundle)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK (2, 3)"), result.stdout
 
 
 def imported_top_level_names(path: Path) -> set[str]:

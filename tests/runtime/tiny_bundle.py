@@ -11,6 +11,13 @@
 
 `tiny_logits(bundle, ids, type_ids)` recomputes the same graph in numpy for one unpadded
 example, from the initializers stored in model.onnx.
+
+`make_tiny_embedding_bundle(path, pooling=..., normalize=..., dim=...)` writes a
+feature-extraction bundle with the same tokenizer: token_embeddings = word_emb[input_ids] +
+type_emb[token_type_ids]; sentence_embedding pools them over attention_mask (mean, cls or max),
+applies a Dense layer when `dim` differs from the hidden size and L2-normalises when asked;
+last_hidden_state is an Identity alias of token_embeddings, as the pipeline writes it.
+`initializers(bundle)` gives the weights, so tests can recompute the embedding in numpy.
 """
 
 from __future__ import annotations
@@ -182,3 +189,152 @@ def with_token_ids(bundle: Path, dest: Path, ids: dict[str, int]) -> Path:
             entry["bytes"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
     write_manifest(dest, manifest)
     return dest
+
+
+# -- feature-extraction bundles ---------------------------------------------------------------
+
+
+def make_tiny_embedding_bundle(
+    path: str | Path,
+    *,
+    pooling: str = "mean",
+    normalize: bool = True,
+    dim: int | None = None,
+    max_length: int = 12,
+    seed: int = 0,
+    int8_target: str | None = None,
+) -> Path:
+    """Write a tiny feature-extraction bundle into `path` (created if needed) and return it.
+
+    dim: width of sentence_embedding; None keeps the hidden size (no Dense layer).
+    int8_target: also write `model_int8_<target>.onnx` (variant "int8"), a stand-in built with
+        another seed, so a test sees from the embeddings which file `variant="auto"` loaded.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer().save(str(out / "tokenizer.json"))
+    width = HIDDEN if dim is None else dim
+    _save_embedding_model(out / "model.onnx", pooling=pooling, normalize=normalize, dim=dim, seed=seed)
+    artifacts = [artifact_entry(out, "model.onnx", variant="fp32")]
+    if int8_target is not None:
+        name = f"model_int8_{int8_target.replace('-', '_')}.onnx"
+        _save_embedding_model(out / name, pooling=pooling, normalize=normalize, dim=dim, seed=seed + 1)
+        artifacts.append(artifact_entry(out, name, variant="int8", target=int8_target))
+    config = {"architectures": ["TinyModel"], "vocab_size": len(VOCAB), "hidden_size": HIDDEN}
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    manifest = {
+        "schema_version": 1,
+        "task": {
+            "name": "tiny-emb",
+            "type": "feature-extraction",
+            "labels": [],
+            "pair": False,
+            "max_length": max_length,
+            "embedding": {"dim": width, "pooling": pooling, "normalize": normalize},
+        },
+        "source_model": {"name": "tiny-random", "sha256": "0" * 64},
+        "tokenizer": {"file": "tokenizer.json", "pad_id": PAD_ID,
+                      "input_names": ["input_ids", "attention_mask", "token_type_ids"]},
+        "artifacts": [
+            *artifacts,
+            artifact_entry(out, "tokenizer.json", variant="tokenizer"),
+            artifact_entry(out, "config.json", variant="config"),
+        ],
+    }
+    write_manifest(out, manifest)
+    return out
+
+
+def _save_embedding_model(
+    path: Path, *, pooling: str, normalize: bool, dim: int | None, seed: int
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = {
+        "word_emb": rng.normal(size=(len(VOCAB), HIDDEN)).astype(np.float32),
+        "type_emb": rng.normal(size=(2, HIDDEN)).astype(np.float32),
+    }
+    if dim is not None:
+        w["dense_w"] = rng.normal(size=(HIDDEN, dim)).astype(np.float32)
+        w["dense_b"] = rng.normal(size=(dim,)).astype(np.float32)
+    inits = [numpy_helper.from_array(v, name=k) for k, v in w.items()]
+
+    def const(name: str, value: np.ndarray) -> str:  # only the constants a graph uses (ORT warns)
+        inits.append(numpy_helper.from_array(value, name=name))
+        return name
+
+    const("axis_last", np.array([-1], dtype=np.int64))
+    nodes = [
+        helper.make_node("Gather", ["word_emb", "input_ids"], ["words"]),
+        helper.make_node("Gather", ["type_emb", "token_type_ids"], ["types"]),
+        helper.make_node("Add", ["words", "types"], ["token_embeddings"]),
+        helper.make_node("Identity", ["token_embeddings"], ["last_hidden_state"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axis_last"], ["mask_3d"]),
+    ]
+    if pooling == "mean":
+        nodes += [
+            helper.make_node("Mul", ["token_embeddings", "mask_3d"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", const("axis_seq", np.array([1], dtype=np.int64))],
+                             ["summed"], keepdims=0),
+            helper.make_node("ReduceSum", ["mask_3d", "axis_seq"], ["count"], keepdims=0),
+            helper.make_node("Div", ["summed", "count"], ["pooled"]),
+        ]
+    elif pooling == "cls":
+        first = const("first", np.array(0, dtype=np.int64))
+        nodes.append(helper.make_node("Gather", ["token_embeddings", first], ["pooled"], axis=1))
+    elif pooling == "max":  # padded positions pushed to -1e9 so they never win
+        nodes += [
+            helper.make_node("Sub", ["mask_3d", const("one", np.array(1.0, dtype=np.float32))], ["off"]),
+            helper.make_node("Mul", ["off", const("big", np.array(1e9, dtype=np.float32))], ["penalty"]),
+            helper.make_node("Add", ["token_embeddings", "penalty"], ["shifted"]),
+            helper.make_node("ReduceMax", ["shifted"], ["pooled"], axes=[1], keepdims=0),
+        ]
+    else:
+        raise ValueError(f"pooling must be mean, cls or max, got {pooling!r}")
+    last = "pooled"
+    if dim is not None:
+        nodes += [
+            helper.make_node("MatMul", [last, "dense_w"], ["dense_mm"]),
+            helper.make_node("Add", ["dense_mm", "dense_b"], ["dense"]),
+        ]
+        last = "dense"
+    if normalize:
+        nodes += [
+            helper.make_node("ReduceL2", [last], ["norm"], axes=[-1], keepdims=1),
+            helper.make_node("Max", ["norm", const("eps", np.array(1e-12, dtype=np.float32))],
+                             ["safe_norm"]),
+            helper.make_node("Div", [last, "safe_norm"], ["sentence_embedding"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["sentence_embedding"]))
+    ints = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    width = HIDDEN if dim is None else dim
+    outs = [
+        helper.make_tensor_value_info("token_embeddings", TensorProto.FLOAT, ["batch", "sequence", HIDDEN]),
+        helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", width]),
+        helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", HIDDEN]),
+    ]
+    graph = helper.make_graph(nodes, "tiny_embedder", ints, outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def initializers(bundle: Path, file: str = "model.onnx") -> dict[str, np.ndarray]:
+    """The weights stored in a bundle's ONNX file, by name, as float64 where they are floats."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(Path(bundle) / file))
+    out = {}
+    for t in model.graph.initializer:
+        value = numpy_helper.to_array(t)
+        out[t.name] = value.astype(np.float64) if value.dtype.kind == "f" else value
+    return out
