@@ -103,11 +103,13 @@ def compare_onnx(reference: str | Path, candidate: str | Path, *,
         vocab_size = input_vocab_size(onnx.load(str(reference), load_external_data=False))
     if vocab_size is None:
         raise ValueError(f"pass vocab_size= to compare {reference.name}: only .onnx files say it themselves")
+    # the task's output: a classifier's logits, a sentence encoder's sentence_embedding [batch, dim]
+    primary = next((n for n in ("logits", "sentence_embedding") if n in ref_out), ref_out[0])
     refs, news = [], []
     for i, shape in enumerate(DEFAULT_SHAPES if shapes is None else shapes):
         feed = _dummy_inputs(tuple(shape), ref_in, vocab_size, seed=seed + i)
-        ref = ref_sess.run([ref_out[0]], feed)[0]
-        new = new_sess.run([new_out[0]], feed)[0]
+        ref = ref_sess.run([primary], feed)[0]
+        new = new_sess.run([primary], feed)[0]
         if ref.shape != new.shape:
             out.add(f"shape at {tuple(shape)}", False, f"expected {ref.shape}, got {new.shape}")
             continue

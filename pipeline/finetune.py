@@ -240,7 +240,7 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy).
     With a `teacher`, its `output` on the training examples (logits; a sentence encoder's
     sentence_embedding) joins the loss, or is the whole loss without labels (see FinetuneConfig).
-    An eval split without labels is not evaluated per epoch."""
+    Only a classifier with a labelled eval split is evaluated per epoch (best epoch kept)."""
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -256,7 +256,7 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     if len(train) == 0:
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0 and eval_split.labels is not None
+    evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0 and eval_split.labels is not None and output == "logits"
     with _trainer_dir(work_dir, name) as tmp:
         args = TrainingArguments(
             output_dir=tmp,

@@ -318,6 +318,9 @@ def _load_pairs(cfg: "ValidateConfig", *, data_root: str | None) -> "TaskData":
                                         label_column=label), data_root=data_root)
         except DataError as e:
             errors.append(str(e))
+    found = [e for e in errors if "no column" not in e]   # the columns were there, the rows were wrong
+    if found:
+        raise DataError(f"pair_data: {found[0]}")
     raise DataError(f"pair_data {cfg.pair_data!r}: no pair columns found ({errors[-1]}); set pair_columns = "
                     '["text column", "pair column", "label column"] under [validate]')
 

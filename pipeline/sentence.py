@@ -19,9 +19,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from transformers.utils import ModelOutput
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -178,9 +179,13 @@ def pooling_spec(folder: str | Path, *, pooling: str | None = None, normalize: b
     return spec
 
 
-class SentenceOutput(NamedTuple):
-    token_embeddings: "torch.Tensor"     # float32 [batch, sequence, hidden]
-    sentence_embedding: "torch.Tensor"   # float32 [batch, dim]
+@dataclass
+class SentenceOutput(ModelOutput):
+    """A sentence encoder's outputs, as transformers' ModelOutput (the Trainer and accelerate take it
+    apart and rebuild it like any model's)."""
+
+    token_embeddings: "torch.Tensor | None" = None     # float32 [batch, sequence, hidden]
+    sentence_embedding: "torch.Tensor | None" = None   # float32 [batch, dim]
 
 
 def pool(tokens: "torch.Tensor", mask: "torch.Tensor", mode: str) -> "torch.Tensor":
@@ -240,7 +245,7 @@ class SentenceEncoder(torch.nn.Module):
                 x = torch.tanh(x)
         if self.spec.normalize:
             x = torch.nn.functional.normalize(x, p=2, dim=1)
-        return SentenceOutput(tokens, x)
+        return SentenceOutput(token_embeddings=tokens, sentence_embedding=x)
 
 
 def write_sentence_transformers_files(folder: str | Path, spec: PoolingSpec, *, hidden: int, max_length: int) -> list[str]:
