@@ -192,8 +192,9 @@ def _load_task_and_model(a: argparse.Namespace):
     from embslim.pipeline.finetune import FinetuneConfig
     from embslim.pipeline.run import RunConfig, load_inputs
 
-    cfg = RunConfig(model=a.model or "default", task=a.task, new_head=bool(a.new_head),
-                    data=DataConfig(**_data_overrides(a)), finetune=FinetuneConfig(**_section(a, "finetune")))
+    cfg = RunConfig(model=a.model or "default", task=a.task, new_head=bool(a.new_head), pooling=a.pooling,
+                    normalize=a.normalize, data=DataConfig(**_data_overrides(a)),
+                    finetune=FinetuneConfig(**_section(a, "finetune")))
     return load_inputs(cfg, data_root=a.data_root)
 
 
@@ -228,6 +229,9 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     if not cfg.enabled:
         raise ValueError("`embslim finetune` with --no-finetune (or epochs = 0) has nothing to do; "
                          "use `embslim run --no-finetune` to bundle a trained model as it is")
+    if a.task == "feature-extraction":
+        raise ValueError("`embslim finetune` trains classifiers; a sentence encoder is kept as trained and its compressed "
+                         "variants distil in `embslim run --task feature-extraction --variant METHOD+distill`")
     vocab = PrunedVocab.load(a.vocab) if a.vocab else None
     task, loaded = _load_task_and_model(a)
     if vocab is not None:

@@ -127,3 +127,31 @@ def test_classifier_refuses_the_embedding_bundle(run_dir: Path) -> None:
     with pytest.raises(BundleError, match="Embedder") as e:
         Classifier.from_bundle(run_dir)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["pooling-without-task", "classifier-model", "plain-encoder", "bad-pair-data",
+                                  "finetune-subcommand"])
+def test_bad_embedding_runs_fail_in_one_line_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            case: str) -> None:
+    from tiny_models import make_tiny_model_dir
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(_texts("music") + _texts("weather")) + "\n")
+    st = make_tiny_sentence_model_dir(tmp_path / "st")
+    out = tmp_path / "out"
+    base = ["run", "--text", str(texts), "--out", str(out), "--no-measure", "--targets", ""]
+    argv, expected = {
+        "pooling-without-task": (base + ["--model", str(st), "--pooling", "cls"], "need --task feature-extraction"),
+        "classifier-model": (base + ["--task", "feature-extraction", "--model",
+                                     str(make_tiny_model_dir(tmp_path / "clf", head="sequence"))], "text-classification model"),
+        "plain-encoder": (base + ["--task", "feature-extraction", "--model", str(make_tiny_model_dir(tmp_path / "enc"))],
+                          "--pooling mean|cls|max"),
+        "bad-pair-data": (base + ["--task", "feature-extraction", "--model", str(st), "--pair-data", str(texts)],
+                          "pair_data"),
+        "finetune-subcommand": (["finetune", "--task", "feature-extraction", "--model", str(st), "--text", str(texts),
+                                 "--out", str(out)], "kept as trained"),
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "out.work").exists()
