@@ -1,6 +1,7 @@
-"""Classify lines of text with an embslim bundle, from stdin or files.
+"""Classify (or embed) lines of text with an embslim bundle, from stdin or files.
 
     python -m sample_apps.cli.classify BUNDLE [FILES...] [--json] [--top-k K]
+    python -m sample_apps.cli.classify EMBEDDING_BUNDLE [FILES...] --embed
 
 Each non-blank line is one text (blank lines are skipped); for a text-pair bundle a line is
 `text<TAB>text_pair`. FILES default to stdin ("-" also means stdin); they are read as UTF-8
@@ -18,8 +19,14 @@ Output, one line per input line, in input order:
     plain (default)  label<TAB>score<TAB>text          (--top-k K: K label<TAB>score columns)
     --json           a JSON object per line: {"file", "line", "text", ["text_pair",] "label",
                      "score", "probabilities", "top_k": [{"label", "score"}, ...]}
+    --embed          (feature-extraction bundles) a JSON object per line: {"file", "line",
+                     "text", "embedding": [dim floats]}, `Embedder.encode`'s row for the line
 
-Exit status: 0 when every line was classified; 2 on any error (a bad bundle, file, line or
+The mode follows the flag, never the bundle alone, so a script's output format cannot change
+under it: --embed on a text-classification bundle, or a feature-extraction bundle without
+--embed, is an error that says which flag to use.
+
+Exit status: 0 when every line was classified (or embedded); 2 on any error (a bad bundle, file, line or
 option), with one line on stderr that names the file and line where there is one and says
 what to do, never a traceback; 130 on Ctrl-C.
 """
@@ -30,15 +37,17 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import BinaryIO, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, TextIO
 
 from embslim.runtime import (
     DEFAULT_MAX_CHARS,
     BundleError,
     Classifier,
+    Embedder,
     InputError,
     Prediction,
+    load_bundle,
     replace_lone_surrogates,
 )
 
@@ -50,7 +59,7 @@ MAX_THREADS = 1024
 
 
 class LineError(ValueError):
-    """A line that cannot be classified; the message starts with FILE:LINE."""
+    """A line that cannot be classified or embedded; the message starts with FILE:LINE."""
 
 
 def _positive_int(text: str, *, most: int | None = None) -> int:
@@ -93,13 +102,18 @@ def _display(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m sample_apps.cli.classify",
-        description="Classify each line of stdin or FILES with an embslim bundle.",
+        description="Classify each line of stdin or FILES with an embslim bundle (or, with "
+        "--embed and a feature-extraction bundle, write each line's sentence embedding).",
     )
     parser.add_argument("bundle", help="bundle directory (holds manifest.json)")
     parser.add_argument("files", nargs="*", default=["-"],
                         help='text files, one example per line ("-" or none: stdin)')  # fmt: skip
     parser.add_argument("--json", action="store_true", help="write JSON Lines instead of TSV")
-    parser.add_argument("--top-k", type=_positive_int, default=1,
+    parser.add_argument("--embed", action="store_true",
+                        help="write each line's sentence embedding as JSON Lines "
+                             '{"file", "line", "text", "embedding"} (feature-extraction '
+                             "bundles)")  # fmt: skip
+    parser.add_argument("--top-k", type=_positive_int, default=None,
                         help="also report the K most likely labels (default 1)")  # fmt: skip
     parser.add_argument("--variant", default="auto",
                         help='model variant: "auto" (int8 for this CPU if any, else fp32), '
@@ -109,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_bounded(MAX_THREADS), default=None,
                         help="ONNX Runtime threads (default: all cores)")  # fmt: skip
     parser.add_argument("--batch-size", type=_bounded(MAX_BATCH_SIZE), default=32,
-                        help="lines classified per model call (default 32)")  # fmt: skip
+                        help="lines per model call (default 32)")  # fmt: skip
     parser.add_argument("--max-chars", type=_positive_int, default=DEFAULT_MAX_CHARS,
                         help="refuse lines longer than this (default %(default)s)")  # fmt: skip
     return parser
@@ -209,28 +223,81 @@ def _format(name: str, number: int, example: str | tuple[str, str], pred: Predic
     return "\t".join([*columns, text])
 
 
-def _classify_stream(
-    clf: Classifier, name: str, stream: BinaryIO, out: TextIO, *, args: argparse.Namespace
+def _embedding_line(name: str, number: int, text: str, vector: Any) -> str:
+    # tolist(): each float32 becomes the Python float that reads back to it exactly
+    record = {"file": _display(name), "line": number, "text": _display(text),
+              "embedding": vector.tolist()}  # fmt: skip
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _run_stream(
+    name: str,
+    stream: BinaryIO,
+    out: TextIO,
+    *,
+    pair: bool,
+    args: argparse.Namespace,
+    run: Callable[[list], Sequence],
+    line: Callable[[int, Any, Any], str],
 ) -> int:
+    """Feed the stream's examples to `run` `--batch-size` at a time; write `line(number,
+    example, result)` for each, in order. An `InputError` names the line that caused it."""
     count = 0
-    examples = _examples(name, stream, pair=clf.is_pair, max_chars=args.max_chars)
+    examples = _examples(name, stream, pair=pair, max_chars=args.max_chars)
     for batch in _batches(examples, args.batch_size):
         try:
-            preds = clf.predict([ex for _, ex in batch], top_k=args.top_k,
-                                batch_size=args.batch_size)  # fmt: skip
+            results = run([ex for _, ex in batch])
         except InputError as e:
             # Name the line: re-check one by one (only on the failing batch) to find it.
             for number, example in batch:
                 try:
-                    clf.predict([example])
+                    run([example])
                 except InputError as line_error:
                     raise LineError(f"{name}:{number}: {line_error}") from line_error
             raise LineError(f"{name}: {e}") from e
-        for (number, example), pred in zip(batch, preds):
-            out.write(_format(name, number, example, pred, as_json=args.json) + "\n")
+        for (number, example), result in zip(batch, results):
+            out.write(line(number, example, result) + "\n")
         out.flush()
         count += len(batch)
     return count
+
+
+def _classify_stream(
+    clf: Classifier, name: str, stream: BinaryIO, out: TextIO, *, args: argparse.Namespace
+) -> int:
+    top_k = args.top_k or 1
+    return _run_stream(
+        name, stream, out, pair=clf.is_pair, args=args,
+        run=lambda items: clf.predict(items, top_k=top_k, batch_size=args.batch_size),
+        line=lambda number, example, pred: _format(name, number, example, pred, as_json=args.json),
+    )  # fmt: skip
+
+
+def _embed_stream(
+    emb: Embedder, name: str, stream: BinaryIO, out: TextIO, *, args: argparse.Namespace
+) -> int:
+    return _run_stream(
+        name, stream, out, pair=False, args=args,
+        run=lambda texts: emb.encode(texts, batch_size=args.batch_size),
+        line=lambda number, text, vector: _embedding_line(name, number, text, vector),
+    )  # fmt: skip
+
+
+def _check_mode(model: Classifier | Embedder, args: argparse.Namespace) -> None:
+    """The mode is the flag's: refuse a bundle of the other kind, and options it cannot take."""
+    bundle = _display(str(args.bundle))
+    if args.embed and not isinstance(model, Embedder):
+        raise InputError(
+            f"{bundle} is a text-classification bundle, but --embed needs a feature-extraction "
+            "(sentence-embedding) bundle; drop --embed to classify the lines"
+        )
+    if not args.embed and isinstance(model, Embedder):
+        raise InputError(
+            f"{bundle} is a feature-extraction (sentence-embedding) bundle; pass --embed to "
+            "write each line's embedding as JSON Lines"
+        )
+    if args.embed and args.top_k is not None:
+        raise InputError("--top-k ranks labels, which an embedding bundle has none of; drop it")
 
 
 def main(
@@ -248,23 +315,25 @@ def main(
         print(f"error: {_display(str(e))}", file=err)
         return EXIT_ERROR
     try:
-        clf = Classifier.from_bundle(args.bundle, variant=args.variant, file=args.model_file,
-                                     threads=args.threads, max_chars=args.max_chars)  # fmt: skip
-        if args.top_k > len(clf.labels):
+        model = load_bundle(args.bundle, variant=args.variant, file=args.model_file,
+                            threads=args.threads, max_chars=args.max_chars)  # fmt: skip
+        _check_mode(model, args)
+        if isinstance(model, Classifier) and (args.top_k or 1) > len(model.labels):
             raise InputError(
-                f"--top-k {args.top_k} is more than the bundle's {len(clf.labels)} labels "
-                f"({', '.join(clf.labels)}); use --top-k {len(clf.labels)} to rank them all"
+                f"--top-k {args.top_k} is more than the bundle's {len(model.labels)} labels "
+                f"({', '.join(model.labels)}); use --top-k {len(model.labels)} to rank them all"
             )
+        process = _embed_stream if isinstance(model, Embedder) else _classify_stream
         for name in args.files:
             if name == "-":
-                _classify_stream(clf, "<stdin>", stdin or sys.stdin.buffer, out, args=args)
+                process(model, "<stdin>", stdin or sys.stdin.buffer, out, args=args)
                 continue
             try:
                 stream = open(name, "rb")  # noqa: SIM115 - closed right below
             except OSError as e:
                 raise LineError(f"{name}: cannot read it ({e.strerror or e})") from e
             with stream:
-                _classify_stream(clf, name, stream, out, args=args)
+                process(model, name, stream, out, args=args)
     except (BundleError, InputError, LineError) as e:
         print(f"error: {_display(' '.join(str(e).split()))}", file=err)
         return EXIT_ERROR

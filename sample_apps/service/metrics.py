@@ -1,8 +1,9 @@
 """Request counters and latency percentiles for the service, safe to update from many threads.
 
 Memory stays bounded however long the service runs: counters are integers and latencies
-are kept for the last `window` /predict requests only (10,000 floats by default, ~80 KB in
-a deque), which is also what p50/p95 are computed over.
+are kept for the last `window` successful requests of each inference route only (/predict
+and /embed: 10,000 floats each by default, ~80 KB in a deque), which is also what p50/p95
+are computed over.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from collections import Counter, deque
 from typing import Any
 
 __all__ = ["Metrics"]
+
+# inference route -> its keys in the snapshot (texts done, latency percentiles)
+_ROUTE_KEYS = {
+    "/predict": ("texts_classified", "predict_latency_ms"),
+    "/embed": ("texts_embedded", "embed_latency_ms"),
+}
 
 
 class Metrics:
@@ -26,40 +33,44 @@ class Metrics:
         self._requests = 0
         self._errors = 0
         self._by_status: Counter[int] = Counter()
-        self._texts = 0
-        self._latencies_ms: deque[float] = deque(maxlen=window)
+        self._texts: Counter[str] = Counter()
+        self._latencies_ms = {path: deque(maxlen=window) for path in _ROUTE_KEYS}
 
     def record(self, *, path: str, status: int, seconds: float, texts: int = 0) -> None:
-        """Count one finished request (any path); /predict latencies feed the percentiles."""
+        """Count one finished request (any path); /predict and /embed latencies feed the
+        percentiles of their route."""
         with self._lock:
             self._requests += 1
             self._by_status[status] += 1
             if status >= 400:
                 self._errors += 1
-            if path == "/predict" and status < 400:
-                self._texts += texts
-                self._latencies_ms.append(seconds * 1000.0)
+            if path in self._latencies_ms and status < 400:
+                self._texts[path] += texts
+                self._latencies_ms[path].append(seconds * 1000.0)
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters so far and p50/p95 of the recent successful /predict latencies (ms).
+        """Counters so far and p50/p95 of the recent successful /predict and /embed latencies
+        (ms); a route the service does not serve reports 0 texts and no latencies.
 
         `requests` counts every answered request (the /metrics request being answered is
         not yet among them); `errors` counts responses with status >= 400.
         """
         with self._lock:
-            latencies = sorted(self._latencies_ms)
-            return {
+            snapshot: dict[str, Any] = {
                 "uptime_s": round(time.monotonic() - self._started, 3),
                 "requests": self._requests,
                 "errors": self._errors,
                 "responses_by_status": {str(k): v for k, v in sorted(self._by_status.items())},
-                "texts_classified": self._texts,
-                "predict_latency_ms": {
+            }
+            for path, (texts_key, latency_key) in _ROUTE_KEYS.items():
+                latencies = sorted(self._latencies_ms[path])
+                snapshot[texts_key] = self._texts[path]
+                snapshot[latency_key] = {
                     "p50": _percentile(latencies, 50),
                     "p95": _percentile(latencies, 95),
                     "window": len(latencies),
-                },
-            }
+                }
+            return snapshot
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

@@ -1,22 +1,32 @@
-"""A small HTTP classification service on the standard library and `runtime/`.
+"""A small HTTP service on the standard library and `runtime/`: it classifies texts with a
+text-classification bundle, or embeds them with a feature-extraction bundle.
 
     python -m sample_apps.service.serve BUNDLE [--port 8080] [--host 127.0.0.1]
 
-Endpoints (all answers are JSON, errors included):
-    POST /predict   {"texts": ["a great movie", ...]}            single-text bundles
+The bundle's manifest says which (`embslim.runtime.load_bundle`). Endpoints (all answers are
+JSON, errors included):
+    POST /predict   text-classification bundles:
+                    {"texts": ["a great movie", ...]}            single-text bundles
                     {"pairs": [["premise", "hypothesis"], ...]}  text-pair bundles
                     optional "top_k": 1..n_labels (default 1)
                     -> {"predictions": [{"label", "score", "probabilities", "top_k"}], "model"}
-    GET  /health    -> {"status": "ok", "model", "variant", "labels", "pair", "max_length",
-                        and every limit below}
+    POST /embed     feature-extraction bundles:
+                    {"texts": ["how do I reset my password", ...]}
+                    -> {"embeddings": [[float, ...], ...], "dim", "normalized"}
+    GET  /health    -> {"status": "ok", "model", "variant", "task", "task_type", "max_length",
+                        "labels" and "pair" (classifier) or "dim", "pooling" and "normalize"
+                        (embedder), and every limit below}
     GET  /metrics   -> {"requests", "errors", "responses_by_status", "texts_classified",
-                        "predict_latency_ms": {"p50", "p95", "window"}, "uptime_s"}
+                        "predict_latency_ms": {"p50", "p95", "window"}, "texts_embedded",
+                        "embed_latency_ms": {"p50", "p95", "window"}, "uptime_s"}
     HEAD on the GET routes answers their headers; OPTIONS on any route answers 200 with an
     `Allow` header and {"path", "allow"}; any other method is 405 (with `Allow`) or 501.
 
 Errors are {"error": "<what was wrong and what to do>", "status": <code>}: 400 unreadable
-JSON or HTTP, 404 unknown path, 405 wrong method, 408 a request line, headers or body that
-did not arrive in time, 411 no Content-Length, 413 body over --max-body-bytes or texts over
+JSON or HTTP, 404 unknown path (also the other task's route, /embed on a classification
+bundle or /predict on an embedding bundle: one line says which bundle this is and what to
+call instead), 405 wrong method, 408 a request line, headers or body that did not arrive in
+time, 411 no Content-Length, 413 body over --max-body-bytes or texts over
 --max-request-chars in all, 415 not application/json, 422 well-formed JSON that is not a
 valid request (wrong types, more than --max-batch texts, a text over the runtime's
 max_chars, top_k out of range, pairs sent to a single-text bundle...), 503 the service is
@@ -24,13 +34,13 @@ full (with `Retry-After`), 500 a bug (logged with its traceback).
 
 Limits (all flags; see the README's "Limits" for the measured memory they give):
 - inference runs on a fixed pool of --workers threads (default 2), each ORT call on
-  --threads intra-op threads (default 1); at most --queue further /predict requests wait
-  for a worker (default 32). A /predict that finds workers + queue full is answered at once
-  with 503, `Retry-After: 1` and `Connection: close`, before its body is read.
+  --threads intra-op threads (default 1); at most --queue further /predict (or /embed)
+  requests wait for a worker (default 32). One that finds workers + queue full is answered
+  at once with 503, `Retry-After: 1` and `Connection: close`, before its body is read.
 - at most --max-connections open connections (default 128); the next one gets the same
   503 and is closed, so slow or idle clients cannot pin an unbounded number of threads.
 - a request: --max-body-bytes (1 MiB), --max-batch texts (64), --max-request-chars
-  characters over all its texts (100,000). The runtime classifies it --batch-tokens
+  characters over all its texts (100,000). The runtime runs it --batch-tokens
   (512) tokens at a time (`batch_size = batch_tokens // max_length` texts per ORT call),
   so one request's activations stay in the tens of MB whatever it holds.
 - timeouts: --idle-timeout s (15) for a kept-alive connection to start its next request
@@ -61,7 +71,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from embslim.runtime import BundleError, Classifier, InputError, Prediction
+from embslim.runtime import BundleError, Classifier, Embedder, InputError, Prediction, load_bundle
 
 from .._http import QuietThreadingHTTPServer
 from . import memory
@@ -74,6 +84,7 @@ __all__ = [
     "ServiceHTTPServer",
     "main",
     "make_server",
+    "parse_embed_request",
     "parse_predict_request",
 ]
 
@@ -106,14 +117,42 @@ DEFAULT_WRITE_TIMEOUT_S = 10.0
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 1
 
-ROUTES = {"/predict": ("POST",), "/health": ("GET",), "/metrics": ("GET",)}
+ROUTES = {"/predict": ("POST",), "/embed": ("POST",), "/health": ("GET",), "/metrics": ("GET",)}
 REQUEST_KEYS = ("texts", "pairs", "top_k")
+EMBED_REQUEST_KEYS = ("texts",)
+
+
+@dataclass(frozen=True)
+class TaskRoute:
+    """The inference route a bundle's task gets, and how messages speak of it."""
+
+    path: str
+    what: str  # what such a bundle is ("a classifier"), for the other route's 404
+    verb: str  # what the route does to texts ("classify")
+    done: str  # "classified": requests being ..., in the busy 503
+
+
+# task.type -> its inference route; a service serves the one of its bundle, plus the GET routes.
+TASK_ROUTES = {
+    "text-classification": TaskRoute("/predict", "a classifier", "classify", "classified"),
+    "feature-extraction": TaskRoute("/embed", "an embedder", "embed", "embedded"),
+}
 
 
 def allowed_methods(path: str) -> tuple[str, ...]:
     """The methods a route answers, as its `Allow` header lists them."""
     methods = ROUTES[path]
     return (*methods, *(("HEAD",) if "GET" in methods else ()), "OPTIONS")
+
+
+_INFERENCE_PATHS = frozenset(route.path for route in TASK_ROUTES.values())
+
+
+def served_routes(task_type: str) -> dict[str, tuple[str, ...]]:
+    """The routes a service on a bundle of `task_type` answers: its inference route, /health
+    and /metrics (the other task's route answers 404 naming the right one)."""
+    mine = TASK_ROUTES[task_type].path
+    return {p: m for p, m in ROUTES.items() if p == mine or p not in _INFERENCE_PATHS}
 
 
 class RequestError(Exception):
@@ -176,38 +215,18 @@ def parse_predict_request(
     example = '{"pairs": [["A man sleeps.", "A person rests."]]}' if is_pair else (
         '{"texts": ["a great movie"]}'
     )
-    if not isinstance(body, dict):
-        raise _invalid(f"the body must be a JSON object like {example}, got {_json_type(body)}")
-    unknown = sorted(set(body) - set(REQUEST_KEYS))
-    if unknown:
-        shown = ", ".join(_short(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise _invalid(
-            f"unknown field(s) {shown}; a /predict body takes "
-            f"{', '.join(REQUEST_KEYS)}, e.g. {example}"
-        )
+    _check_fields(body, route="/predict", keys=REQUEST_KEYS, example=example)
     if ("texts" in body) == ("pairs" in body):
         raise _invalid(f'send exactly one of "texts" or "pairs", e.g. {example}')
     key = "pairs" if "pairs" in body else "texts"
     if (key == "pairs") != is_pair:
         kind, want = ("text pairs", "pairs") if is_pair else ("single texts", "texts")
         raise _invalid(f'this bundle classifies {kind}: send "{want}", not "{key}"; e.g. {example}')
-    items = body[key]
-    if not isinstance(items, list):
-        raise _invalid(f'"{key}" must be a list, got {_json_type(items)}; e.g. {example}')
-    if not items:
-        raise _invalid(f'"{key}" is empty; send at least one, e.g. {example}')
-    if len(items) > max_batch:
-        raise _invalid(
-            f'"{key}" has {len(items)} items, more than this service\'s limit of {max_batch} '
-            "per request; split them over several requests"
-        )
-    chars = 0
+    items = _batch(body, key, max_batch=max_batch, example=example)
     if key == "texts":
-        for i, text in enumerate(items):
-            if not isinstance(text, str):
-                raise _invalid(f"texts[{i}] is {_json_type(text)}, expected a string")
-            chars += len(text)
+        chars = _text_chars(items)
     else:
+        chars = 0
         for i, pair in enumerate(items):
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise _invalid(
@@ -219,6 +238,68 @@ def parse_predict_request(
                     raise _invalid(f"pairs[{i}][{j}] is {_json_type(part)}, expected a string")
                 chars += len(part)
         items = [tuple(pair) for pair in items]
+    _check_request_chars(key, chars, max_request_chars)
+    top_k = body.get("top_k", 1)
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise _invalid(f'"top_k" must be an integer, got {_json_type(top_k)}')
+    return items, top_k
+
+
+def parse_embed_request(
+    body: Any, *, max_batch: int, max_request_chars: int | None = None
+) -> list[str]:
+    """Check a decoded /embed body; return the texts for `Embedder.encode`.
+
+    The same checks, messages and codes as /predict's texts (422; 413 for texts over
+    `max_request_chars` characters in all); "pairs" and "top_k" are unknown fields here.
+    """
+    example = '{"texts": ["how do I reset my password"]}'
+    _check_fields(body, route="/embed", keys=EMBED_REQUEST_KEYS, example=example)
+    if "texts" not in body:
+        raise _invalid(f'send "texts", a list of strings, e.g. {example}')
+    items = _batch(body, "texts", max_batch=max_batch, example=example)
+    _check_request_chars("texts", _text_chars(items), max_request_chars)
+    return items
+
+
+def _check_fields(body: Any, *, route: str, keys: Sequence[str], example: str) -> None:
+    """A JSON object whose fields are all among `keys` (422 otherwise)."""
+    if not isinstance(body, dict):
+        raise _invalid(f"the body must be a JSON object like {example}, got {_json_type(body)}")
+    unknown = sorted(set(body) - set(keys))
+    if unknown:
+        shown = ", ".join(_short(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise _invalid(
+            f"unknown field(s) {shown}; a {route} body takes {', '.join(keys)}, e.g. {example}"
+        )
+
+
+def _batch(body: dict, key: str, *, max_batch: int, example: str) -> list[Any]:
+    """`body[key]` as a non-empty list of at most `max_batch` items (422 otherwise)."""
+    items = body[key]
+    if not isinstance(items, list):
+        raise _invalid(f'"{key}" must be a list, got {_json_type(items)}; e.g. {example}')
+    if not items:
+        raise _invalid(f'"{key}" is empty; send at least one, e.g. {example}')
+    if len(items) > max_batch:
+        raise _invalid(
+            f'"{key}" has {len(items)} items, more than this service\'s limit of {max_batch} '
+            "per request; split them over several requests"
+        )
+    return items
+
+
+def _text_chars(items: list[Any]) -> int:
+    """Characters over all `items`, each of which must be a string (422 naming the first that is not)."""
+    chars = 0
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise _invalid(f"texts[{i}] is {_json_type(text)}, expected a string")
+        chars += len(text)
+    return chars
+
+
+def _check_request_chars(key: str, chars: int, max_request_chars: int | None) -> None:
     if max_request_chars is not None and chars > max_request_chars:
         raise RequestError(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -226,10 +307,6 @@ def parse_predict_request(
             f"{max_request_chars:,} per request; only the first max_length tokens of each text "
             "are used, so send the start of long texts, or split them over several requests",
         )
-    top_k = body.get("top_k", 1)
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise _invalid(f'"top_k" must be an integer, got {_json_type(top_k)}')
-    return items, top_k
 
 
 def prediction_json(pred: Prediction) -> dict[str, Any]:
@@ -246,7 +323,7 @@ class ServiceBusy(Exception):
 
 
 class InferencePool:
-    """`workers` threads run every `Classifier.predict`; at most `workers + queue` requests
+    """`workers` threads run every `Classifier.predict` (or `Embedder.encode`); at most `workers + queue` requests
     are admitted at once (`try_enter` / `leave`), the rest are turned away (503), and an
     admitted request that waits more than `queue_timeout` s for a worker is `ServiceBusy`.
 
@@ -257,7 +334,7 @@ class InferencePool:
 
     def __init__(
         self,
-        classifier: Classifier,
+        model: Classifier | Embedder,
         *,
         workers: int,
         queue: int,
@@ -265,7 +342,7 @@ class InferencePool:
         queue_timeout: float,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
-        self._classifier = classifier
+        self._model = model
         self._slots = threading.BoundedSemaphore(workers)
         self.queue_timeout = queue_timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embslim-infer")
@@ -294,12 +371,19 @@ class InferencePool:
             self._on_idle()
 
     def predict(self, items: list[Any], *, top_k: int) -> list[Prediction]:
+        """`Classifier.predict` on a worker (`ServiceBusy` if none is free in time)."""
+        return self._run(self._model.predict, items, top_k=top_k)  # type: ignore[union-attr]
+
+    def embed(self, texts: list[str]) -> Any:
+        """`Embedder.encode` on a worker: a float32 numpy array [n, dim] (`ServiceBusy` as
+        `predict`)."""
+        return self._run(self._model.encode, texts)  # type: ignore[union-attr]
+
+    def _run(self, call: Callable[..., Any], items: list[Any], **kwargs: Any) -> Any:
         if not self._slots.acquire(timeout=self.queue_timeout):
             raise ServiceBusy
         try:
-            future = self._executor.submit(
-                self._classifier.predict, items, top_k=top_k, batch_size=self.batch_size
-            )
+            future = self._executor.submit(call, items, batch_size=self.batch_size, **kwargs)
             return future.result()
         finally:
             self._slots.release()
@@ -424,26 +508,45 @@ class _DeadlineReader(io.RawIOBase):
 
 
 def make_server(
-    classifier: Classifier,
+    model: Classifier | Embedder,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
     config: ServiceConfig | None = None,
     metrics: Metrics | None = None,
 ) -> ServiceHTTPServer:
-    """A threaded server (not yet serving) that answers with `classifier`."""
+    """A threaded server (not yet serving) that answers with `model`: POST /predict for a
+    `Classifier`, POST /embed for an `Embedder` (see the module docstring)."""
     cfg = config or ServiceConfig()
     stats = metrics or Metrics()
-    health = {
+    # A stand-in without task_type (a test's gate around a Classifier) is a classifier.
+    task_type = getattr(model, "task_type", Classifier.task_type)
+    if task_type not in TASK_ROUTES:
+        raise ValueError(f"the service serves {' and '.join(TASK_ROUTES)} bundles, not {task_type}")
+    route = TASK_ROUTES[task_type]
+    routes = served_routes(task_type)
+    listing = ", ".join(f"{m[0]} {p}" for p, m in routes.items())
+    health: dict[str, Any] = {
         "status": "ok",
-        "model": classifier.model_path.name,
-        "variant": classifier.artifact.get("variant"),
-        "task": classifier.task_name,
-        "labels": list(classifier.labels),
-        "pair": classifier.is_pair,
-        "max_length": classifier.max_length,
-        **asdict(cfg),
+        "model": model.model_path.name,
+        "variant": model.artifact.get("variant"),
+        "task": model.task_name,
+        "task_type": task_type,
     }
+    if route.path == "/embed":
+        health.update(dim=model.dim, pooling=model.pooling, normalize=model.normalize)
+    else:
+        health.update(labels=list(model.labels), pair=model.is_pair)
+    health.update(max_length=model.max_length, **asdict(cfg))
+
+    def wrong_route(path: str) -> str:
+        """The 404 for the other task's inference route."""
+        other_type, other = next((t, r) for t, r in TASK_ROUTES.items() if r.path == path)
+        return (
+            f"this service runs a {task_type} bundle ({route.what}): it has no {path}; POST "
+            f"{route.path} to {route.verb} texts, or start the service on a {other_type} bundle "
+            f"to {other.verb} them"
+        )
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection
@@ -497,15 +600,17 @@ def make_server(
             try:
                 if method == "OPTIONS" and self.path == "*":
                     status = HTTPStatus.OK
-                    every = {m for p in ROUTES for m in allowed_methods(p)}
+                    every = {m for p in routes for m in allowed_methods(p)}
                     payload = {"path": "*", "allow": sorted(every)}
                     self._drain_small_body()
-                elif path not in ROUTES:
+                elif path in ROUTES and path not in routes:
+                    self._drain_small_body()
+                    raise RequestError(HTTPStatus.NOT_FOUND, wrong_route(path))
+                elif path not in routes:
                     self._drain_small_body()
                     raise RequestError(
                         HTTPStatus.NOT_FOUND,
-                        f"no such path {_short(path)}; this service has "
-                        + ", ".join(f"{m[0]} {p}" for p, m in ROUTES.items()),
+                        f"no such path {_short(path)}; this service has {listing}",
                     )
                 else:
                     allow = allowed_methods(path)
@@ -550,41 +655,59 @@ def make_server(
                 self.close_connection = True  # the body stays unread
                 raise RequestError(
                     HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"the service is busy: {pool.capacity} requests are being classified or "
+                    f"the service is busy: {pool.capacity} requests are being {route.done} or "
                     f"queued, its limit; retry after {RETRY_AFTER_S} s",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             try:
-                items, top_k = parse_predict_request(
-                    self._read_json(),
-                    is_pair=classifier.is_pair,
-                    max_batch=cfg.max_batch,
-                    max_request_chars=cfg.max_request_chars,
-                )
-                try:
-                    preds = pool.predict(items, top_k=top_k)
-                except InputError as e:
-                    raise _invalid(str(e)) from e
-                except ServiceBusy as e:
-                    raise RequestError(
-                        HTTPStatus.SERVICE_UNAVAILABLE,
-                        f"the service is busy: no worker was free within "
-                        f"{cfg.queue_timeout_s:g} s; retry after {RETRY_AFTER_S} s",
-                        headers={"Retry-After": str(RETRY_AFTER_S)},
-                    ) from e
-                except MemoryError as e:
-                    raise RequestError(
-                        HTTPStatus.SERVICE_UNAVAILABLE,
-                        "the service is out of memory; retry later with fewer or shorter texts",
-                        headers={"Retry-After": str(RETRY_AFTER_S)},
-                    ) from e
+                body = self._read_json()
+                if path == "/embed":
+                    texts = parse_embed_request(
+                        body, max_batch=cfg.max_batch, max_request_chars=cfg.max_request_chars
+                    )
+                    vectors = self._infer(pool.embed, texts)
+                else:
+                    items, top_k = parse_predict_request(
+                        body,
+                        is_pair=model.is_pair,
+                        max_batch=cfg.max_batch,
+                        max_request_chars=cfg.max_request_chars,
+                    )
+                    preds = self._infer(pool.predict, items, top_k=top_k)
             finally:
                 pool.leave()
+            if path == "/embed":
+                payload = {
+                    "embeddings": vectors.tolist(),  # float32 -> the float that prints it exactly
+                    "dim": int(vectors.shape[1]),
+                    "normalized": bool(model.normalize),
+                }
+                return HTTPStatus.OK, payload, len(texts)
             payload = {
                 "predictions": [prediction_json(p) for p in preds],
-                "model": classifier.model_path.name,
+                "model": model.model_path.name,
             }
             return HTTPStatus.OK, payload, len(preds)
+
+        def _infer(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            """Run `call` on the pool; the runtime's and the pool's failures as HTTP errors."""
+            try:
+                return call(*args, **kwargs)
+            except InputError as e:
+                raise _invalid(str(e)) from e
+            except ServiceBusy as e:
+                raise RequestError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"the service is busy: no worker was free within "
+                    f"{cfg.queue_timeout_s:g} s; retry after {RETRY_AFTER_S} s",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                ) from e
+            except MemoryError as e:
+                raise RequestError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "the service is out of memory; retry later with fewer or shorter texts",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                ) from e
 
         def handle_expect_100(self) -> bool:
             """Answer "Expect: 100-continue" (curl sends it for bodies over 1 MB) with the 413
@@ -714,8 +837,7 @@ def make_server(
             self.close_connection = True
             text = message or status.phrase
             if status == HTTPStatus.NOT_IMPLEMENTED:
-                text = (f"{text}; this service answers "
-                        + ", ".join(f"{m[0]} {p}" for p, m in ROUTES.items()))  # fmt: skip
+                text = f"{text}; this service answers {listing}"
             stats.record(path="-", status=int(status), seconds=0.0)
             self._send(status, {"error": text, "status": int(status)},
                        body=getattr(self, "command", "") != "HEAD")  # fmt: skip
@@ -765,12 +887,12 @@ def make_server(
             logger.debug("%s " + format, self.address_string(), *args)
 
     server = ServiceHTTPServer((host, port), Handler, max_connections=cfg.max_connections)
-    batch_size = max(1, cfg.batch_tokens // max(1, classifier.max_length))
+    batch_size = max(1, cfg.batch_tokens // max(1, model.max_length))
     trimmer = memory.IdleTrimmer(lambda: server.pool is not None and server.pool.admitted > 0)
     server.trimmer = trimmer
     server.metrics = stats
     server.pool = InferencePool(
-        classifier,
+        model,
         workers=cfg.workers,
         queue=cfg.queue,
         batch_size=batch_size,
@@ -820,7 +942,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sample_apps.service.serve",
-        description="Serve an embslim bundle over HTTP: POST /predict, GET /health, GET /metrics.",
+        description="Serve an embslim bundle over HTTP: POST /predict (text-classification "
+        "bundles) or POST /embed (feature-extraction bundles), GET /health, GET /metrics.",
     )
     d = ServiceConfig()
     pos_int, pos_float = _positive(int), _positive(float)
@@ -881,16 +1004,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # No ORT arena: a burst's activation memory is freed after each run, and the idle
         # malloc_trim hands it back to the OS (README, "Limits": measured).
-        classifier = Classifier.from_bundle(
+        model = load_bundle(
             args.bundle, variant=args.variant, file=args.file, threads=args.threads,
             memory_arena=False,
         )
-        server = make_server(classifier, host=args.host, port=args.port, config=config)
+        server = make_server(model, host=args.host, port=args.port, config=config)
     except (BundleError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     host, port = server.server_address[:2]
-    print(f"serving http://{host}:{port}/ ({classifier!r})", flush=True)
+    print(f"serving http://{host}:{port}/ ({model!r})", flush=True)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -74,12 +74,19 @@ def check_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     Raises SetupError with one line saying what is wrong and what to do.
     """
     from embslim.runtime.errors import BundleError
-    from embslim.runtime.manifest import read_manifest, sha256_file, verify_artifact
+    from embslim.runtime.manifest import read_manifest, sha256_file, task_type, verify_artifact
 
     bundle_dir = Path(bundle).resolve()
     where = bundle_dir / "manifest.json"
     try:
         manifest = read_manifest(bundle_dir)  # checks every key, and names that leave the bundle
+        kind = task_type(manifest)
+        if kind != "text-classification":  # the page's JavaScript turns logits into labels
+            raise SetupError(
+                f"{where}: a {kind} bundle; this page classifies text and needs a "
+                "text-classification bundle (embed texts with `python -m sample_apps.service.serve "
+                "BUNDLE` (POST /embed) or `python -m sample_apps.cli.classify BUNDLE --embed`)"
+            )
         names = [entry["file"] for entry in manifest["artifacts"]]
         for name in [*names, manifest["tokenizer"]["file"]]:
             if Path(name).name != name:  # the page fetches /bundle/<name>: one flat folder

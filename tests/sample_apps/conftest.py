@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_bundle import make_tiny_bundle
+from tiny_bundle import make_tiny_bundle, make_tiny_embedding_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE_TIMEOUT_S = 120
@@ -67,6 +67,12 @@ def tiny_pair_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(
         tmp_path_factory.mktemp("apps-tiny-pair"), pair=True, labels=("entail", "neutral", "contra")
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A feature-extraction bundle: mean pooling, a Dense layer to 3 dims, L2-normalised."""
+    return make_tiny_embedding_bundle(tmp_path_factory.mktemp("apps-tiny-emb"), dim=3)
 
 
 @pytest.fixture(scope="session")

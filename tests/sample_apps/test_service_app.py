@@ -74,7 +74,7 @@ def test_health(service):
     assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
     assert body == {
         "status": "ok", "model": "model.onnx", "variant": "fp32", "task": "tiny",
-        "labels": ["neg", "pos"], "pair": False, "max_length": 12, "max_batch": 8,
+        "task_type": "text-classification", "labels": ["neg", "pos"], "pair": False, "max_length": 12, "max_batch": 8,
         "max_body_bytes": 4096, "max_request_chars": 100_000, "workers": 2, "queue": 32,
         "max_connections": 128, "batch_tokens": 512, "queue_timeout_s": 10.0,
         "idle_timeout_s": 15.0, "header_timeout_s": 10.0, "body_timeout_s": 20.0,

@@ -82,3 +82,14 @@ def test_setup_errors(tmp_path, tiny_bundle, capsys):
             routes(tiny_bundle, **missing)
     assert main([str(tmp_path / "missing"), "--port", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: bundle directory ")
+
+
+def test_an_embedding_bundle_is_refused_in_one_line(tiny_embedding_bundle, capsys):
+    """The page classifies; an embedding bundle gets a line naming the apps that embed."""
+    with pytest.raises(SetupError, match=r"manifest\.json: a feature-extraction bundle; this page "
+                                          r"classifies text and needs a text-classification "
+                                          r"bundle \(embed texts with "):  # fmt: skip
+        routes(tiny_embedding_bundle)
+    assert main([str(tiny_embedding_bundle), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "POST /embed" in err
