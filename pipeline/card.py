@@ -139,10 +139,13 @@ class CardTask:
 
 
 def _embedding_model(manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """Pooling, normalize, dense and embedding_dim: the report's model fields, else the manifest's task."""
-    keys = ("pooling", "normalize", "dense", "embedding_dim")
-    model, task = report.get("model") or {}, manifest.get("task") or {}
-    return {k: model[k] if model.get(k) is not None else task.get(k) for k in keys}
+    """Pooling, normalize, dense and embedding_dim: the report's model fields, else the manifest's
+    task.embedding (where the width is `dim`), which a bundle without a report has too."""
+    model = report.get("model") or {}
+    spec = (manifest.get("task") or {}).get("embedding") or {}
+    spec = {"embedding_dim": spec.get("dim")} | spec if isinstance(spec, dict) else {}
+    return {k: model[k] if model.get(k) is not None else spec.get(k)
+            for k in ("pooling", "normalize", "dense", "embedding_dim")}
 
 
 def _about_embedder(manifest: dict[str, Any], report: dict[str, Any], source_name: str) -> str:
@@ -208,11 +211,11 @@ def _embedder_usage(manifest: dict[str, Any], report: dict[str, Any], task: Card
         out += ["### sentence-transformers", "", "```python", "from sentence_transformers import SentenceTransformer", "",
                 f'model = SentenceTransformer("path/to/bundle", backend="onnx", model_kwargs={{"file_name": "{st_file}"}})',
                 f"vectors = model.encode({texts})", "print(vectors.shape)", "```", "",
-                "modules.json, 1_Pooling/config.json and the Normalize entry beside the model files give "
-                "sentence-transformers the same pooling and normalization as the source model.", ""]
+                "modules.json and its module folders at the bundle root (1_Pooling and any Dense and Normalize) give "
+                "sentence-transformers the source model's own modules after the encoder.", ""]
     if m["dense"]:
         pooling = [f"# this model applies {_fmt(m['dense'], 'int')} Dense layer(s) after pooling: take its sentence "
-                   "embeddings from Embedder or sentence-transformers above"]
+                   "embeddings from Embedder or sentence-transformers above", "print(hidden.shape)"]
     elif m["pooling"] in _POOLING_CODE:
         pooling = [*_POOLING_CODE[m["pooling"]]]
         pooling += ["vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)   # L2 normalization"] if m["normalize"] else []
@@ -224,7 +227,7 @@ def _embedder_usage(manifest: dict[str, Any], report: dict[str, Any], task: Card
             f'model = {task.optimum_class}.from_pretrained("path/to/bundle", file_name="model.onnx")',
             f'inputs = tokenizer({texts}, padding=True, truncation=True, return_tensors="np")',
             "hidden = model(**inputs).last_hidden_state   # token embeddings [n, seq, hidden]", *pooling,
-            "print(vectors.shape)", "```", "", _ANY_FILE, ""]
+            *([] if m["dense"] else ["print(vectors.shape)"]), "```", "", _ANY_FILE, ""]
     return out
 
 

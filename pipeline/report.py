@@ -32,7 +32,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -158,8 +158,9 @@ def _classification_task_parts(task: dict[str, Any]) -> list[str]:
 
 def _embedding_task_parts(task: dict[str, Any]) -> list[str]:
     parts = [str(task.get("type") or "feature-extraction")]
-    if _num(task.get("n_texts")) is not None:
-        parts.append(f"corpus {_fmt(task['n_texts'], 'int')} texts")
+    corpus = sum(_num(task.get(k)) or 0 for k in ("n_train", "n_texts"))   # the training split's texts and --text lines
+    if corpus:
+        parts.append(f"corpus {_fmt(corpus, 'int')} texts")
     if _num(task.get("n_eval")) is not None:
         parts.append(f"eval {_fmt(task['n_eval'], 'int')} held-out texts")
     knn, pairs = task.get("knn"), task.get("pairs")
@@ -300,6 +301,9 @@ _SIZE_COLUMNS = (Column("variant", "name", "text"), Column("precision", "precisi
                  Column("ONNX MB", "onnx_bytes", "mb"), Column("embedding MB", "onnx_embedding_bytes", "mb"))
 _SPEED_COLUMNS = (Column("p50 ms", "latency_ms_p50"), Column("p95 ms", "latency_ms_p95"), Column("peak RSS MB", "peak_rss_mb"),
                   Column("size vs ref", "onnx_bytes", "ratio", vs_ref="ratio"))
+# A newer task's tables drop what no row measured (latency and memory under --no-measure too);
+# classification keeps its columns, so its reports read as they always have.
+_SPEED_COLUMNS_IF_MEASURED = tuple(replace(c, show="if_value") for c in _SPEED_COLUMNS)
 
 
 def _classification_intro(report: dict[str, Any], ref: str) -> str:
@@ -382,7 +386,7 @@ _EMBEDDING = ReportView(
              Column("Δ kNN (pts)", "knn_accuracy", "delta", vs_ref="diff", show="if_value"),
              Column("pair AUC", "pair_auc", "f4", show="if_value"),
              Column("max |Δ| vs PyTorch", "max_abs_diff", "sci", show="if_value"),
-             *_SPEED_COLUMNS),
+             *_SPEED_COLUMNS_IF_MEASURED),
     side_columns=(Column("variant", "name", "text"), Column("embedding params (M)", "embedding_params", "params"),
                   Column("reconstruction error", "reconstruction_error", show="if_value"),
                   Column("token-weighted error", "token_weighted_error", show="if_value"),
@@ -395,8 +399,9 @@ _EMBEDDING = ReportView(
                   Column("Δ fp32 kNN (pts)", "knn_accuracy", "delta", vs_ref="diff", show="if_value"),
                   Column("int8 kNN %", "knn_accuracy", "pct", of="int8", show="if_value"),
                   Column("4-bit kNN %", "knn_accuracy", "pct", of="int4", show="if_value"),
-                  Column("fp32 p50 ms", "latency_ms_p50"), Column("int8 p50 ms", "latency_ms_p50", of="int8", show="if_value"),
-                  Column("fp32 peak RSS MB", "peak_rss_mb"),
+                  Column("fp32 p50 ms", "latency_ms_p50", show="if_value"),
+                  Column("int8 p50 ms", "latency_ms_p50", of="int8", show="if_value"),
+                  Column("fp32 peak RSS MB", "peak_rss_mb", show="if_value"),
                   Column("int8 peak RSS MB", "peak_rss_mb", of="int8", show="if_value")),
     details=(Detail("cosine_min_torch", "min cosine vs PyTorch {}", "f6"),
              Detail("cosine_fp32_mean", "cosine vs its fp32 file: mean {}", "f4"), Detail("cosine_fp32_min", "min {}", "f4"),

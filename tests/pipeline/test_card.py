@@ -295,7 +295,7 @@ def test_embedding_card_without_knn_pairs_or_modules_json() -> None:
           "vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)   # L2 normalization"]),
     ({"pooling": "cls", "normalize": False}, ["vectors = hidden[:, 0]   # CLS pooling"]),
     ({"dense": 1}, ["# this model applies 1 Dense layer(s) after pooling: take its sentence embeddings from Embedder or "
-                    "sentence-transformers above"]),
+                    "sentence-transformers above", "print(hidden.shape)"]),
 ])
 def test_embedding_card_usage_blocks(model: dict[str, Any], pooling: list[str]) -> None:
     import ast
@@ -313,7 +313,16 @@ def test_embedding_card_usage_blocks(model: dict[str, Any], pooling: list[str]) 
     assert 'ORTModelForFeatureExtraction.from_pretrained("path/to/bundle", file_name="model.onnx")' in optimum
     lines = optimum.splitlines()
     start = lines.index("hidden = model(**inputs).last_hidden_state   # token embeddings [n, seq, hidden]") + 1
-    assert lines[start:start + len(pooling)] == pooling
+    assert lines[start:] == pooling + ([] if model.get("dense") else ["print(vectors.shape)"])
+
+
+def test_embedding_card_reads_the_manifests_embedding_without_a_report() -> None:
+    manifest = _emb_manifest()
+    manifest["task"]["embedding"] = {"pooling": "cls", "normalize": False, "dense": 0, "source": "sentence-transformers",
+                                     "dim": 768}
+    card = render_card(manifest, {}, files=_ST_FILES)
+    assert "(768-dimensional vectors; cls pooling; not normalized)" in card
+    assert "vectors = hidden[:, 0]   # CLS pooling" in card and "# float32 [n, 768]" in card
 
 
 @pytest.fixture(scope="module")

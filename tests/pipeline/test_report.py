@@ -647,16 +647,20 @@ def test_embedding_report_side_by_side_details_and_ratios() -> None:
 def test_embedding_report_drops_columns_with_no_data() -> None:
     report = _emb_report(int4=False)
     del report["task"]["knn"], report["task"]["pairs"]
+    report["task"] |= {"n_train": 12000, "n_texts": 0}   # a corpus from --train: the training split's texts
     for v in report["variants"]:
-        for key in ("knn_accuracy", "pair_auc", "max_abs_diff", "knn_drop_vs_fp32"):
+        for key in ("knn_accuracy", "pair_auc", "max_abs_diff", "knn_drop_vs_fp32", "latency_ms_p50", "latency_ms_p95",
+                    "peak_rss_mb"):   # no kNN or pair data, and --no-measure
             v.pop(key, None)
     md = render_markdown(report)
     every, side = md.split("## All files")[1], md.split("## Side by side")[1].split("## All files")[0]
     header, side_header = _table_row(every, "variant"), _table_row(side, "variant")
-    assert not any(h in header for h in ("kNN accuracy %", "Δ kNN (pts)", "pair AUC", "max \\|Δ\\| vs PyTorch"))
-    assert "cosine mean vs original" in header and len(_table_row(every, "dep")) == len(header) == 13
-    assert not any(h.startswith("4-bit") or "kNN" in h for h in side_header)   # no int4 file, no kNN
+    assert not any(h in header for h in ("kNN accuracy %", "Δ kNN (pts)", "pair AUC", "max \\|Δ\\| vs PyTorch",
+                                         "p50 ms", "p95 ms", "peak RSS MB"))
+    assert "cosine mean vs original" in header and len(_table_row(every, "dep")) == len(header) == 10
+    assert not any(h.startswith("4-bit") or "kNN" in h or h.endswith((" ms", " RSS MB")) for h in side_header)
     assert "int8 cosine mean" in side_header
+    assert "(feature-extraction; corpus 12,000 texts; eval 1,000 held-out texts)" in md
     assert "kNN accuracy:" not in md and "Pair AUC:" not in md
     # with no kNN the accuracy plot shows the cosine, and says so
     assert "![Cosine vs size](plots/accuracy_vs_size.png)" in md
