@@ -144,7 +144,8 @@ def _task_text(task: dict[str, Any], view: "ReportView | None" = None) -> str:
 
 
 def _classification_task_parts(task: dict[str, Any]) -> list[str]:
-    parts = [str(task["type"])] if task.get("type") else []
+    # The default type goes unsaid, so reports read the same before and after the pipeline wrote it.
+    parts = [str(task["type"])] if task.get("type") and task["type"] != "text-classification" else []
     parts += [("sentence pairs" if task["is_pair"] else "single sentences")] if "is_pair" in task else []
     if _num(task.get("n_labels")) is not None:
         labels = task.get("labels") or []

@@ -750,3 +750,12 @@ def test_reports_without_a_view_of_their_own_render_as_classification() -> None:
     report["model"]["task"] = "token-classification"   # declared, no view yet: the layout reports had before tasks
     header = _table_row(render_markdown(report), "variant")
     assert "accuracy %" in header and "cosine mean vs original" not in header
+
+
+def test_classification_header_leaves_the_default_type_unsaid() -> None:
+    """The pipeline now writes task.type; a classifier's header reads as it did before it did."""
+    report = _report(2)
+    report["task"]["type"] = "text-classification"
+    assert "Task: sst2 (single sentences; 2 labels (0, 1); train 4,000 of 67,349 used; eval 872)" in render_markdown(report)
+    report["task"]["type"] = "token-classification"
+    assert "Task: sst2 (token-classification; single sentences;" in render_markdown(report)
