@@ -5,6 +5,14 @@ Input is a plain JSON-able dict the pipeline builds (model, task, optional `voca
 ratio is measured against it. `write_report` turns the dict into a bundle directory:
 
     report.json  report.md  report.html  plots/size_breakdown.png  plots/accuracy_vs_size.png
+    (an embedding report: also plots/cosine_vs_size.png)
+
+What differs between tasks (the columns, per-variant details, ratio-line deltas, plotted metric,
+a few sentences, what makes two bundles comparable) is one `ReportView` per task in
+`REPORT_VIEWS`, picked by `model.task` (then `task.type`); reports without a view of their own
+render as text classification. A text-classification report shows accuracy, agreement and logit
+differences; a feature-extraction (sentence-embedding) report shows cosine to the original
+model, kNN accuracy and pair AUC.
 
 Everything is rendered in memory first and each file is written to a temporary name and moved
 into place with `os.replace`, so a crash never leaves a half-written report. `report.html`
@@ -24,16 +32,19 @@ import math
 import os
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 log = logging.getLogger(__name__)
 
 MISSING = "–"  # en dash: what a missing or non-finite metric renders as
-# Where the plots live inside a bundle; report.md links them by these relative paths.
-PLOT_FILES = {"size_plot": "plots/size_breakdown.png", "accuracy_plot": "plots/accuracy_vs_size.png"}
-_PLOT_TITLES = {"size_plot": "Size breakdown", "accuracy_plot": "Accuracy vs size"}
+# Where the plots live inside a bundle; report.md links them by these relative paths. Every report
+# has the first two; a task's view may add more (an embedding report adds cosine_plot).
+PLOT_FILES = {"size_plot": "plots/size_breakdown.png", "accuracy_plot": "plots/accuracy_vs_size.png",
+              "cosine_plot": "plots/cosine_vs_size.png"}
+_SIZE_TITLE = "Size breakdown"
 _EMB_COLOR, _REST_COLOR, _UNKNOWN_COLOR = "#d95f02", "#7570b3", "#bbbbbb"
 
 
@@ -57,7 +68,8 @@ def _adaptive(value: float) -> str:
 
 
 def _fmt(value: Any, kind: str) -> str:
-    """Format one metric; `kind` is one of mb, params, pct, pct1, delta, ratio, sci, int, adaptive."""
+    """Format one metric; `kind` is one of mb, params, pct, pct1, delta, ratio, sci, int, f4 (cosine,
+    AUC), f6 (cosine near 1), delta4 (f4's differences), g3, adaptive."""
     x = _num(value)
     if x is None:
         return MISSING
@@ -77,6 +89,14 @@ def _fmt(value: Any, kind: str) -> str:
         return "0" if x == 0 else f"{x:.1e}"
     if kind == "int":
         return f"{round(x):,}"
+    if kind == "f4":
+        return f"{x:.4f}"
+    if kind == "f6":
+        return f"{x:.6f}"
+    if kind == "delta4":
+        return f"{x:+.4f}"
+    if kind == "g3":
+        return f"{x:.3g}"
     return _adaptive(x)
 
 
@@ -109,15 +129,23 @@ def _check(report: Any) -> list[dict[str, Any]]:
     return variants
 
 
-def _model_text(model: dict[str, Any]) -> str:
+def _model_text(model: dict[str, Any], view: "ReportView | None" = None) -> str:
     extras = [str(model["family"])] if model.get("family") else []
     extras += [f"{k} {_fmt(model.get(f), 'int')}" for k, f in (("hidden", "hidden_size"), ("vocab", "vocab_size"))
                if _num(model.get(f)) is not None]
-    return str(model.get("name", MISSING)) + (f" ({', '.join(extras)})" if extras else "")
+    more = (view or _view(model, {})).model_parts(model)
+    text = ", ".join(extras) + ("; " if extras and more else "") + ", ".join(more)
+    return str(model.get("name", MISSING)) + (f" ({text})" if text else "")
 
 
-def _task_text(task: dict[str, Any]) -> str:
-    parts = [str(task["type"])] if task.get("type") else []
+def _task_text(task: dict[str, Any], view: "ReportView | None" = None) -> str:
+    parts = (view or _view({}, task)).task_parts(task)
+    return str(task.get("name", MISSING)) + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _classification_task_parts(task: dict[str, Any]) -> list[str]:
+    # The default type goes unsaid, so reports read the same before and after the pipeline wrote it.
+    parts = [str(task["type"])] if task.get("type") and task["type"] != "text-classification" else []
     parts += [("sentence pairs" if task["is_pair"] else "single sentences")] if "is_pair" in task else []
     if _num(task.get("n_labels")) is not None:
         labels = task.get("labels") or []
@@ -126,7 +154,34 @@ def _task_text(task: dict[str, Any]) -> str:
         parts.append(f"train {_fmt(task['n_train_used'], 'int')} of {_fmt(task.get('n_train'), 'int')} used")
     if _num(task.get("n_eval")) is not None:
         parts.append(f"eval {_fmt(task['n_eval'], 'int')}")
-    return str(task.get("name", MISSING)) + (f" ({'; '.join(parts)})" if parts else "")
+    return parts
+
+
+def _embedding_task_parts(task: dict[str, Any]) -> list[str]:
+    parts = [str(task.get("type") or "feature-extraction")]
+    corpus = sum(_num(task.get(k)) or 0 for k in ("n_train", "n_texts"))   # the training split's texts and --text lines
+    if corpus:
+        parts.append(f"corpus {_fmt(corpus, 'int')} texts")
+    if _num(task.get("n_eval")) is not None:
+        parts.append(f"eval {_fmt(task['n_eval'], 'int')} held-out texts")
+    knn, pairs = task.get("knn"), task.get("pairs")
+    if isinstance(knn, dict):
+        parts.append(f"kNN {knn.get('source') or MISSING} (index {_fmt(knn.get('n_index'), 'int')}, "
+                     f"queries {_fmt(knn.get('n_queries'), 'int')}, k={knn.get('k', 1)})")
+    if isinstance(pairs, dict):
+        parts.append(f"pairs {pairs.get('source') or MISSING} ({_fmt(pairs.get('n_pairs'), 'int')} pairs)")
+    return parts
+
+
+def _embedding_model_parts(model: dict[str, Any]) -> list[str]:
+    parts = [f"{model['pooling']} pooling"] if model.get("pooling") else []
+    if _num(model.get("dense")):
+        parts.append(f"{_fmt(model['dense'], 'int')} Dense")
+    if isinstance(model.get("normalize"), bool):
+        parts.append("normalized" if model["normalize"] else "not normalized")
+    if _num(model.get("embedding_dim")) is not None:
+        parts.append(f"{_fmt(model['embedding_dim'], 'int')}-d embeddings")
+    return parts
 
 
 def _header_lines(report: dict[str, Any]) -> list[str]:
@@ -135,15 +190,17 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
     sources = [s for s in report.get("sources") or [] if isinstance(s, dict)]
     if len(sources) > 1:   # a comparison: every bundle's own model and task, never just the first one's
         for s in sources:
-            what = [f"model {_model_text(s['model'])}"] if s.get("model") else []
-            what += [f"task {_task_text(s['task'])}"] if s.get("task") else []
+            view = _view(s.get("model") or {}, s.get("task") or {})
+            what = [f"model {_model_text(s['model'], view)}"] if s.get("model") else []
+            what += [f"task {_task_text(s['task'], view)}"] if s.get("task") else []
             lines.append(f"Bundle {s.get('name', MISSING)}: " + ("; ".join(what) or MISSING)
                          + (f" [{s['path']}]" if s.get("path") else ""))
         return lines + [str(w) for w in report.get("warnings") or []]
+    view = _view(model, task)
     if model:
-        lines.append(f"Model: {_model_text(model)}")
+        lines.append(f"Model: {_model_text(model, view)}")
     if task:
-        lines.append(f"Task: {_task_text(task)}")
+        lines.append(f"Task: {_task_text(task, view)}")
     return lines + [str(w) for w in report.get("warnings") or []]
 
 
@@ -170,45 +227,265 @@ def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
     return lines
 
 
-_ORIGINAL_COLUMN = "agrees with given model %"   # label agreement with the model the user gave (--no-finetune)
-_COLUMNS = ("variant", "precision", "params (M)", "embedding params (M)", "ONNX MB", "embedding MB",
-            "accuracy %", "macro-F1 %", "Δ accuracy (pts)", "agreement with PyTorch %", "max |Δlogit| vs PyTorch",
-            _ORIGINAL_COLUMN, "max |Δlogit| vs given model", "p50 ms", "p95 ms", "peak RSS MB", "size vs ref")
+# ---------------------------------------------------------------- what each task's report shows, as data
+#
+# A task's report differs from another's only in the tables below: its columns, the per-variant
+# details, the deltas of the ratio lines, the plotted metric and a few sentences. The renderer
+# reads them and holds no `if task == ...` branch. A report picks its view by `model.task` (then
+# `task.type`); reports of other or no task render as text classification, the only kind embslim
+# wrote before task types existed.
+
+Show = Literal["always", "if_key", "if_value"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its header, the variant field it shows and how it is formatted."""
+
+    head: str
+    key: str                        # the variant's field
+    kind: str = "adaptive"          # a _fmt kind, or "text" for a field shown as it is
+    vs_ref: Literal["diff", "ratio"] | None = None    # the field's difference / ratio to the reference row's
+    of: Literal["fp32", "int8", "int4"] = "fp32"      # side by side: the model's own row or one of its quantized files
+    # always: every report has the column; if_key: dropped when no row carries the key (fields only
+    # some runs write); if_value: dropped when no row has a value (metrics a run may not measure).
+    show: Show = "always"
+
+
+@dataclass(frozen=True)
+class Detail:
+    """One figure of a variant's detail line (or a ratio line's delta): `text` with {} = the value."""
+
+    key: str
+    text: str
+    kind: str   # a _fmt kind, or "flag": `text` itself when the field is True
+
+
+@dataclass(frozen=True)
+class PlotMetric:
+    """What a metric-vs-size scatter plots: the field, its axis and how the reference line reads."""
+
+    key: str
+    axis: str               # y-axis label
+    title: str              # the figure's title
+    caption: str            # report.md's image alt text and report.html's figure caption
+    noun: str               # "no variant has both a size and {noun}"
+    kind: str = "pct"       # _fmt kind of the reference line's value
+    scale: float = 100.0    # plotted value = field * scale (shares as %)
+    unit: str = "%"
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """Everything about a report that depends on its task."""
+
+    columns: tuple[Column, ...]              # the Variants ("All files") table
+    side_columns: tuple[Column, ...]         # the side-by-side table (each model with its quantized files)
+    details: tuple[Detail, ...]              # task figures in each variant's detail line
+    deltas: tuple[Detail, ...]               # ratio lines: these fields' differences to the reference
+    plots: dict[str, tuple[PlotMetric, ...]]   # plot key -> metrics tried in turn; the first with data is plotted
+    intro: Callable[[dict[str, Any], str], str]   # (report, reference name) -> the Variants paragraph
+    side_intro: str                          # {ref} = the reference variant's name
+    training_heading: str                    # heading of the free-form `finetune` table
+    task_parts: Callable[[dict[str, Any]], list[str]]    # the task's description in the header
+    model_parts: Callable[[dict[str, Any]], list[str]]   # task-specific model fields after family, hidden, vocab
+    task_key: Callable[[dict[str, Any]], tuple[str, ...]]   # what two comparable bundles share
+    incomparable: str                        # why compare_reports refuses two bundles of different task_key
+    compare_warnings: tuple[tuple[str, str], ...]   # (task field, warning with {values}) when bundles differ in it
+
+
+_COMMON_DETAILS = (Detail("reconstruction_error", "embedding reconstruction error {}", "g3"),
+                   Detail("token_weighted_error", "token-weighted {}", "g3"),
+                   Detail("latency_seq_len", "latency at {} tokens", "int"))
+_SIZE_COLUMNS = (Column("variant", "name", "text"), Column("precision", "precision", "text"),
+                 Column("params (M)", "total_params", "params"), Column("embedding params (M)", "embedding_params", "params"),
+                 Column("ONNX MB", "onnx_bytes", "mb"), Column("embedding MB", "onnx_embedding_bytes", "mb"))
+_SPEED_COLUMNS = (Column("p50 ms", "latency_ms_p50"), Column("p95 ms", "latency_ms_p95"), Column("peak RSS MB", "peak_rss_mb"),
+                  Column("size vs ref", "onnx_bytes", "ratio", vs_ref="ratio"))
+# A newer task's tables drop what no row measured (latency and memory under --no-measure too);
+# classification keeps its columns, so its reports read as they always have.
+_SPEED_COLUMNS_IF_MEASURED = tuple(replace(c, show="if_value") for c in _SPEED_COLUMNS)
+
+
+def _classification_intro(report: dict[str, Any], ref: str) -> str:
+    return f"Reference for Δ accuracy and ratios: {ref}. MB = 10^6 bytes; accuracy and agreement on the eval split."
+
+
+def _classification_key(task: dict[str, Any]) -> tuple[str, ...]:
+    """Name, type, single/pair and label set."""
+    labels = task.get("labels") or []
+    return (str(task.get("name")), str(task.get("type") or "text-classification"), str(task.get("is_pair")),
+            json.dumps(sorted(map(str, labels)) or task.get("n_labels")))
+
+
+_CLASSIFICATION = ReportView(
+    columns=(*_SIZE_COLUMNS, Column("accuracy %", "accuracy", "pct"), Column("macro-F1 %", "macro_f1", "pct"),
+             Column("Δ accuracy (pts)", "accuracy", "delta", vs_ref="diff"),
+             Column("agreement with PyTorch %", "agreement", "pct"), Column("max |Δlogit| vs PyTorch", "max_logit_diff", "sci"),
+             # label agreement with the model the user gave: only runs that kept a trained model (--no-finetune) have it
+             Column("agrees with given model %", "original_agreement", "pct", show="if_key"),
+             Column("max |Δlogit| vs given model", "original_max_logit_diff", "sci", show="if_key"),
+             *_SPEED_COLUMNS),
+    side_columns=(Column("variant", "name", "text"), Column("embedding params (M)", "embedding_params", "params"),
+                  Column("reconstruction error", "reconstruction_error"), Column("token-weighted error", "token_weighted_error"),
+                  Column("fp32 MB", "onnx_bytes", "mb"), Column("int8 MB", "onnx_bytes", "mb", of="int8"),
+                  Column("4-bit MB", "onnx_bytes", "mb", of="int4"), Column("fp32 accuracy %", "accuracy", "pct"),
+                  Column("Δ fp32 (pts)", "accuracy", "delta", vs_ref="diff"),
+                  Column("int8 accuracy %", "accuracy", "pct", of="int8"), Column("4-bit accuracy %", "accuracy", "pct", of="int4"),
+                  Column("fp32 p50 ms", "latency_ms_p50"), Column("int8 p50 ms", "latency_ms_p50", of="int8"),
+                  Column("fp32 peak RSS MB", "peak_rss_mb"), Column("int8 peak RSS MB", "peak_rss_mb", of="int8")),
+    details=(Detail("torch_accuracy", "PyTorch accuracy {}%", "pct"),),
+    deltas=(Detail("accuracy", "{} pts accuracy", "delta"),),
+    plots={"accuracy_plot": (PlotMetric("accuracy", "accuracy (%)", "Accuracy vs ONNX size", "Accuracy vs size",
+                                        "an accuracy"),)},
+    intro=_classification_intro,
+    side_intro=("Each model with its quantized files; Δ fp32 is against {ref}. The token-weighted error weighs each "
+                "embedding row by how often the training text uses it. Every row is detailed in the table below."),
+    training_heading="Fine-tuning",
+    task_parts=_classification_task_parts,
+    model_parts=lambda model: [],
+    task_key=_classification_key,
+    incomparable="their accuracies are not comparable: compare bundles built for the same task and labels",
+    compare_warnings=(("n_eval", "Warning: the eval splits differ in size ({values} examples); accuracy deltas between "
+                                 "bundles mix model and eval-set differences."),),
+)
+
+
+def _embedding_intro(report: dict[str, Any], ref: str) -> str:
+    task = report.get("task") or {}
+    knn, pairs = task.get("knn"), task.get("pairs")
+    n_eval = f"{_fmt(task['n_eval'], 'int')} " if _num(task.get("n_eval")) is not None else ""
+    text = (f"Reference for Δ kNN and ratios: {ref}. MB = 10^6 bytes. Cosine: between each file's sentence embeddings "
+            f"and the original model's (PyTorch, unpruned) on the {n_eval}held-out texts (1 = identical; p1 = 1st "
+            "percentile).")
+    if isinstance(knn, dict):
+        text += (f" kNN accuracy: nearest neighbour by cosine, k = {knn.get('k', 1)}, on {knn.get('source') or MISSING} "
+                 f"(index {_fmt(knn.get('n_index'), 'int')} texts, {_fmt(knn.get('n_queries'), 'int')} queries).")
+    if isinstance(pairs, dict):
+        text += (f" Pair AUC: ROC-AUC of pair cosine against the paraphrase label on {pairs.get('source') or MISSING} "
+                 f"({_fmt(pairs.get('n_pairs'), 'int')} pairs).")
+    return text + " max |Δ| vs PyTorch: the same variant's embeddings, ONNX against PyTorch."
+
+
+def _embedding_key(task: dict[str, Any]) -> tuple[str, ...]:
+    """Type and the kNN and pair sets: those figures are comparable across corpora; the cosine
+    figures' held-out texts are each corpus's own (a warning says so when the corpora differ)."""
+    knn = task.get("knn") if isinstance(task.get("knn"), dict) else {}
+    pairs = task.get("pairs") if isinstance(task.get("pairs"), dict) else {}
+    return (str(task.get("type") or "feature-extraction"),
+            json.dumps([knn.get(k) for k in ("source", "n_index", "n_queries", "k")]),
+            json.dumps([pairs.get(k) for k in ("source", "n_pairs")]))
+
+
+_COSINE_PLOT = PlotMetric("cosine_mean", "mean cosine to the original model", "Cosine to the original model vs ONNX size",
+                          "Cosine vs size", "a cosine", kind="f4", scale=1.0, unit="")
+_EMBEDDING = ReportView(
+    columns=(*_SIZE_COLUMNS, Column("cosine mean vs original", "cosine_mean", "f4", show="if_value"),
+             Column("cosine p1 vs original", "cosine_p1", "f4", show="if_value"),
+             Column("cosine min vs original", "cosine_min", "f4", show="if_value"),
+             Column("kNN accuracy %", "knn_accuracy", "pct", show="if_value"),
+             Column("Δ kNN (pts)", "knn_accuracy", "delta", vs_ref="diff", show="if_value"),
+             Column("pair AUC", "pair_auc", "f4", show="if_value"),
+             Column("max |Δ| vs PyTorch", "max_abs_diff", "sci", show="if_value"),
+             *_SPEED_COLUMNS_IF_MEASURED),
+    side_columns=(Column("variant", "name", "text"), Column("embedding params (M)", "embedding_params", "params"),
+                  Column("reconstruction error", "reconstruction_error", show="if_value"),
+                  Column("token-weighted error", "token_weighted_error", show="if_value"),
+                  Column("fp32 MB", "onnx_bytes", "mb"), Column("int8 MB", "onnx_bytes", "mb", of="int8", show="if_value"),
+                  Column("4-bit MB", "onnx_bytes", "mb", of="int4", show="if_value"),
+                  Column("fp32 cosine mean", "cosine_mean", "f4", show="if_value"),
+                  Column("int8 cosine mean", "cosine_mean", "f4", of="int8", show="if_value"),
+                  Column("4-bit cosine mean", "cosine_mean", "f4", of="int4", show="if_value"),
+                  Column("fp32 kNN %", "knn_accuracy", "pct", show="if_value"),
+                  Column("Δ fp32 kNN (pts)", "knn_accuracy", "delta", vs_ref="diff", show="if_value"),
+                  Column("int8 kNN %", "knn_accuracy", "pct", of="int8", show="if_value"),
+                  Column("4-bit kNN %", "knn_accuracy", "pct", of="int4", show="if_value"),
+                  Column("fp32 p50 ms", "latency_ms_p50", show="if_value"),
+                  Column("int8 p50 ms", "latency_ms_p50", of="int8", show="if_value"),
+                  Column("fp32 peak RSS MB", "peak_rss_mb", show="if_value"),
+                  Column("int8 peak RSS MB", "peak_rss_mb", of="int8", show="if_value")),
+    details=(Detail("cosine_min_torch", "min cosine vs PyTorch {}", "f6"),
+             Detail("cosine_fp32_mean", "cosine vs its fp32 file: mean {}", "f4"), Detail("cosine_fp32_min", "min {}", "f4"),
+             Detail("knn_drop_vs_fp32", "kNN drop vs its fp32 file {} pts", "pct"),
+             Detail("flagged", "FLAGGED: its drop vs fp32 is past the allowed maximum", "flag")),
+    deltas=(Detail("knn_accuracy", "{} pts kNN accuracy", "delta"), Detail("pair_auc", "{} pair AUC", "delta4")),
+    plots={"accuracy_plot": (PlotMetric("knn_accuracy", "kNN accuracy, k = 1 (%)", "kNN accuracy vs ONNX size",
+                                        "kNN accuracy vs size", "a kNN accuracy"), _COSINE_PLOT),
+           "cosine_plot": (_COSINE_PLOT,)},
+    intro=_embedding_intro,
+    side_intro=("Each model with its quantized files; cosine is against the original model, Δ fp32 kNN against {ref}. "
+                "Every row is detailed in the table below."),
+    training_heading="Training",
+    task_parts=_embedding_task_parts,
+    model_parts=_embedding_model_parts,
+    task_key=_embedding_key,
+    incomparable=("their kNN accuracy and pair AUC are not comparable: compare bundles evaluated on the same kNN and "
+                  "pair sets"),
+    compare_warnings=(("name", "Warning: the corpora differ ({values}); each bundle's cosine figures are on its own "
+                               "held-out texts, so cosine deltas between bundles mix model and corpus differences."),
+                      ("n_eval", "Warning: the held-out sets differ in size ({values} texts); cosine deltas between "
+                                 "bundles mix model and held-out-set differences.")),
+)
+
+# Keyed by the task type, named as Optimum's TasksManager names tasks (DESIGN.md).
+REPORT_VIEWS: dict[str, ReportView] = {"text-classification": _CLASSIFICATION, "feature-extraction": _EMBEDDING}
+
+
+def _task_type(model: dict[str, Any], task: dict[str, Any]) -> str:
+    model, task = model if isinstance(model, dict) else {}, task if isinstance(task, dict) else {}
+    return str(model.get("task") or task.get("type") or "text-classification")
+
+
+def _view(model: dict[str, Any], task: dict[str, Any]) -> ReportView:
+    """The report view of a bundle's task; text classification for tasks without one of their own."""
+    return REPORT_VIEWS.get(_task_type(model, task), _CLASSIFICATION)
+
+
+def _report_view(report: dict[str, Any]) -> ReportView:
+    return _view(report.get("model") or {}, report.get("task") or {})
+
+
+def _cell(col: Column, row: dict[str, Any], ref: dict[str, Any]) -> str:
+    if col.kind == "text":
+        return str(row.get(col.key) or MISSING)
+    value = row.get(col.key)
+    if col.vs_ref == "diff":
+        value = _diff(value, ref.get(col.key))
+    elif col.vs_ref == "ratio":
+        value = _ratio(value, ref.get(col.key))
+    return _fmt(value, col.kind)
+
+
+def _table(columns: Sequence[Column], rows: list[dict[str, dict[str, Any]]],
+           ref: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells; each row maps a column's `of` to the variant it reads. Columns their
+    `show` rule drops are left out."""
+    cells = [[_cell(c, row.get(c.of) or {}, ref) for c in columns] for row in rows]
+    keep = [i for i, c in enumerate(columns) if c.show == "always"
+            or (c.show == "if_key" and any(c.key in (row.get(c.of) or {}) for row in rows))
+            or (c.show == "if_value" and any(r[i] != MISSING for r in cells))]
+    return [columns[i].head for i in keep], [[r[i] for i in keep] for r in cells]
+
+
 _TEXT_COLUMNS = {"variant", "precision", "key", "value"}  # left-aligned; the rest are numbers
 
 
-def _variant_rows(variants: list[dict[str, Any]]) -> list[list[str]]:
-    ref = variants[0]
-    return [[v["name"], str(v.get("precision") or MISSING), _fmt(v.get("total_params"), "params"),
-             _fmt(v.get("embedding_params"), "params"), _fmt(v.get("onnx_bytes"), "mb"),
-             _fmt(v.get("onnx_embedding_bytes"), "mb"), _fmt(v.get("accuracy"), "pct"),
-             _fmt(v.get("macro_f1"), "pct"), _fmt(_diff(v.get("accuracy"), ref.get("accuracy")), "delta"),
-             _fmt(v.get("agreement"), "pct"), _fmt(v.get("max_logit_diff"), "sci"),
-             _fmt(v.get("original_agreement"), "pct"), _fmt(v.get("original_max_logit_diff"), "sci"),
-             _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(v.get("latency_ms_p95"), "adaptive"),
-             _fmt(v.get("peak_rss_mb"), "adaptive"), _fmt(_ratio(v.get("onnx_bytes"), ref.get("onnx_bytes")), "ratio")]
-            for v in variants]
-
-
-def _detail_lines(variants: list[dict[str, Any]]) -> list[str]:
+def _detail_lines(variants: list[dict[str, Any]], view: ReportView) -> list[str]:
     lines = []
     for v in variants:
         bits = [str(v["description"])] if v.get("description") else []
         bits += [f"file {v['file']}"] if v.get("file") else []
-        if _num(v.get("torch_accuracy")) is not None:
-            bits.append(f"PyTorch accuracy {_fmt(v['torch_accuracy'], 'pct')}%")
-        if _num(v.get("reconstruction_error")) is not None:
-            bits.append(f"embedding reconstruction error {v['reconstruction_error']:.3g}")
-        if _num(v.get("token_weighted_error")) is not None:
-            bits.append(f"token-weighted {v['token_weighted_error']:.3g}")
-        if _num(v.get("latency_seq_len")) is not None:
-            bits.append(f"latency at {_fmt(v['latency_seq_len'], 'int')} tokens")
+        for d in (*view.details, *_COMMON_DETAILS):
+            if d.kind == "flag":   # a description may say it already (classification's quantize step does)
+                bits += [d.text] if v.get(d.key) is True and "FLAGGED" not in str(v.get("description")) else []
+            elif _num(v.get(d.key)) is not None:
+                bits.append(d.text.format(_fmt(v[d.key], d.kind)))
         if bits:
             lines.append(f"{v['name']}: " + "; ".join(bits))
     return lines
 
 
-def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
+def _ratio_lines(variants: list[dict[str, Any]], view: ReportView) -> list[str]:
     ref, lines = variants[0], []
     for v in variants[1:]:
         parts = []
@@ -217,19 +494,15 @@ def _ratio_lines(variants: list[dict[str, Any]]) -> list[str]:
             r = _ratio(v.get(key), ref.get(key))
             if r is not None:
                 parts.append(f"{r:.2f}x {what}")
-        delta = _diff(v.get("accuracy"), ref.get("accuracy"))
-        if delta is not None:
-            parts.append(f"{_fmt(delta, 'delta')} pts accuracy")
+        for d in view.deltas:
+            delta = _diff(v.get(d.key), ref.get(d.key))
+            if delta is not None:
+                parts.append(d.text.format(_fmt(delta, d.kind)))
         lines.append(f"{v['name']}: " + (", ".join(parts) if parts else "no comparable metrics"))
     return lines
 
 
-_SIDE_COLUMNS = ("variant", "embedding params (M)", "reconstruction error", "token-weighted error", "fp32 MB", "int8 MB", "4-bit MB",
-                 "fp32 accuracy %", "Δ fp32 (pts)", "int8 accuracy %", "4-bit accuracy %", "fp32 p50 ms",
-                 "int8 p50 ms", "fp32 peak RSS MB", "int8 peak RSS MB")
-
-
-def _side_by_side(variants: list[dict[str, Any]]) -> list[list[str]] | None:
+def _side_by_side(variants: list[dict[str, Any]], view: ReportView) -> tuple[list[str], list[list[str]]] | None:
     """One row per model with its quantized files beside it (rows with `base` name the model they
     were quantized from), or None when no model has a quantized row."""
     quantized: dict[str, dict[str, dict[str, Any]]] = {}
@@ -238,20 +511,8 @@ def _side_by_side(variants: list[dict[str, Any]]) -> list[list[str]] | None:
             quantized.setdefault(v["base"], {}).setdefault(v["precision"], v)   # first target of each precision
     if not quantized:
         return None
-    ref = variants[0]
-    rows = []
-    for v in variants:
-        if v.get("base"):
-            continue
-        q8, q4 = quantized.get(v["name"], {}).get("int8", {}), quantized.get(v["name"], {}).get("int4", {})
-        rows.append([v["name"], _fmt(v.get("embedding_params"), "params"), _fmt(v.get("reconstruction_error"), "adaptive"),
-                     _fmt(v.get("token_weighted_error"), "adaptive"),
-                     _fmt(v.get("onnx_bytes"), "mb"), _fmt(q8.get("onnx_bytes"), "mb"), _fmt(q4.get("onnx_bytes"), "mb"),
-                     _fmt(v.get("accuracy"), "pct"), _fmt(_diff(v.get("accuracy"), ref.get("accuracy")), "delta"),
-                     _fmt(q8.get("accuracy"), "pct"), _fmt(q4.get("accuracy"), "pct"),
-                     _fmt(v.get("latency_ms_p50"), "adaptive"), _fmt(q8.get("latency_ms_p50"), "adaptive"),
-                     _fmt(v.get("peak_rss_mb"), "adaptive"), _fmt(q8.get("peak_rss_mb"), "adaptive")])
-    return rows
+    rows = [{"fp32": v, **quantized.get(v["name"], {})} for v in variants if not v.get("base")]
+    return _table(view.side_columns, rows, variants[0])
 
 
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -265,31 +526,24 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(heading, kind, payload) in report order; kind is lines, bullets or table."""
-    variants = _check(report)
+    variants, view = _check(report), _report_view(report)
     out: list[tuple[str, str, Any]] = [("", "lines", _header_lines(report))]
     if isinstance(report.get("vocab"), dict):
         n_eval = (report.get("task") or {}).get("n_eval")
         out.append(("Vocabulary (DEP)", "bullets", _vocab_lines(report["vocab"], n_eval)))
     ref = variants[0]
-    out.append(("Variants", "lines", [f"Reference for Δ accuracy and ratios: {ref['name']}. "
-                                      "MB = 10^6 bytes; accuracy and agreement on the eval split."]))
-    side = _side_by_side(variants)
+    out.append(("Variants", "lines", [view.intro(report, ref["name"])]))
+    side = _side_by_side(variants, view)
     if side:
-        out.append(("Side by side", "lines", [f"Each model with its quantized files; Δ fp32 is against {ref['name']}. "
-                                              "The token-weighted error weighs each embedding row by how often the "
-                                              "training text uses it. Every row is detailed in the table below."]))
-        out.append(("", "table", (list(_SIDE_COLUMNS), side)))
+        out.append(("Side by side", "lines", [view.side_intro.format(ref=ref["name"])]))
+        out.append(("", "table", side))
         out.append(("All files", "lines", []))
-    head, rows = list(_COLUMNS), _variant_rows(variants)
-    if not any("original_agreement" in v for v in variants):   # only runs that kept a trained model have it
-        keep = [i for i, h in enumerate(head) if h not in (_ORIGINAL_COLUMN, "max |Δlogit| vs given model")]
-        head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
-    out.append(("", "table", (head, rows)))
-    out.append(("", "bullets", _detail_lines(variants)))
+    out.append(("", "table", _table(view.columns, [{"fp32": v} for v in variants], ref)))
+    out.append(("", "bullets", _detail_lines(variants, view)))
     if len(variants) > 1:
-        out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants)))
+        out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants, view)))
     if report.get("finetune"):
-        out.append(("Fine-tuning", "table", (["key", "value"], [list(kv) for kv in _flatten(report["finetune"])])))
+        out.append((view.training_heading, "table", (["key", "value"], [list(kv) for kv in _flatten(report["finetune"])])))
     if report.get("notes"):
         notes = report["notes"] if isinstance(report["notes"], list) else [report["notes"]]
         out.append(("Notes", "bullets", [str(n) for n in notes]))
@@ -319,7 +573,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
             out.append("|" + "|".join("---" if h in _TEXT_COLUMNS else "---:" for h in head) + "|")
             out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows] + [""]
-    out += ["## Plots", ""] + [f"![{_PLOT_TITLES[k]}]({p})" for k, p in PLOT_FILES.items()] + [""]
+    out += ["## Plots", ""] + [f"![{caption}]({PLOT_FILES[k]})" for k, caption in _plot_captions(report).items()] + [""]
     return "\n".join(out)
 
 
@@ -428,20 +682,42 @@ def _size_png(report: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _plot_metric(report: dict[str, Any], key: str) -> PlotMetric:
+    """The metric plot `key` shows: the first of the view's metrics that some sized variant has."""
+    chain = _report_view(report).plots[key]
+    return next((m for m in chain if any(_num(v.get("onnx_bytes")) is not None and _num(v.get(m.key)) is not None
+                                         for v in _check(report))), chain[0])
+
+
+def _plot_captions(report: dict[str, Any]) -> dict[str, str]:
+    """Plot key -> caption, for every plot the report's view writes, in report order."""
+    return {"size_plot": _SIZE_TITLE} | {k: _plot_metric(report, k).caption for k in _report_view(report).plots}
+
+
+def _pngs(report: dict[str, Any]) -> dict[str, bytes]:
+    return {"size_plot": _size_png(report)} | {k: _png(metric_figure(report, k)) for k in _report_view(report).plots}
+
+
 def _accuracy_png(report: dict[str, Any]) -> bytes:
     return _png(accuracy_figure(report))
 
 
 def accuracy_figure(report: dict[str, Any]) -> Any:
-    """The accuracy-vs-size matplotlib figure (the caller closes it); plot_accuracy_vs_size saves it."""
+    """The accuracy-vs-size matplotlib figure (the caller closes it); plot_accuracy_vs_size saves it.
+    An embedding report plots kNN accuracy there (cosine to the original when it has no kNN)."""
+    return metric_figure(report, "accuracy_plot")
+
+
+def metric_figure(report: dict[str, Any], key: str) -> Any:
+    """The figure of plot `key` of the report's view (a metric against ONNX size); the caller closes it."""
     plt = _pyplot()
-    variants = _check(report)
-    pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get("accuracy"))) for v in variants]
-    pts = [(n, x / 1e6, y * 100) for n, x, y in pts if x is not None and y is not None]
+    variants, metric = _check(report), _plot_metric(report, key)
+    pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get(metric.key))) for v in variants]
+    pts = [(n, x / 1e6, y * metric.scale) for n, x, y in pts if x is not None and y is not None]
     fig, ax = plt.subplots(figsize=(9, 6) if len(pts) > 8 else (7, 4.5))
-    ax.set_title("Accuracy vs ONNX size")
+    ax.set_title(metric.title)
     if not pts:
-        _no_data(ax, "no variant has both a size and an accuracy")
+        _no_data(ax, f"no variant has both a size and {metric.noun}")
         return fig
     # With quantized rows (those naming a `base` model) each precision gets a colour and only the
     # models are labelled, so a comparison of many variants stays readable.
@@ -453,16 +729,16 @@ def accuracy_figure(report: dict[str, Any]) -> Any:
         sel = [(x, y) for n, x, y in pts if precision[n] == prec]
         ax.scatter([x for x, _ in sel], [y for _, y in sel], s=45, zorder=3, color=colors.get(prec, _UNKNOWN_COLOR),
                    label=prec or None)
-    ref_acc = _num(variants[0].get("accuracy"))
-    if ref_acc is not None:
-        ax.axhline(ref_acc * 100, ls="--", lw=1, color="#666", zorder=1,
-                   label=f"reference ({variants[0]['name']}): {ref_acc * 100:.2f}%")
+    ref_value = _num(variants[0].get(metric.key))
+    if ref_value is not None:
+        ax.axhline(ref_value * metric.scale, ls="--", lw=1, color="#666", zorder=1,
+                   label=f"reference ({variants[0]['name']}): {_fmt(ref_value, metric.kind)}{metric.unit}")
         # Below the axes, so it never covers a point or a label.
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=9, frameon=False)
     ax.set_xlim(0, max(x for _, x, _ in pts) * 1.25)  # from 0, so the size gap reads honestly
     ax.margins(y=0.3)
     ax.set_xlabel("ONNX file size (MB)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(metric.axis)
     ax.grid(alpha=0.3)
     _place_labels(fig, ax, [(n, x, y) for n, x, y in pts if n in labelled], fontsize=8 if grouped else 9)
     return fig
@@ -503,7 +779,8 @@ def plot_size_breakdown(report: dict[str, Any], path: str | Path) -> Path:
 
 
 def plot_accuracy_vs_size(report: dict[str, Any], path: str | Path) -> Path:
-    """Scatter of accuracy (%) against ONNX size (MB), one labelled point per variant."""
+    """Scatter of accuracy (%) against ONNX size (MB), one labelled point per variant (an embedding
+    report: kNN accuracy, or cosine to the original when it has no kNN)."""
     return _atomic_write(Path(path), _accuracy_png(report))
 
 
@@ -527,22 +804,23 @@ def _atomic_write(path: Path, data: bytes) -> Path:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md, report.html and the two plots into `out_dir`; return their paths."""
+    """Write report.json, report.md, report.html and the plots into `out_dir` (size_breakdown and
+    accuracy_vs_size; an embedding report also cosine_vs_size); return their paths."""
     out, variants = Path(out_dir), _check(report)
     try:
         as_json = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     except (TypeError, ValueError) as err:
         raise ReportError(f"the report must be JSON-serialisable (dicts, lists, numbers, strings): {err}") from err
     # Render everything before touching the disk, so a bad report writes nothing at all.
-    pngs = {"size_plot": _size_png(report), "accuracy_plot": _accuracy_png(report)}
+    pngs, captions = _pngs(report), _plot_captions(report)
     markdown = render_markdown(report)
-    page = _html(report, {_PLOT_TITLES[k]: png for k, png in pngs.items()})
+    page = _html(report, {captions[k]: png for k, png in pngs.items()})
     paths = {k: _atomic_write(out / PLOT_FILES[k], png) for k, png in pngs.items()}
     paths["md"] = _atomic_write(out / "report.md", markdown.encode("utf-8"))
     paths["html"] = _atomic_write(out / "report.html", page.encode("utf-8"))
     paths["json"] = _atomic_write(out / "report.json", as_json.encode("utf-8"))
     log.info("wrote footprint report to %s (%d variants)", out, len(variants))
-    return {k: paths[k] for k in ("json", "md", "html", "size_plot", "accuracy_plot")}
+    return {k: paths[k] for k in ("json", "md", "html", *pngs)}
 
 
 def _load(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -572,14 +850,6 @@ def _bundle_labels(folders: list[Path]) -> list[str]:
     return [str(f) for f in folders]   # the same folder twice: the caller says they clash
 
 
-def _task_key(task: Any) -> tuple[str, str, str, str]:
-    """What makes two tasks the same task: name, type, single/pair and label set."""
-    task = task if isinstance(task, dict) else {}
-    labels = task.get("labels") or []
-    return (str(task.get("name")), str(task.get("type") or "text-classification"), str(task.get("is_pair")),
-            json.dumps(sorted(map(str, labels)) or task.get("n_labels")))
-
-
 def compare_reports(paths: Sequence[str | Path], *, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Merge report.json files (or bundle dirs) into one report whose variants are all of theirs.
 
@@ -587,8 +857,11 @@ def compare_reports(paths: Sequence[str | Path], *, names: Sequence[str] | None 
     its bundle name ("run-a/dep", "run-a/dep int8-arm64"), so each row says where it comes from
     and quantized files stay beside their model; `names` overrides the bundle names (default:
     the directory holding each report.json). The reference for deltas is the first input's
-    first variant. Reports of different tasks (name, type, single/pair or label set) are
-    refused: their accuracies are not on one scale. One input keeps its names as they are.
+    first variant. Reports of different task types (a classifier and an embedder) are refused in
+    one line, and so are reports of different tasks by their view's `task_key` (classification:
+    name, type, single/pair or label set; embeddings: the kNN and pair sets): their metrics are
+    not on one scale. Differences that leave them comparable (eval-set size; an embedding
+    bundle's corpus) become warnings in the header. One input keeps its names as they are.
     """
     if not paths:
         raise ReportError("compare_reports needs at least one report.json path or bundle directory")
@@ -598,11 +871,17 @@ def compare_reports(paths: Sequence[str | Path], *, names: Sequence[str] | None 
     labels = list(names) if names is not None else _bundle_labels([f.parent for f, _ in loaded])
     if len(set(labels)) != len(labels):
         raise ReportError(f"bundle names clash: {labels}; pass one distinct name per report")
-    keys = [_task_key(r.get("task")) for _, r in loaded]
-    if len(set(keys)) > 1:
-        tasks = ", ".join(f"{label}: {_task_text(r.get('task') or {})}" for label, (_, r) in zip(labels, loaded))
-        raise ReportError(f"cannot compare bundles of different tasks ({tasks}); their accuracies are not "
-                          "comparable: compare bundles built for the same task and labels")
+    tasks = [r.get("task") if isinstance(r.get("task"), dict) else {} for _, r in loaded]
+    views = [_report_view(r) for _, r in loaded]
+    if any(v is not views[0] for v in views):
+        types = ", ".join(f"{label}: {_task_type(r.get('model') or {}, task)}"
+                          for label, (_, r), task in zip(labels, loaded, tasks))
+        raise ReportError(f"cannot compare bundles of different task types ({types}); accuracy and embedding "
+                          "cosine/kNN are different measurements: compare bundles of one task type")
+    view = views[0]
+    if len({view.task_key(task) for task in tasks}) > 1:
+        described = ", ".join(f"{label}: {_task_text(task, view)}" for label, task in zip(labels, tasks))
+        raise ReportError(f"cannot compare bundles of different tasks ({described}); {view.incomparable}")
     several = len(loaded) > 1
 
     def prefixed(label: str, name: str) -> str:
@@ -614,11 +893,11 @@ def compare_reports(paths: Sequence[str | Path], *, names: Sequence[str] | None 
     first = loaded[0][1]
     notes = ["compared: " + ", ".join(f"{label} ({f})" for label, (f, _) in zip(labels, loaded))] if several else []
     warnings = []
-    evals = {label: (r.get("task") or {}).get("n_eval") for label, (_, r) in zip(labels, loaded)}
-    if len(set(map(str, evals.values()))) > 1:
-        warnings.append("Warning: the eval splits differ in size (" + ", ".join(f"{k} {v}" for k, v in evals.items())
-                        + " examples); accuracy deltas between bundles mix model and eval-set differences.")
-        log.warning("compare_reports: %s", warnings[-1])
+    for field, text in view.compare_warnings:
+        values = {label: task.get(field) for label, task in zip(labels, tasks)}
+        if len(set(map(str, values.values()))) > 1:
+            warnings.append(text.format(values=", ".join(f"{k} {v}" for k, v in values.items())))
+            log.warning("compare_reports: %s", warnings[-1])
     notes += [f"{label}: {n}" for label, (_, r) in zip(labels, loaded) for n in (r.get("notes") or [])]
     merged: dict[str, Any] = {
         "title": "embslim footprint comparison: " + " vs ".join(labels) if several else first.get("title"),

@@ -145,7 +145,7 @@ def test_card_from_the_bundled_minilm_card() -> None:
 
 def test_card_pipeline_tag_and_classes_follow_the_task_type() -> None:
     card = render_card(_manifest(type="feature-extraction"), _REPORT)
-    assert _front_matter(card)["pipeline_tag"] == "feature-extraction"
+    assert _front_matter(card)["pipeline_tag"] == "sentence-similarity"   # as sentence-transformers models are tagged on the Hub
     assert "ORTModelForFeatureExtraction" in card and "from embslim.runtime import Embedder" in card
     card = render_card(_manifest(type="token-classification"), _REPORT)
     assert _front_matter(card)["pipeline_tag"] == "token-classification" and "ORTModelForTokenClassification" in card
@@ -190,3 +190,178 @@ def test_export_and_quantize_commands_write_the_card_too(tmp_path: Path, tiny_mo
     row = _table((tmp_path / "b" / "README.md").read_text(encoding="utf-8"))["`model.int8-avx2.onnx`"]
     assert row[1:3] == ["int8", "avx2"] and row[4] == accuracy
     assert main(["inspect", str(tmp_path / "b")]) == 0   # the card is no artifact: checksums still hold
+
+
+# ---------------------------------------------------------------- sentence-embedding (feature-extraction) bundles
+
+
+def _emb_manifest(*, int8: bool = True) -> dict[str, Any]:
+    artifacts = [{"file": "model.onnx", "variant": "fp32", "target": "any", "bytes": 57_300_000},
+                 {"file": "tokenizer.json", "variant": "tokenizer", "target": "any", "bytes": 700_000}]
+    artifacts += [{"file": "model.int8-arm64.onnx", "variant": "int8", "target": "arm64", "bytes": 15_100_000}] if int8 else []
+    return {"task": {"name": "clinc150-train", "type": "feature-extraction", "labels": [], "pair": False, "max_length": 128},
+            "source_model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "family": "bert"},
+            "stages": {"bundle_variant": "dep+messi+distill",
+                       "compress": {"dep+messi+distill": {"method": "messi", "options": {"k": 5}, "distill": True}},
+                       "export": {"opset": 17, "exporter": "torch.onnx (TorchScript)"}},
+            "artifacts": artifacts}
+
+
+def _emb_report(**model: Any) -> dict[str, Any]:
+    """What the pipeline writes for `--task feature-extraction` (issue 14), by hand: the original
+    model first, the bundle's model.onnx, its int8 file."""
+    cos = {"cosine_p1": 0.97, "cosine_min": 0.93}
+    return {
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "task": "feature-extraction", "head": "none",
+                  "pooling": "mean", "normalize": True, "dense": 0, "embedding_dim": 384} | model,
+        "task": {"name": "clinc150-train", "type": "feature-extraction", "n_texts": 15000, "n_eval": 1000, "n_labels": 0,
+                 "knn": {"source": "clinc150", "n_index": 15000, "n_queries": 4500, "k": 1},
+                 "pairs": {"source": "mrpc-dev", "n_pairs": 408}},
+        "vocab": {"original_rows": 30522, "kept_rows": 8698, "fallback": "nearest", "eval_oov_rate": 0.005},
+        "variants": [
+            {"name": "unpruned", "precision": "fp32", "file": "/work/unpruned/model.onnx", "onnx_bytes": 90_900_000,
+             "cosine_mean": 1.0, "cosine_p1": 1.0, "cosine_min": 0.99999, "knn_accuracy": 0.8711, "pair_auc": 0.8155,
+             "max_abs_diff": 2e-7, "latency_ms_p50": 6.1, "peak_rss_mb": 180.0},
+            {"name": "dep+messi+distill", "precision": "fp32", "file": "model.onnx", "onnx_bytes": 57_300_000,
+             "description": "DEP + MESSI, distilled from the given model on the corpus", "cosine_mean": 0.99871, **cos,
+             "knn_accuracy": 0.8689, "pair_auc": 0.8141, "max_abs_diff": 3e-7, "latency_ms_p50": 5.8, "peak_rss_mb": 150.2},
+            {"name": "dep+messi+distill int8-arm64", "precision": "int8", "base": "dep+messi+distill",
+             "file": "model.int8-arm64.onnx", "onnx_bytes": 15_100_000, "cosine_mean": 0.99412, **cos,
+             "knn_accuracy": 0.8671, "pair_auc": 0.8133, "cosine_fp32_mean": 0.9953, "cosine_fp32_min": 0.96,
+             "knn_drop_vs_fp32": 0.0018, "flagged": False, "latency_ms_p50": 2.9, "peak_rss_mb": 95.5}],
+    }
+
+
+_ST_FILES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
+             "model.onnx", "model.int8-arm64.onnx", "tokenizer.json", "manifest.json"}
+
+
+def test_card_pipeline_tags_are_the_tasks_own() -> None:
+    from embslim.pipeline.card import TASKS as CARD_TASKS
+    from embslim.pipeline.tasks import TASKS
+
+    assert {name: t.pipeline_tag for name, t in CARD_TASKS.items()} == {name: t.pipeline_tag for name, t in TASKS.items()}
+    assert {name: t.runtime_class for name, t in CARD_TASKS.items()} == {name: t.runtime_class for name, t in TASKS.items()}
+
+
+def test_embedding_card_header_and_footprint_table() -> None:
+    card = render_card(_emb_manifest(), _emb_report(), files=_ST_FILES)
+    header = _front_matter(card)
+    assert (header["library_name"], header["pipeline_tag"]) == ("sentence-transformers", "sentence-similarity")
+    assert header["tags"] == ["onnx", "embslim", "sentence-similarity", "sentence-transformers", "feature-extraction",
+                              "dep-pruned", "messi", "int8"]
+    assert "# all-MiniLM-L6-v2 sentence embeddings, slimmed by embslim for clinc150-train" in card
+    assert "(384-dimensional vectors; mean pooling; L2-normalized: the dot product is the cosine)" in card
+    assert "classifier" not in card and "labels:" not in card
+
+    section = card.split("## Footprint and quality")[1].split("## How to use")[0]
+    head = [c.strip() for c in next(line for line in section.splitlines() if line.startswith("| file ")).strip("|").split(" | ")]
+    assert head == ["file", "precision", "target", "MB", "cosine mean vs original", "cosine min vs original",
+                    "kNN accuracy %", "Δ kNN vs model.onnx (pts)", "pair AUC", "p50 ms", "peak RSS MB"]
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
+                              if line.startswith("| ") and not line.startswith("| file "))}
+    assert rows["`model.onnx`"][3:] == ["57.3", "0.9987", "0.9300", "86.89", "", "0.8141", "5.80", "150.2"]
+    assert rows["`model.int8-arm64.onnx`"][3:] == ["15.1", "0.9941", "0.9300", "86.71", "-0.18", "0.8133", "2.90", "95.5"]
+    assert rows["unpruned baseline (not in the bundle)"][3:9] == ["90.9", "1.0000", "1.0000", "87.11", "+0.22", "0.8155"]
+    assert "on 1,000 held-out texts" in section and "on clinc150, 15,000 index texts and 4,500 queries" in section
+    assert "mrpc-dev (408 pairs)" in section
+
+    done = card.split("## What was done")[1].split("## Footprint")[0]
+    assert "8,698 of 30,522 token rows the corpus uses" in done
+    assert "**Embedding compression**: `messi` (k=5), distilled from the given model's sentence embeddings on the corpus." in done
+    assert "`dep+messi+distill` learned from the given model's sentence embeddings on the corpus (distillation)" in done
+    assert "**Fine-tuning**" not in done and "`sentence_embedding`" in done
+
+
+def test_embedding_card_without_knn_pairs_or_modules_json() -> None:
+    report = _emb_report()
+    del report["task"]["knn"], report["task"]["pairs"]
+    for v in report["variants"]:
+        del v["knn_accuracy"], v["pair_auc"]
+    card = render_card(_emb_manifest(), report, files={"model.onnx", "model.int8-arm64.onnx", "tokenizer.json"})
+    assert _front_matter(card)["library_name"] == "onnx"   # no modules.json: not a sentence-transformers folder
+    assert "### sentence-transformers" not in card
+    head = next(line for line in card.splitlines() if line.startswith("| file "))
+    assert "kNN" not in head and "AUC" not in head and "cosine mean vs original" in head
+    assert _table(card.replace("## Footprint and quality", "## Footprint and accuracy"))["`model.onnx`"][4] == "0.9987"
+    no_report = render_card(_emb_manifest(), {})
+    assert "no cosine or kNN figures yet" in no_report
+    assert _table(no_report.replace("## Footprint and quality", "## Footprint and accuracy"))["`model.onnx`"][3:6] \
+        == ["57.3", MISSING, MISSING]
+
+
+@pytest.mark.parametrize(("model", "pooling"), [
+    ({}, ['mask = inputs["attention_mask"][..., None]', "vectors = (hidden * mask).sum(1) / mask.sum(1)   # mean pooling",
+          "vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)   # L2 normalization"]),
+    ({"pooling": "cls", "normalize": False}, ["vectors = hidden[:, 0]   # CLS pooling"]),
+    ({"dense": 1}, ["# this model applies 1 Dense layer(s) after pooling: take its sentence embeddings from Embedder or "
+                    "sentence-transformers above", "print(hidden.shape)"]),
+])
+def test_embedding_card_usage_blocks(model: dict[str, Any], pooling: list[str]) -> None:
+    import ast
+
+    card = render_card(_emb_manifest(), _emb_report(**model), files=_ST_FILES)
+    blocks = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert len(blocks) == 3
+    for code in blocks:
+        ast.parse(code)
+    runtime, st, optimum = blocks
+    assert 'emb = Embedder.from_bundle("path/to/bundle", variant="auto")' in runtime
+    assert "vectors = emb.encode(" in runtime and "# float32 [n, 384]" in runtime
+    assert ('SentenceTransformer("path/to/bundle", backend="onnx", model_kwargs={"file_name": "model.int8-arm64.onnx"})'
+            in st)
+    assert 'ORTModelForFeatureExtraction.from_pretrained("path/to/bundle", file_name="model.onnx")' in optimum
+    lines = optimum.splitlines()
+    start = lines.index("hidden = model(**inputs).last_hidden_state   # token embeddings [n, seq, hidden]") + 1
+    assert lines[start:] == pooling + ([] if model.get("dense") else ["print(vectors.shape)"])
+
+
+def test_embedding_card_reads_the_manifests_embedding_without_a_report() -> None:
+    manifest = _emb_manifest()
+    manifest["task"]["embedding"] = {"pooling": "cls", "normalize": False, "dense": 0, "source": "sentence-transformers",
+                                     "dim": 768}
+    card = render_card(manifest, {}, files=_ST_FILES)
+    assert "(768-dimensional vectors; cls pooling; not normalized)" in card
+    assert "vectors = hidden[:, 0]   # CLS pooling" in card and "# float32 [n, 768]" in card
+
+
+@pytest.fixture(scope="module")
+def st_folder(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A tiny encoder laid out as an embedding bundle's root (model.onnx with `last_hidden_state`,
+    an int8-named copy, modules.json, 1_Pooling and a Normalize entry), exported by Optimum."""
+    from optimum.exporters.onnx import main_export
+
+    folder = tmp_path_factory.mktemp("st") / "bundle"
+    main_export(str(tiny_model_dir), output=str(folder), task="feature-extraction")
+    shutil.copyfile(folder / "model.onnx", folder / "model.int8-arm64.onnx")   # loading by file_name is what is checked
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (folder / "1_Pooling").mkdir()
+    return folder
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_embedding_card_sentence_transformers_and_optimum_snippets_agree(st_folder: Path, pooling: str) -> None:
+    """The card's sentence-transformers and Optimum snippets, run as written on such a folder, give
+    the same normalized vectors: the Optimum snippet pools as 1_Pooling/config.json says."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("sentence_transformers")
+    (st_folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max"}))
+    report = _emb_report(pooling=pooling, embedding_dim=32)
+    card = render_card(_emb_manifest(), report, files={p.name for p in st_folder.iterdir()})
+    _, st, optimum = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    vectors = {}
+    for name, code in (("st", st), ("optimum", optimum)):
+        namespace: dict[str, Any] = {}
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            exec(code.replace("path/to/bundle", str(st_folder)), namespace)   # noqa: S102 - our own card
+        assert out.getvalue().strip() == "(2, 32)"
+        vectors[name] = np.asarray(namespace["vectors"])
+    assert Path(namespace["model"].model_path).name == "model.onnx"
+    np.testing.assert_allclose(vectors["optimum"], vectors["st"], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors["st"], axis=1), 1.0, atol=1e-5)

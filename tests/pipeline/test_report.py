@@ -519,3 +519,243 @@ def test_progress_logs_long_loops_in_a_log_file(caplog: pytest.LogCaptureFixture
         logger.setLevel(logging.WARNING)
         list(progress(range(4), total=4, desc="quiet", every=0.0, logger=logger))
     assert caplog.records == []
+
+
+# ---------------------------------------------------------------- sentence-embedding (feature-extraction) reports
+
+
+def _emb_variant(name: str, **overrides: Any) -> dict[str, Any]:
+    base = {
+        "name": name, "precision": "fp32", "description": "the given model, full vocabulary",
+        "file": f"/work/{name}/model.onnx", "total_params": 22_713_216, "embedding_params": 11_720_448,
+        "onnx_bytes": 90_900_000, "onnx_embedding_bytes": 46_881_792, "reconstruction_error": None,
+        "token_weighted_error": None, "latency_ms_p50": 6.1, "latency_ms_p95": 6.9, "latency_seq_len": 32,
+        "peak_rss_mb": 180.0, "cosine_mean": 1.0, "cosine_p1": 0.99999, "cosine_min": 0.99998,
+        "knn_accuracy": 0.8711, "pair_auc": 0.8155, "max_abs_diff": 2.4e-7, "cosine_min_torch": 0.99999,
+    }
+    return base | overrides
+
+
+def _quantized(name: str, precision: str, **overrides: Any) -> dict[str, Any]:
+    """A quantized row: no PyTorch parity keys, its figures against the fp32 file it came from."""
+    row = _emb_variant(name, precision=precision, base="dep", description=f"DEP + {precision}", **overrides)
+    del row["max_abs_diff"], row["cosine_min_torch"]
+    return row
+
+
+def _emb_report(*, int4: bool = True) -> dict[str, Any]:
+    """What the pipeline writes for `--task feature-extraction` (issue 14), by hand."""
+    variants = [
+        _emb_variant("unpruned"),
+        _emb_variant("dep", description="DEP-pruned vocabulary", file="model.onnx", onnx_bytes=57_300_000,
+                     total_params=14_340_000, embedding_params=3_340_032, onnx_embedding_bytes=13_360_128,
+                     cosine_mean=0.99871, cosine_p1=0.9812, cosine_min=0.9433, knn_accuracy=0.8689, pair_auc=0.8141,
+                     latency_ms_p50=5.8, peak_rss_mb=150.2),
+        _quantized("dep int8-arm64", "int8", file="model.int8-arm64.onnx", onnx_bytes=15_100_000,
+                   onnx_embedding_bytes=3_340_032, cosine_mean=0.99412, cosine_p1=0.9701, cosine_min=0.9302,
+                   knn_accuracy=0.8671, pair_auc=0.8133, cosine_fp32_mean=0.99533, cosine_fp32_min=0.9611,
+                   knn_drop_vs_fp32=0.0018, flagged=False, latency_ms_p50=2.9, latency_ms_p95=3.4, peak_rss_mb=95.5),
+        _emb_variant("dep+messi+distill", description="DEP + MESSI, distilled from the given model on the corpus",
+                     onnx_bytes=30_100_000, embedding_params=500_000, onnx_embedding_bytes=2_000_000,
+                     reconstruction_error=0.412, token_weighted_error=0.203, cosine_mean=0.9801, cosine_p1=0.9102,
+                     cosine_min=0.8511, knn_accuracy=0.8502, pair_auc=0.8010, max_abs_diff=3.1e-7),
+    ]
+    if int4:
+        variants.append(_quantized("dep int4-arm64", "int4", file="model.int4-arm64.onnx", onnx_bytes=9_800_000,
+                                   cosine_mean=0.9811, cosine_p1=0.93, cosine_min=0.90, knn_accuracy=0.8550,
+                                   pair_auc=0.8050, cosine_fp32_mean=0.9822, cosine_fp32_min=0.91,
+                                   knn_drop_vs_fp32=0.0139, flagged=True))
+    return {
+        "title": "embslim footprint report: clinc150-train",
+        "created": "2026-12-01T10:00:00Z",
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "family": "bert", "hidden_size": 384,
+                  "vocab_size": 30522, "task": "feature-extraction", "head": "none", "pooling": "mean",
+                  "normalize": True, "dense": 0, "embedding_dim": 384},
+        "task": {"name": "clinc150-train", "type": "feature-extraction", "n_texts": 15000, "n_eval": 1000,
+                 "n_labels": 0, "knn": {"source": "clinc150", "n_index": 15000, "n_queries": 4500, "k": 1},
+                 "pairs": {"source": "mrpc-dev", "n_pairs": 408}},
+        "vocab": {"original_rows": 30522, "kept_rows": 8698, "embedding_params_before": 11_720_448,
+                  "embedding_params_after": 3_340_032, "fallback": "nearest", "eval_tokens": 12000,
+                  "eval_oov_tokens": 60, "eval_oov_rate": 0.005, "eval_examples_with_oov": 55},
+        "finetune": {"distill": {"loss": "cosine", "epochs": 1}},
+        "variants": variants,
+        "notes": ["latency: batch 1, 32 tokens, 1 thread"],
+    }
+
+
+_CLASSIFICATION_ONLY = ("accuracy %", "macro-F1 %", "Δ accuracy (pts)", "agreement with PyTorch %",
+                        "max |Δlogit| vs PyTorch", "agrees with given model %")
+
+
+def test_embedding_report_variants_table() -> None:
+    md = render_markdown(_emb_report())
+    every = md.split("## All files")[1]
+    header = _table_row(every, "variant")
+    assert header == ["variant", "precision", "params (M)", "embedding params (M)", "ONNX MB", "embedding MB",
+                      "cosine mean vs original", "cosine p1 vs original", "cosine min vs original", "kNN accuracy %",
+                      "Δ kNN (pts)", "pair AUC", "max \\|Δ\\| vs PyTorch", "p50 ms", "p95 ms", "peak RSS MB",
+                      "size vs ref"]
+    assert not any(h in header for h in _CLASSIFICATION_ONLY)
+    col = {name: i for i, name in enumerate(header)}
+    ref, dep, int8 = (_table_row(every, n) for n in ("unpruned", "dep", "dep int8-arm64"))
+    assert [dep[col[c]] for c in ("cosine mean vs original", "cosine p1 vs original", "cosine min vs original")] \
+        == ["0.9987", "0.9812", "0.9433"]
+    assert (ref[col["kNN accuracy %"]], dep[col["kNN accuracy %"]], int8[col["kNN accuracy %"]]) == ("87.11", "86.89", "86.71")
+    assert (ref[col["Δ kNN (pts)"]], dep[col["Δ kNN (pts)"]], int8[col["Δ kNN (pts)"]]) == ("+0.00", "-0.22", "-0.40")
+    assert (dep[col["pair AUC"]], int8[col["pair AUC"]]) == ("0.8141", "0.8133")
+    assert (dep[col["max \\|Δ\\| vs PyTorch"]], int8[col["max \\|Δ\\| vs PyTorch"]]) == ("2.4e-07", MISSING)  # fp32 only
+    assert (dep[col["ONNX MB"]], dep[col["size vs ref"]], int8[col["size vs ref"]]) == ("57.3", "0.63x", "0.17x")
+    assert int8[col["precision"]] == "int8" and int8[col["p50 ms"]] == "2.90"
+    assert "Model: sentence-transformers/all-MiniLM-L6-v2 (bert, hidden 384, vocab 30,522; mean pooling, normalized, " \
+           "384-d embeddings)" in md
+    assert "Task: clinc150-train (feature-extraction; corpus 15,000 texts; eval 1,000 held-out texts; kNN clinc150 " \
+           "(index 15,000, queries 4,500, k=1); pairs mrpc-dev (408 pairs))" in md
+    assert "Reference for Δ kNN and ratios: unpruned." in md
+    assert "on the 1,000 held-out texts" in md and "nearest neighbour by cosine, k = 1, on clinc150" in md
+    assert "## Vocabulary (DEP)" in md and "Kept rows: 8,698 of 30,522 (28.5% kept)" in md
+    assert "labels" not in md.split("## ")[0]   # no "0 labels" in the header
+
+
+def test_embedding_report_side_by_side_details_and_ratios() -> None:
+    md = render_markdown(_emb_report())
+    side = md.split("## Side by side")[1].split("## All files")[0]
+    header = _table_row(side, "variant")
+    col = {name: i for i, name in enumerate(header)}
+    dep = _table_row(side, "dep")
+    assert (dep[col["fp32 MB"]], dep[col["int8 MB"]], dep[col["4-bit MB"]]) == ("57.3", "15.1", "9.80")
+    assert (dep[col["fp32 cosine mean"]], dep[col["int8 cosine mean"]], dep[col["4-bit cosine mean"]]) \
+        == ("0.9987", "0.9941", "0.9811")
+    assert (dep[col["fp32 kNN %"]], dep[col["Δ fp32 kNN (pts)"]], dep[col["int8 kNN %"]], dep[col["4-bit kNN %"]]) \
+        == ("86.89", "-0.22", "86.71", "85.50")
+    assert _table_row(side, "dep+messi+distill")[col["token-weighted error"]] == "0.20"
+    assert not any("accuracy" in h for h in header)
+    assert "Δ fp32 kNN against unpruned" in md
+
+    details = md.split("## Ratios")[0].split("## All files")[1]
+    assert "- dep: DEP-pruned vocabulary; file model.onnx; min cosine vs PyTorch 0.999990; latency at 32 tokens" in details
+    assert ("- dep int8-arm64: DEP + int8; file model.int8-arm64.onnx; cosine vs its fp32 file: mean 0.9953; min 0.9611; "
+            "kNN drop vs its fp32 file 0.18 pts; latency at 32 tokens") in details
+    assert "dep int4-arm64: DEP + int4; file model.int4-arm64.onnx; cosine vs its fp32 file: mean 0.9822; min 0.9100; " \
+           "kNN drop vs its fp32 file 1.39 pts; FLAGGED: its drop vs fp32 is past the allowed maximum" in details
+    assert "distilled from the given model on the corpus" in details
+    assert "- dep: 0.63x ONNX size, 0.28x embedding bytes, 0.63x params, 0.95x p50 latency, -0.22 pts kNN accuracy, " \
+           "-0.0014 pair AUC" in md
+    assert "## Training" in md and "| distill.loss | cosine |" in md
+    assert "## Fine-tuning" not in md
+
+
+def test_embedding_report_drops_columns_with_no_data() -> None:
+    report = _emb_report(int4=False)
+    del report["task"]["knn"], report["task"]["pairs"]
+    report["task"] |= {"n_train": 12000, "n_texts": 0}   # a corpus from --train: the training split's texts
+    for v in report["variants"]:
+        for key in ("knn_accuracy", "pair_auc", "max_abs_diff", "knn_drop_vs_fp32", "latency_ms_p50", "latency_ms_p95",
+                    "peak_rss_mb"):   # no kNN or pair data, and --no-measure
+            v.pop(key, None)
+    md = render_markdown(report)
+    every, side = md.split("## All files")[1], md.split("## Side by side")[1].split("## All files")[0]
+    header, side_header = _table_row(every, "variant"), _table_row(side, "variant")
+    assert not any(h in header for h in ("kNN accuracy %", "Δ kNN (pts)", "pair AUC", "max \\|Δ\\| vs PyTorch",
+                                         "p50 ms", "p95 ms", "peak RSS MB"))
+    assert "cosine mean vs original" in header and len(_table_row(every, "dep")) == len(header) == 10
+    assert not any(h.startswith("4-bit") or "kNN" in h or h.endswith((" ms", " RSS MB")) for h in side_header)
+    assert "int8 cosine mean" in side_header
+    assert "(feature-extraction; corpus 12,000 texts; eval 1,000 held-out texts)" in md
+    assert "kNN accuracy:" not in md and "Pair AUC:" not in md
+    # with no kNN the accuracy plot shows the cosine, and says so
+    assert "![Cosine vs size](plots/accuracy_vs_size.png)" in md
+
+
+def test_embedding_report_writes_its_plots(tmp_path: Path) -> None:
+    from embslim.pipeline.report import _pyplot, accuracy_figure, metric_figure
+
+    report = _emb_report()
+    paths = write_report(report, tmp_path)
+    assert set(paths) == {"json", "md", "html", "size_plot", "accuracy_plot", "cosine_plot"}
+    assert _files_under(tmp_path) == EXPECTED_FILES | {"plots/cosine_vs_size.png"}
+    for key in ("size_plot", "accuracy_plot", "cosine_plot"):
+        _assert_png(paths[key])
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "![kNN accuracy vs size](plots/accuracy_vs_size.png)" in md
+    assert "![Cosine vs size](plots/cosine_vs_size.png)" in md
+    page = paths["html"].read_text(encoding="utf-8")
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert [alt for alt, _ in images] == ["Size breakdown", "kNN accuracy vs size", "Cosine vs size"]
+    assert base64.b64decode(images[2][1]) == paths["cosine_plot"].read_bytes()
+    assert "cosine mean vs original" in page and "macro-F1" not in page
+
+    for fig, title, ylabel, ref_line in (
+            (accuracy_figure(report), "kNN accuracy vs ONNX size", "kNN accuracy, k = 1 (%)", "87.11%"),
+            (metric_figure(report, "cosine_plot"), "Cosine to the original model vs ONNX size",
+             "mean cosine to the original model", "1.0000")):
+        try:
+            ax = fig.axes[0]
+            assert (ax.get_title(), ax.get_ylabel()) == (title, ylabel)
+            assert len(ax.collections) == 3   # fp32, int8, int4 points
+            assert ax.get_legend_handles_labels()[1][-1] == f"reference (unpruned): {ref_line}"
+        finally:
+            _pyplot().close(fig)
+
+
+def test_compare_two_embedding_reports(tmp_path: Path) -> None:
+    other = _emb_report(int4=False)
+    other["task"] |= {"name": "my-notes", "n_eval": 800}
+    write_report(_emb_report(), tmp_path / "clinc")
+    write_report(other, tmp_path / "notes")
+    merged = compare_reports([tmp_path / "clinc", tmp_path / "notes"])
+    assert [v["name"] for v in merged["variants"]][:3] == ["clinc/unpruned", "clinc/dep", "clinc/dep int8-arm64"]
+    paths = write_report(merged, tmp_path / "cmp")
+    md = paths["md"].read_text(encoding="utf-8")
+    header = md.split("## ")[0]
+    assert "Bundle notes: model sentence-transformers/all-MiniLM-L6-v2 (bert, hidden 384, vocab 30,522; mean pooling, " \
+           "normalized, 384-d embeddings); task my-notes (feature-extraction; corpus 15,000 texts; eval 800 held-out" in header
+    assert "Warning: the corpora differ (clinc clinc150-train, notes my-notes)" in header
+    assert "Warning: the held-out sets differ in size (clinc 1000, notes 800 texts)" in header
+    every = md.split("## All files")[1]
+    col = {c: i for i, c in enumerate(_table_row(every, "variant"))}
+    assert _table_row(every, "notes/dep int8-arm64")[col["Δ kNN (pts)"]] == "-0.40"
+    side = md.split("## Side by side")[1].split("## All files")[0]
+    assert _table_row(side, "notes/dep")[:3] == ["notes/dep", "3.34", MISSING]
+    _assert_png(paths["cosine_plot"])
+
+
+def test_compare_refuses_a_mix_of_task_types_and_other_knn_sets(tmp_path: Path, capsys) -> None:
+    from embslim.pipeline.cli import main
+
+    write_report(_emb_report(), tmp_path / "emb")
+    write_report(_report(2), tmp_path / "sst2")
+    other = _emb_report()
+    other["task"]["knn"] = {"source": "banking77", "n_index": 10003, "n_queries": 3080, "k": 1}
+    write_report(other, tmp_path / "banking")
+    with pytest.raises(ReportError, match=r"^cannot compare bundles of different task types \(emb: feature-extraction, "
+                                          r"sst2: text-classification\); accuracy and embedding cosine/kNN are "
+                                          r"different measurements: compare bundles of one task type$"):
+        compare_reports([tmp_path / "emb", tmp_path / "sst2"])
+    with pytest.raises(ReportError, match=r"^cannot compare bundles of different tasks \(emb: clinc150-train .*kNN "
+                                          r"clinc150 .*, banking: .*kNN banking77 .*\); their kNN accuracy and pair AUC "
+                                          r"are not comparable"):
+        compare_reports([tmp_path / "emb", tmp_path / "banking"])
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "sst2"), str(tmp_path / "emb"), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("embslim compare: error: cannot compare bundles of different task types (sst2: ")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "cmp").exists()
+
+
+def test_reports_without_a_view_of_their_own_render_as_classification() -> None:
+    from embslim.pipeline.report import REPORT_VIEWS
+
+    assert set(REPORT_VIEWS) == {"text-classification", "feature-extraction"}
+    report = _report(2)
+    report["model"]["task"] = "token-classification"   # declared, no view yet: the layout reports had before tasks
+    header = _table_row(render_markdown(report), "variant")
+    assert "accuracy %" in header and "cosine mean vs original" not in header
+
+
+def test_classification_header_leaves_the_default_type_unsaid() -> None:
+    """The pipeline now writes task.type; a classifier's header reads as it did before it did."""
+    report = _report(2)
+    report["task"]["type"] = "text-classification"
+    assert "Task: sst2 (single sentences; 2 labels (0, 1); train 4,000 of 67,349 used; eval 872)" in render_markdown(report)
+    report["task"]["type"] = "token-classification"
+    assert "Task: sst2 (token-classification; single sentences;" in render_markdown(report)
