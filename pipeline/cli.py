@@ -366,13 +366,19 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     for entry in manifest["artifacts"]:
         verify_artifact(a.bundle, entry)
     check_bundle_token_ids(a.bundle)  # tokenizer ids vs each model's input_ids range (#12 item 3)
+    from embslim.pipeline.scoring import scorer_for
+
     task = manifest["task"]
-    print(f"bundle {a.bundle}: task {task['name']} ({len(task['labels'])} labels, {'pairs' if task['pair'] else 'single texts'}, "
+    emb = task.get("embedding")
+    what = (f"{emb['dim']}-d sentence embeddings, {emb['pooling']} pooling{', normalised' if emb['normalize'] else ''}"
+            if emb else f"{len(task['labels'])} labels, {'pairs' if task['pair'] else 'single texts'}")
+    print(f"bundle {a.bundle}: task {task['name']} ({task.get('type') or 'text-classification'}: {what}, "
           f"max_length {task['max_length']}); source {manifest['source_model']['name']}")
     for entry in manifest["artifacts"]:
         print(f"  {entry['file']:<32} {entry['variant']:<10} {entry['target']:<8} {entry['bytes'] / 1e6:8.2f} MB  sha256 ok")
+    scorer = scorer_for(task.get("type"), n_labels=len(task["labels"]))
     for name, m in manifest.get("metrics", {}).items():
-        print(f"  {name}: accuracy {100 * m['accuracy']:.2f}%" + (f", p50 {m['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in m else ""))
+        print(f"  {name}: {scorer.summary(m)}" + (f", p50 {m['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in m else ""))
     return 0
 
 

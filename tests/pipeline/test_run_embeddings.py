@@ -49,6 +49,13 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_inspect_describes_the_embedder(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "feature-extraction: 24-d sentence embeddings, mean pooling, normalised" in out
+    assert "dep: cosine to the original mean" in out and "kNN accuracy" in out
+
+
 def test_bundle_manifest_and_files(run_dir: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     task = manifest["task"]
