@@ -130,7 +130,8 @@ def test_epochs_zero_in_a_config_is_no_finetune(classifier_dir, tmp_path):
     ("token", ["--task", "text-classification"], r"is a token-classification model .* the run's task is text-classification"),
     (None, ["--no-finetune"], r"--no-finetune keeps the model as trained, but .* no sequence-classification head"),
     ("sequence", ["--no-finetune", "--new-head"], r"--no-finetune keeps the model as trained, but .*--new-head"),
-    (None, ["--task", "feature-extraction"], r"--task feature-extraction is not built yet"),
+    (None, ["--task", "feature-extraction"], r"is a plain encoder \(no sentence-transformers modules.json\); pass --pooling"),
+    ("sequence", ["--task", "feature-extraction", "--pooling", "mean"], r"is a text-classification model .* the run's task is feature-extraction"),
 ])
 def test_a_head_that_does_not_fit_exits_2_with_one_line(tmp_path, capsys, head, flags, pattern):
     import re
