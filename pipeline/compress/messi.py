@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -74,11 +74,17 @@ class Config:
     # Keep exact rows for the `exact_top` most frequent ids (new ids < exact_top) and fit MESSI on the
     # rest; 0 = plain MESSI. See the module docstring.
     exact_top: int = 0
+    # Keep exact every row the task's text uses (count > 0; DEP ranks them first) and fit MESSI on the
+    # rest: with a vocabulary that keeps every row (prune.keep_top >= the vocabulary), words the text
+    # never used keep a compressed row of their own instead of falling back to another word's.
+    exact_seen: bool = False
 
     def __post_init__(self) -> None:
         check_threads(self.threads, method="messi")
         if not isinstance(self.exact_top, int) or self.exact_top < 0:
             raise CompressError(f"messi: exact_top must be an int >= 0 (0 = no exact rows), got {self.exact_top!r}")
+        if self.exact_seen and self.exact_top:
+            raise CompressError(f"messi: give exact_top ({self.exact_top}) or exact_seen, not both")
         if not isinstance(self.k, int) or self.k < 1:
             raise CompressError(f"messi: k (number of subspaces) must be an int >= 1, got {self.k!r}; k=1 is plain SVD")
         if self.j is not None and self.keep is not None:
@@ -217,8 +223,16 @@ def _em(x: np.ndarray, x2: np.ndarray, labels: np.ndarray, cfg: Config, j: int) 
 
 
 def fit(weight: np.ndarray, cfg: Config, *, counts: np.ndarray | None = None) -> Fitted:
-    """(k, j)-projective clustering of the rows, then per-cluster rank-j SVD. `counts` is accepted for
-    the common signature and not used (every kept row is fitted with equal weight)."""
+    """(k, j)-projective clustering of the rows, then per-cluster rank-j SVD. `counts` (the task
+    text's count of each row, rows ranked by it) sets the exact head under `exact_seen`; the fit
+    itself weighs every row alike."""
+    if cfg.exact_seen:
+        if counts is None:
+            raise CompressError("messi: exact_seen needs the rows' counts in the task's text (embslim run passes them)")
+        seen = int((np.asarray(counts) > 0).sum())
+        if np.any(np.asarray(counts)[:seen] == 0):
+            raise CompressError("messi: exact_seen needs rows ranked by count (DEP's order)")
+        cfg = replace(cfg, exact_seen=False, exact_top=seen)
     return run_fit("messi", _fit, weight, cfg, counts)
 
 

@@ -149,6 +149,22 @@ def test_exact_top_keeps_the_head_rows_and_fits_messi_on_the_tail() -> None:
     assert fitted.reconstruction_error == pytest.approx(expected, rel=1e-4)
 
 
+def test_exact_seen_keeps_every_row_the_text_uses() -> None:
+    """exact_seen: the head is the rows with a count (DEP ranks them first), the rest is MESSI."""
+    weight = _union_of_subspaces(per=40, dim=16, k=3, j=3, noise=0.05)
+    counts = np.concatenate([np.arange(37, 0, -1), np.zeros(83, dtype=np.int64)])   # 37 rows the text uses
+    fitted = messi.fit(weight, messi.Config(k=3, j=3, exact_seen=True), counts=counts)
+    assert fitted.spec["exact_top"] == 37
+    with torch.no_grad():
+        np.testing.assert_array_equal(fitted.module(torch.arange(37)).numpy(), weight[:37])
+    with pytest.raises(CompressError, match="counts"):
+        messi.fit(weight, messi.Config(k=3, j=3, exact_seen=True))
+    with pytest.raises(CompressError, match="ranked by count"):
+        messi.fit(weight, messi.Config(k=3, j=3, exact_seen=True), counts=counts[::-1].copy())
+    with pytest.raises(CompressError, match="not both"):
+        messi.Config(exact_top=3, exact_seen=True)
+
+
 @pytest.mark.parametrize("share", [0.3, 0.5])
 def test_exact_top_keep_counts_the_exact_rows_in_the_budget(share: float) -> None:
     rows, dim, top, k = 200, 16, 30, 2
