@@ -395,7 +395,7 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         float_weights_left=dict(Counter(op for op, _ in left.values())), index_tables=tables,
         excluded_nodes=tuple(excluded), weight_bytes=weight_bytes(result_model),
         snr_db=snr, agreement=agreement, seconds=seconds)
-    log.info("%s: %.2f MB -> %.2f MB (%.2fx) in %.1f s; quantized %s; logit SNR vs input %.1f dB on random ids",
+    log.info("%s: %.2f MB -> %.2f MB (%.2fx) in %.1f s; quantized %s; output SNR vs input %.1f dB on random ids",
              model_out.name, result.bytes_in / 1e6, result.bytes_out / 1e6, result.bytes_out / result.bytes_in,
              seconds, dict(quantized), snr)
     return result
