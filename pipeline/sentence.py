@@ -199,6 +199,13 @@ def pool(tokens: "torch.Tensor", mask: "torch.Tensor", mode: str) -> "torch.Tens
     return (tokens * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
+def l2_normalize(x: "torch.Tensor", eps: float = 1e-12) -> "torch.Tensor":
+    """x / max(||x||, eps) per row, as torch.nn.functional.normalize (sentence-transformers' Normalize),
+    written with ReduceSum: F.normalize exports to ReduceL2 with an `axes` attribute, which ONNX
+    Runtime rejects once the 4-bit quantizer has raised the graph's opset to 18+."""
+    return x / (x * x).sum(dim=-1, keepdim=True).clamp(min=eps * eps).sqrt()
+
+
 class SentenceEncoder(torch.nn.Module):
     """encoder -> pooling -> Dense layers -> L2 normalisation; forward returns a SentenceOutput.
 
@@ -244,7 +251,7 @@ class SentenceEncoder(torch.nn.Module):
             if d.activation == "tanh":
                 x = torch.tanh(x)
         if self.spec.normalize:
-            x = torch.nn.functional.normalize(x, p=2, dim=1)
+            x = l2_normalize(x)
         return SentenceOutput(token_embeddings=tokens, sentence_embedding=x)
 
 
