@@ -29,19 +29,20 @@ def bundle(tmp_path_factory, clinc_texts):
     out = tmp_path_factory.mktemp("emb") / "bundle"
     assert main(["run", "--task", "feature-extraction", "--text", str(clinc_texts / "corpus.txt"),
                  "--eval", str(clinc_texts / "held.tsv"), "--out", str(out), "--max-length", "64",
+                 "--keep-top", "30522", "--variant", "messi:k=5,j=64,exact_seen=true", "--no-baseline",
                  "--targets", "arm64", "--no-int4", "--no-mobile", "--no-measure"]) == 0
     return out
 
 
-def test_dep_and_int8_stay_close_to_the_original(bundle):
+def test_exact_corpus_rows_and_a_messi_tail_stay_close_to_the_original(bundle):
+    """Every row kept, ranked by the corpus; the corpus's rows exact, MESSI (k=5, j=64) for the rest."""
     report = json.loads((bundle / "report.json").read_text())
-    rows = {r["name"]: r for r in report["variants"]}
-    assert report["vocab"]["kept_rows"] < 0.25 * 30522
-    assert rows["unpruned"]["cosine_min"] > 0.9999 and rows["dep"]["max_abs_diff"] < 1e-4
-    assert rows["dep"]["cosine_mean"] > 0.99
-    int8 = rows["dep int8-arm64"]
-    assert int8["cosine_mean"] > 0.98 and int8["cosine_fp32_mean"] > 0.98
-    assert int8["onnx_bytes"] < 0.2 * rows["unpruned"]["onnx_bytes"]
+    fp32, int8 = report["variants"][0], report["variants"][1]
+    assert fp32["name"] == "dep+messi(k=5,j=64,exact_seen=True)" and int8["precision"] == "int8"
+    assert report["vocab"]["kept_rows"] > 29000 and fp32["max_abs_diff"] < 1e-4
+    assert fp32["embedding_params"] < 0.35 * 30522 * 384
+    assert fp32["cosine_mean"] > 0.98 and int8["cosine_mean"] > 0.97 and int8["cosine_fp32_mean"] > 0.99
+    assert int8["onnx_bytes"] < 15e6
 
 
 def test_embedder_equals_sentence_transformers_onnx_and_optimum_on_40_texts(bundle, shared_data):
