@@ -223,7 +223,13 @@ def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
         f"Fallback for dropped tokens: {vocab.get('fallback') or MISSING}",
     ]
     if vocab.get("keep_top"):
-        lines.append(f"Always kept: the {_fmt(vocab['keep_top'], 'int')} most frequent tokens")
+        lines.append(f"Always kept: the first {_fmt(vocab['keep_top'], 'int')} tokens of the vocabulary "
+                     "([unusedN] slots aside)")
+    if _num(vocab.get("eval_unseen_tokens")) is not None and vocab.get("eval_unseen_tokens") != vocab.get("eval_oov_tokens"):
+        lines.append(f"Eval tokens the task's text never used: {_fmt(vocab['eval_unseen_tokens'], 'int')} "
+                     f"({_fmt(vocab.get('eval_unseen_rate'), 'pct')}%; in {_fmt(vocab.get('eval_examples_with_unseen'), 'int')}"
+                     f"{of_eval.split(' (')[0] if of_eval else ''} examples): they read a kept row the text did not train "
+                     "or rank (a compressed one in a head/tail variant)")
     return lines
 
 

@@ -492,6 +492,10 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         log.info("eval OOV rate %.2f%% (%d of %d tokens; %d of %d examples)", 100 * vocab_stats["eval_oov_rate"],
                  vocab_stats["eval_oov_tokens"], vocab_stats["eval_tokens"], vocab_stats["eval_examples_with_oov"],
                  vocab_stats["eval_examples"])
+        if vocab_stats["eval_unseen_tokens"] != vocab_stats["eval_oov_tokens"]:
+            log.info("eval tokens the task's text never used: %.2f%% (%d; %d examples); kept rows serve them",
+                     100 * vocab_stats["eval_unseen_rate"], vocab_stats["eval_unseen_tokens"],
+                     vocab_stats["eval_examples_with_unseen"])
         apply_pruning(loaded.model, vocab)
         if cfg.prune.trim_positions:
             cut = trim_positions(loaded.model, max_length)

@@ -204,17 +204,27 @@ def prune(tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], pairs: Seq
 
 def oov_stats(vocab: PrunedVocab, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
               pairs: Sequence[str] | None = None) -> dict:
-    """Share of eval tokens outside the kept set (no padding is ever counted: nothing is padded here)."""
+    """Share of eval tokens outside the kept set (no padding is ever counted: nothing is padded here),
+    and of eval tokens the task's text never used (`eval_unseen_*`: the same unless rows were kept
+    without being used, e.g. by keep_top; those tokens read a kept but untrained, or compressed, row)."""
     kept = np.zeros(vocab.original_size, dtype=bool)
     kept[vocab.kept_ids] = True
-    n_tokens = n_oov = n_examples = 0
+    seen = np.zeros(vocab.original_size, dtype=bool)
+    seen[vocab.kept_ids[np.asarray(vocab.counts) > 0]] = True
+    n_tokens = n_oov = n_examples = n_unseen = n_unseen_examples = 0
     for ids in token_ids(tokenizer, texts, pairs):
-        miss = int((~kept[np.asarray(ids)]).sum())
+        ids = np.asarray(ids)
+        miss = int((~kept[ids]).sum())
+        unseen = int((~seen[ids]).sum())
         n_tokens += len(ids)
         n_oov += miss
         n_examples += miss > 0
+        n_unseen += unseen
+        n_unseen_examples += unseen > 0
     return {"eval_tokens": n_tokens, "eval_oov_tokens": n_oov, "eval_oov_rate": n_oov / max(n_tokens, 1),
-            "eval_examples_with_oov": n_examples, "eval_examples": len(texts)}
+            "eval_examples_with_oov": n_examples, "eval_examples": len(texts),
+            "eval_unseen_tokens": n_unseen, "eval_unseen_rate": n_unseen / max(n_tokens, 1),
+            "eval_examples_with_unseen": n_unseen_examples}
 
 
 def config_dict(cfg: PruneConfig) -> dict:
