@@ -54,22 +54,6 @@ CHILD = BLOCKER + textwrap.dedent(
 )
 
 
-def test_runtime_works_without_torch_transformers_or_onnx(tmp_path):
-    bundle = make_tiny_bundle(tmp_path / "bundle")
-    path = [str(REPO), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(bundle)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK "), result.stdout
-
-
 EMBEDDER_CHILD = BLOCKER + textwrap.dedent(
     """
     from embslim.runtime import Embedder, load_bundle
@@ -84,20 +68,22 @@ EMBEDDER_CHILD = BLOCKER + textwrap.dedent(
 )
 
 
-def test_embedder_works_without_torch_transformers_or_onnx(tmp_path):
-    bundle = make_tiny_embedding_bundle(tmp_path / "bundle", dim=3)
+def _run_child(child: str, bundle: Path, cwd: Path) -> str:
     path = [str(REPO), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
-    result = subprocess.run(
-        [sys.executable, "-c", EMBEDDER_CHILD, str(bundle)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = subprocess.run([sys.executable, "-c", child, str(bundle)], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK (2, 3)"), result.stdout
+    return result.stdout
+
+
+def test_runtime_works_without_torch_transformers_or_onnx(tmp_path):
+    assert _run_child(CHILD, make_tiny_bundle(tmp_path / "bundle"), tmp_path).startswith("OK ")
+
+
+def test_embedder_works_without_torch_transformers_or_onnx(tmp_path):
+    bundle = make_tiny_embedding_bundle(tmp_path / "bundle", dim=3)
+    assert _run_child(EMBEDDER_CHILD, bundle, tmp_path).startswith("OK (2, 3)")
 
 
 def imported_top_level_names(path: Path) -> set[str]:
