@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from embslim.pipeline.report import MISSING, Column, _atomic_write, _cell, _fmt, _md_cell
+from embslim.pipeline.report import MISSING, Column, _atomic_write, _cell, _fmt, _md_cell, _num
 
 log = logging.getLogger(__name__)
 
@@ -361,12 +361,19 @@ def _done_lines(manifest: dict[str, Any], report: dict[str, Any], source_name: s
     chosen = stages.get("bundle_variant") or MISSING
     lines = [f"**Source model**: `{source_name}` ({(manifest.get('source_model') or {}).get('family', MISSING)})."]
     vocab = report.get("vocab") or {}
-    if vocab:
-        lines.append(f"**Vocabulary pruning (DEP)**: the embedding keeps the {_fmt(vocab.get('kept_rows'), 'int')} of "
-                     f"{_fmt(vocab.get('original_rows'), 'int')} token rows {task.corpus} uses; other ids go to the "
-                     f"`{vocab.get('fallback') or MISSING}` kept row inside the graph, so the original tokenizer.json is "
-                     f"used unchanged (eval OOV rate {_fmt(vocab.get('eval_oov_rate'), 'pct')}%).")
     info = (stages.get("compress") or {}).get(chosen) or {}
+    if vocab:
+        used = vocab.get("train_distinct_ids")
+        kept_more = _num(used) is not None and _num(vocab.get("kept_rows")) is not None and vocab["kept_rows"] > used + 10
+        lines.append(f"**Vocabulary pruning (DEP)**: the embedding keeps {_fmt(vocab.get('kept_rows'), 'int')} of "
+                     f"{_fmt(vocab.get('original_rows'), 'int')} token rows"
+                     + (f": the {_fmt(used, 'int')} {task.corpus} uses, and the first {_fmt(vocab.get('keep_top'), 'int')} "
+                        "of the vocabulary (keep_top)" if kept_more else f", the ones {task.corpus} uses")
+                     + f"; other ids go to the `{vocab.get('fallback') or MISSING}` kept row inside the graph, so the "
+                     f"original tokenizer.json is used unchanged (eval OOV rate {_fmt(vocab.get('eval_oov_rate'), 'pct')}%).")
+        if (info.get("options") or {}).get("exact_seen"):
+            lines.append(f"**Head and tail**: the rows {task.corpus} uses stay exact; every other kept row is compressed "
+                         "(below), so a word the corpus never used still has a row of its own.")
     method = info.get("method")
     if method and method != "table":
         opts = ", ".join(f"{k}={v}" for k, v in (info.get("options") or {}).items())

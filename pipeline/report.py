@@ -223,8 +223,10 @@ def _vocab_lines(vocab: dict[str, Any], n_eval: Any) -> list[str]:
         f"Fallback for dropped tokens: {vocab.get('fallback') or MISSING}",
     ]
     if vocab.get("keep_top"):
-        lines.append(f"Always kept: the first {_fmt(vocab['keep_top'], 'int')} tokens of the vocabulary "
-                     "([unusedN] slots aside)")
+        top = min(vocab["keep_top"], vocab.get("original_rows") or vocab["keep_top"])
+        lines.append(f"Always kept: the first {_fmt(top, 'int')} tokens of the vocabulary ([unusedN] slots aside)"
+                     if top < (vocab.get("original_rows") or top + 1) else
+                     "Always kept: every token of the vocabulary ([unusedN] slots aside), ranked by the task text's counts")
     if _num(vocab.get("eval_unseen_tokens")) is not None and vocab.get("eval_unseen_tokens") != vocab.get("eval_oov_tokens"):
         lines.append(f"Eval tokens the task's text never used: {_fmt(vocab['eval_unseen_tokens'], 'int')} "
                      f"({_fmt(vocab.get('eval_unseen_rate'), 'pct')}%; in {_fmt(vocab.get('eval_examples_with_unseen'), 'int')}"

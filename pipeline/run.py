@@ -619,13 +619,14 @@ def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "Prune
                     | ({"distill_loss": ft_cfg.distill_loss} if not task_def.has_labels else {}),
         "variants": rows,
         "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}."]
-                 + _metric_notes(cfg, task, task_def, probes)
-                 + [f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
-                    f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
-                    "peak RSS: VmHWM of that fresh process (model load + inference).",
-                    f"DEP vocabulary counted on {corpus}; unseen ids -> {cfg.prune.fallback}.",
-                    "reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning.",
-                    f"total wall time {seconds:.0f} s."]
+                 + _metric_notes(cfg, task, task_def, probes, rows)
+                 + ([f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
+                     f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
+                     "peak RSS: VmHWM of that fresh process (model load + inference)."] if cfg.validate.measure else [])
+                 + [f"DEP vocabulary counted on {corpus}; unseen ids -> {cfg.prune.fallback}."]
+                 + (["reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning."]
+                    if any(r.get("reconstruction_error") is not None for r in rows) else [])
+                 + [f"total wall time {seconds:.0f} s."]
                  + (["fine-tuning off (--no-finetune): the given model's weights are kept; \"agrees with given model\" "
                      "is each file's label agreement with the given PyTorch model on the eval texts, and \"max |Δlogit| "
                      "vs given model\" the largest logit difference there."] if not ft_cfg.enabled and task_def.has_labels else [])
@@ -639,7 +640,7 @@ def scorer_key(rows: list[dict]) -> str:
                 "accuracy")
 
 
-def _metric_notes(cfg: RunConfig, task: TaskData, task_def: Any, probes: Any) -> list[str]:
+def _metric_notes(cfg: RunConfig, task: TaskData, task_def: Any, probes: Any, rows: list[dict]) -> list[str]:
     if task_def.has_labels:
         return [f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
                 f"{cfg.validate.batch_size} with per-batch padding"
@@ -658,7 +659,22 @@ def _metric_notes(cfg: RunConfig, task: TaskData, task_def: Any, probes: Any) ->
                      f"0/1 label ({info['pairs']['source']}).")
     notes.append("no fine-tuning: a sentence encoder is kept as trained; variants marked +distill learn their compressed "
                  "embedding from the given model's sentence embeddings on the corpus.")
-    return notes
+    return notes + _embedding_advice(rows)
+
+
+def _embedding_advice(rows: list[dict]) -> list[str]:
+    """A warning (logged, and a report note) for each fp32 embedder far from the original: usually
+    words of the held-out texts the corpus never used, read through another word's row."""
+    out = []
+    for r in rows:
+        if not r.get("base") and r["name"] != "unpruned" and r.get("cosine_mean", 1.0) < 0.99:
+            line = (f"{r['name']}: mean cosine to the original {r['cosine_mean']:.4f} (p1 {r['cosine_p1']:.4f}) on the "
+                    "held-out texts. Words the corpus never used read another word's row; keep a row of their own with "
+                    "--keep-top 30522 --variant messi:k=5,j=64,exact_seen=true (README, \"Sentence embeddings\"), or "
+                    "give a corpus closer to the app's text.")
+            log.warning(line)
+            out.append("WARNING " + line)
+    return out
 
 
 def method_picks(rows: list[dict], methods: Mapping[str, str], *, key: str = "accuracy") -> list[str]:

@@ -282,7 +282,11 @@ def load_probes(task: "TaskData", cfg: "ValidateConfig", *, data_root: str | Non
     rows_in_eval: tuple[int, ...] | None = None
     source = ""
     if cfg.knn_data is not None:
-        data = load_task(DataConfig(train=cfg.knn_data, clinc_eval_split=clinc_eval_split), data_root=data_root)
+        try:
+            data = load_task(DataConfig(train=cfg.knn_data, clinc_eval_split=clinc_eval_split), data_root=data_root)
+        except DataError as e:
+            raise DataError(f"--knn-data {cfg.knn_data}: kNN needs labelled texts (a text and a label column, or "
+                            f"CLINC150's data_full.json); {e}") from e
         index, queries = take(data.train, keep_rows(data.train, data.label_names)), take(data.eval, keep_rows(data.eval, data.label_names))
         source = cfg.knn_data
     elif task.train.labels is not None and len(task.train) and task.eval.labels is not None:
@@ -308,7 +312,12 @@ _PAIR_COLUMNS = (("sentence1", "sentence2", "label"), ("#1 String", "#2 String",
 
 
 def _load_pairs(cfg: "ValidateConfig", *, data_root: str | None) -> "TaskData":
-    from embslim.pipeline.data import DataConfig, DataError, load_task
+    from embslim.pipeline.data import DataConfig, DataError, _detect, _resolve, load_task
+
+    path = _resolve(str(cfg.pair_data), data_root)
+    if _detect(path, "auto") == "clinc150":
+        raise DataError(f"--pair-data {cfg.pair_data}: a CLINC150 file holds single texts, not pairs; pass a file of "
+                        "labelled text pairs, e.g. mrpc/dev.tsv")
 
     tried = [tuple(cfg.pair_columns)] if cfg.pair_columns else list(_PAIR_COLUMNS)
     errors = []
@@ -320,9 +329,11 @@ def _load_pairs(cfg: "ValidateConfig", *, data_root: str | None) -> "TaskData":
             errors.append(str(e))
     found = [e for e in errors if "no column" not in e]   # the columns were there, the rows were wrong
     if found:
-        raise DataError(f"pair_data: {found[0]}")
-    raise DataError(f"pair_data {cfg.pair_data!r}: no pair columns found ({errors[-1]}); set pair_columns = "
-                    '["text column", "pair column", "label column"] under [validate]')
+        raise DataError(f"--pair-data {cfg.pair_data}: {found[0]}")
+    tried_names = "; ".join("/".join(c) for c in tried)
+    raise DataError(f"--pair-data {cfg.pair_data}: no text-pair columns with a 0/1 label found (tried {tried_names}); "
+                    'pass a file with such columns (e.g. mrpc/dev.tsv), or name them with pair_columns = '
+                    '["text", "pair", "label"] under [validate] in a --config file')
 
 
 def scorer_for(task: str | None, *, n_labels: int = 0, probes: EmbeddingProbes | None = None) -> Any:

@@ -86,8 +86,8 @@ def test_card_table_matches_the_manifest_and_the_report(carded_bundle: Path) -> 
     assert rows["unpruned baseline (not in the bundle)"][3:5] == [_fmt(unpruned["onnx_bytes"], "mb"),
                                                                   f"{100 * unpruned['accuracy']:.2f}"]
     assert f"eval split ({report['task']['n_eval']} examples)" in card
-    assert "**Vocabulary pruning (DEP)**: the embedding keeps the " \
-           f"{report['vocab']['kept_rows']} of {report['vocab']['original_rows']} token rows" in card
+    assert "**Vocabulary pruning (DEP)**: the embedding keeps " \
+           f"{report['vocab']['kept_rows']} of {report['vocab']['original_rows']} token rows, the ones" in card
     assert "`model.int8-arm64.onnx` (int8 for arm64), `model.int4-arm64.onnx` (int4 for arm64)" in card
 
 
@@ -267,7 +267,7 @@ def test_embedding_card_header_and_footprint_table() -> None:
     assert "mrpc-dev (408 pairs)" in section
 
     done = card.split("## What was done")[1].split("## Footprint")[0]
-    assert "8,698 of 30,522 token rows the corpus uses" in done
+    assert "keeps 8,698 of 30,522 token rows, the ones the corpus uses" in done
     assert "**Embedding compression**: `messi` (k=5), distilled from the given model's sentence embeddings on the corpus." in done
     assert "`dep+messi+distill` learned from the given model's sentence embeddings on the corpus (distillation)" in done
     assert "**Fine-tuning**" not in done and "`sentence_embedding`" in done
@@ -365,3 +365,16 @@ def test_embedding_card_sentence_transformers_and_optimum_snippets_agree(st_fold
     assert Path(namespace["model"].model_path).name == "model.onnx"
     np.testing.assert_allclose(vectors["optimum"], vectors["st"], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vectors["st"], axis=1), 1.0, atol=1e-5)
+
+
+def test_card_says_which_rows_keep_top_kept_and_that_the_head_is_exact() -> None:
+    from embslim.pipeline.card import _done_lines
+
+    manifest = {"task": {"type": "feature-extraction", "name": "notes"}, "source_model": {"family": "bert"},
+                "stages": {"bundle_variant": "tail", "compress": {"tail": {"method": "messi",
+                                                                           "options": {"k": 5, "j": 64, "exact_seen": True}}}}}
+    report = {"vocab": {"kept_rows": 29528, "original_rows": 30522, "train_distinct_ids": 1962, "keep_top": 30522,
+                        "fallback": "nearest", "eval_oov_rate": 0.0}}
+    done = " ".join(_done_lines(manifest, report, "m"))
+    assert "keeps 29,528 of 30,522 token rows: the 1,962 the corpus uses, and the first 30,522 of the vocabulary" in done
+    assert "**Head and tail**: the rows the corpus uses stay exact" in done

@@ -85,6 +85,9 @@ def test_report_rows_carry_the_embedding_metrics(run_dir: Path) -> None:
     assert quantized and all("cosine_fp32_mean" in r and "knn_accuracy" in r for r in quantized)
     assert report["task"]["knn"]["n_index"] > 0 and report["task"]["pairs"]["n_pairs"] > 0
     assert report["model"]["pooling"] == "mean" and report["model"]["embedding_dim"] == 24
+    warned = [n for n in report["notes"] if n.startswith("WARNING ")]   # svd rank 4 is far from the original
+    assert warned and all("--keep-top 30522" in n for n in warned) and any("dep+svd(rank=4):" in n for n in warned)
+    assert not any(n.startswith("WARNING dep:") for n in warned) and not any("latency" in n for n in report["notes"])
 
 
 def _forty_texts() -> list[str]:
@@ -154,7 +157,7 @@ def test_bad_embedding_runs_fail_in_one_line_before_writing(tmp_path: Path, caps
         "plain-encoder": (base + ["--task", "feature-extraction", "--model", str(make_tiny_model_dir(tmp_path / "enc"))],
                           "--pooling mean|cls|max"),
         "bad-pair-data": (base + ["--task", "feature-extraction", "--model", str(st), "--pair-data", str(texts)],
-                          "pair_data"),
+                          "--pair-data"),
         "finetune-subcommand": (["finetune", "--task", "feature-extraction", "--model", str(st), "--text", str(texts),
                                  "--out", str(out)], "kept as trained"),
     }[case]
