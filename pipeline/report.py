@@ -697,13 +697,25 @@ def _plot_metric(report: dict[str, Any], key: str) -> PlotMetric:
                                          for v in _check(report))), chain[0])
 
 
+def _plot_keys(report: dict[str, Any]) -> list[str]:
+    """The view's metric plots, less any that would show the same metric as an earlier one (an
+    embedding report without kNN plots cosine once, not twice)."""
+    keys, shown = [], set()
+    for key in _report_view(report).plots:
+        metric = _plot_metric(report, key).key
+        if metric not in shown:
+            keys.append(key)
+            shown.add(metric)
+    return keys
+
+
 def _plot_captions(report: dict[str, Any]) -> dict[str, str]:
     """Plot key -> caption, for every plot the report's view writes, in report order."""
-    return {"size_plot": _SIZE_TITLE} | {k: _plot_metric(report, k).caption for k in _report_view(report).plots}
+    return {"size_plot": _SIZE_TITLE} | {k: _plot_metric(report, k).caption for k in _plot_keys(report)}
 
 
 def _pngs(report: dict[str, Any]) -> dict[str, bytes]:
-    return {"size_plot": _size_png(report)} | {k: _png(metric_figure(report, k)) for k in _report_view(report).plots}
+    return {"size_plot": _size_png(report)} | {k: _png(metric_figure(report, k)) for k in _plot_keys(report)}
 
 
 def _accuracy_png(report: dict[str, Any]) -> bytes:

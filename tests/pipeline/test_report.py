@@ -759,3 +759,14 @@ def test_classification_header_leaves_the_default_type_unsaid() -> None:
     assert "Task: sst2 (single sentences; 2 labels (0, 1); train 4,000 of 67,349 used; eval 872)" in render_markdown(report)
     report["task"]["type"] = "token-classification"
     assert "Task: sst2 (token-classification; single sentences;" in render_markdown(report)
+
+
+def test_an_embedding_report_without_knn_plots_cosine_once(tmp_path: Path) -> None:
+    report = _emb_report()
+    report["task"].pop("knn", None)
+    for v in report["variants"]:
+        v.pop("knn_accuracy", None)
+    paths = write_report(report, tmp_path / "r")
+    assert "cosine_plot" not in paths and not (tmp_path / "r" / "plots" / "cosine_vs_size.png").exists()
+    md = paths["md"].read_text(encoding="utf-8")
+    assert md.count("![Cosine vs size]") == 1 and "(plots/accuracy_vs_size.png)" in md
