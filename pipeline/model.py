@@ -196,6 +196,15 @@ def _check_config(path: str) -> None:
     config = Path(path).expanduser() / "config.json"
     if not Path(path).expanduser().is_dir():
         return   # a hub id: transformers checks it
+    manifest = Path(path).expanduser() / "manifest.json"
+    if manifest.is_file() and not (Path(path).expanduser() / "model.safetensors").is_file():
+        try:
+            source = json.loads(manifest.read_text(encoding="utf-8")).get("source_model", {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if source:
+            raise ModelError(f"{path!r} is an embslim bundle (ONNX files, no PyTorch weights); pass the model it was "
+                             f"made from ({source}) as --model")
     if not config.is_file():
         raise ModelError(f"model folder {path!r} has no config.json; copy the model's config.json into it")
     try:

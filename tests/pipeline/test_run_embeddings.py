@@ -165,3 +165,13 @@ def test_bad_embedding_runs_fail_in_one_line_before_writing(tmp_path: Path, caps
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not (tmp_path / "out.work").exists()
+
+
+def test_a_bundle_given_as_model_names_its_source(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    texts = tmp_path / "t.txt"
+    texts.write_text("play a song\ncall mom\n")
+    assert main(["run", "--task", "feature-extraction", "--model", str(run_dir), "--text", str(texts),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an embslim bundle (ONNX files, no PyTorch weights); pass the model it was made from" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
