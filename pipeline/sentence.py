@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -173,9 +173,9 @@ def pooling_spec(folder: str | Path, *, pooling: str | None = None, normalize: b
             raise SentenceModelError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if spec.source == "sentence-transformers" and pooling != spec.mode:
             log.warning("--pooling %s overrides the model's own %s pooling", pooling, spec.mode)
-        spec = PoolingSpec(pooling, spec.normalize, spec.dense, spec.source, spec.max_seq_length)  # type: ignore[arg-type]
+        spec = replace(spec, mode=pooling)
     if normalize is not None:
-        spec = PoolingSpec(spec.mode, normalize, spec.dense, spec.source, spec.max_seq_length)
+        spec = replace(spec, normalize=normalize)
     return spec
 
 

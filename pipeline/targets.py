@@ -71,27 +71,22 @@ class TargetsConfig:
 
 
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
-                  work: str | Path, scorer: Any = None, n_labels: int | None = None,
-                  original_outputs: "np.ndarray | None" = None, original_logits: "np.ndarray | None" = None) -> list[dict]:
+                  work: str | Path, scorer: Any, original_outputs: "np.ndarray | None" = None) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
     return one metrics row per artifact for the report, judged by the task's `scorer`
-    (`embslim.pipeline.scoring`; `n_labels` alone means a classifier). `original_outputs` (the
-    user's model on `split`; `original_logits` is the classification spelling) adds each artifact's
-    comparison with that model to its row."""
+    (`embslim.pipeline.scoring.scorer_for`). `original_outputs` (the user's model on `split`) adds
+    each artifact's comparison with that model to its row."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
     from embslim.exporters.quantize import QuantizeConfig, quantize
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
-    from embslim.pipeline.scoring import ClassificationScorer
     from embslim.pipeline.validate import latency_ids
 
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
-    scorer = scorer if scorer is not None else ClassificationScorer(int(n_labels or 0))
-    original = original_outputs if original_outputs is not None else original_logits
     fp32 = scorer.load(bundle, "model.onnx")   # maybe the bundle being written
     shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
     if cfg.fuse:
@@ -129,7 +124,7 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
         add_artifacts(bundle, entries)
         check = scorer.quantized(bundle, plan.file_name, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
                                  max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
-                                 original=original)
+                                 original=original_outputs)
         row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
                "description": f"{'fused, ' if source else ''}{plan.variant} for {plan.target}"
                               + (f" (FLAGGED: {scorer.primary} drop above max_drop)" if check["flagged"] else ""),
@@ -141,7 +136,7 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
             ort_file = Path(plan.file_name).with_suffix(".ort").name
             ort_check = scorer.quantized(bundle, ort_file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
                                          max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
-                                         original=original)
+                                         original=original_outputs)
             row = {"name": f"{plan.variant}-{plan.target}-ort", "precision": plan.variant, "file": ort_file,
                    "description": f"ORT mobile format of {plan.file_name}", "onnx_bytes": (bundle / ort_file).stat().st_size,
                    **{k: v for k, v in ort_check.items() if k not in ("accuracy_drop_vs_fp32", "flagged")}}

@@ -109,32 +109,19 @@ def latency_ids(tokenizer_json: str | Path, texts: Sequence[str], *, seq_len: in
 def eval_logits(clf: "Classifier", split: Split, *, batch_size: int, desc: str) -> np.ndarray:
     """`clf.logits` over the whole split, one batch per call so a long eval shows progress
     (embslim.pipeline.logs.progress); the batches and their padding are those of a single call."""
-    from embslim.pipeline.logs import progress
-
-    texts = list(split.texts)
-    pairs = list(split.pairs) if split.pairs is not None else None
-    starts = range(0, len(texts), batch_size)
-    chunks = [clf.logits(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs is not None else None,
-                         batch_size=batch_size)
-              for i in progress(starts, total=len(starts), desc=desc, logger=log)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(clf.labels)), np.float32)
-
-
-def validate_artifact(bundle: str | Path, file: str, split: Split, *, cfg: ValidateConfig, scorer: Any = None,
-                      n_labels: int | None = None, torch_outputs: np.ndarray | None = None,
-                      original_outputs: np.ndarray | None = None, torch_logits: np.ndarray | None = None,
-                      original_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json),
-    run through the runtime class an app would use: the task's metrics on `split` (the `scorer`,
-    `embslim.pipeline.scoring`; `n_labels` alone means a classifier), parity with `torch_outputs`
-    (the same model in PyTorch) and the comparison with `original_outputs` (the model the user gave,
-    before pruning), each when given; latency and peak RSS in a fresh process when `cfg.measure`.
-    `torch_logits` / `original_logits` are the classification spellings of the two."""
     from embslim.pipeline.scoring import ClassificationScorer
 
-    scorer = scorer if scorer is not None else ClassificationScorer(int(n_labels or 0))
-    torch_outputs = torch_outputs if torch_outputs is not None else torch_logits
-    original_outputs = original_outputs if original_outputs is not None else original_logits
+    return ClassificationScorer(len(clf.labels)).outputs(clf, split, batch_size=batch_size, desc=desc)
+
+
+def validate_artifact(bundle: str | Path, file: str, split: Split, *, cfg: ValidateConfig, scorer: Any,
+                      torch_outputs: np.ndarray | None = None,
+                      original_outputs: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics for one ONNX file of a bundle (or of any folder with manifest.json + tokenizer.json),
+    run through the runtime class an app would use: the task's metrics on `split` (the `scorer`,
+    `embslim.pipeline.scoring.scorer_for`), parity with `torch_outputs` (the same model in PyTorch)
+    and the comparison with `original_outputs` (the model the user gave, before pruning), each when
+    given; latency and peak RSS in a fresh process when `cfg.measure`."""
     bundle = Path(bundle)
     model = scorer.load(bundle, file)
     outputs = scorer.outputs(model, split, batch_size=cfg.batch_size, desc=f"{file}: eval")
@@ -154,10 +141,8 @@ def validate_artifact(bundle: str | Path, file: str, split: Split, *, cfg: Valid
     return metrics, outputs
 
 
-def check_parity(name: str, metrics: dict, *, cfg: ValidateConfig, scorer: Any = None) -> None:
+def check_parity(name: str, metrics: dict, *, cfg: ValidateConfig, scorer: Any) -> None:
     """Raise one ValidationFailed naming every failed check (never downgraded to a warning)."""
-    from embslim.pipeline.scoring import ClassificationScorer
-
-    problems = (scorer or ClassificationScorer(0)).parity_problems(metrics, cfg)
+    problems = scorer.parity_problems(metrics, cfg)
     if problems:
         raise ValidationFailed(f"{name} failed validation: " + "; ".join(problems))
