@@ -545,8 +545,9 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                     torch_logits = predict_outputs(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
                                                    max_length=max_length, batch_size=cfg.validate.batch_size,
                                                    output=task_def.primary_output)
-                metrics, _ = validate_artifact(v["folder"], "model.onnx", task.eval, scorer=scorer, cfg=cfg.validate,
-                                               torch_outputs=torch_logits, original_outputs=original_logits)
+                metrics, outputs = validate_artifact(v["folder"], "model.onnx", task.eval, scorer=scorer, cfg=cfg.validate,
+                                                     torch_outputs=torch_logits, original_outputs=original_logits)
+                v["fp32"] = (outputs, metrics)   # the targets stage's reference for this variant's quantized files
                 check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate, scorer=scorer)
                 rows.append(metrics | {
                     "name": name, "precision": "fp32", "description": _describe(name, v["info"], keep=keep),
@@ -562,7 +563,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                               + (" (every variant)" if cfg.targets.all_variants and cfg.targets.targets else "")):
             rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
                      build_targets(bundle, task.eval, scorer=scorer, cfg=cfg.targets,
-                                   validate=cfg.validate, work=work, original_outputs=original_logits)]
+                                   validate=cfg.validate, work=work, original_outputs=original_logits,
+                                   fp32=variants[cfg.chosen]["fp32"])]
             if cfg.targets.all_variants and cfg.targets.targets:
                 others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
                 for name, v in variants.items():
@@ -570,7 +572,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                         rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
                                  build_targets(v["folder"], task.eval, scorer=scorer, cfg=others,
                                                validate=cfg.validate, work=work / f"targets-{_slug(name)}",
-                                               original_outputs=original_logits)]
+                                               original_outputs=original_logits, fp32=v["fp32"])]
 
         with stage(7, total, "write manifest and report"):
             artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added

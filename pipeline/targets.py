@@ -71,11 +71,14 @@ class TargetsConfig:
 
 
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
-                  work: str | Path, scorer: Any, original_outputs: "np.ndarray | None" = None) -> list[dict]:
+                  work: str | Path, scorer: Any, original_outputs: "np.ndarray | None" = None,
+                  fp32: "tuple[np.ndarray, dict] | None" = None) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
     return one metrics row per artifact for the report, judged by the task's `scorer`
     (`embslim.pipeline.scoring.scorer_for`). `original_outputs` (the user's model on `split`) adds
-    each artifact's comparison with that model to its row."""
+    each artifact's comparison with that model to its row. `fp32`: model.onnx's outputs on `split`
+    and its task metrics when the caller has them already (`embslim run`'s validate stage), so they
+    are not computed twice."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
@@ -87,8 +90,8 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
-    fp32 = scorer.load(bundle, "model.onnx")   # maybe the bundle being written
-    shapes = shapes_for(fp32.max_length)   # every check stays within the inputs the bundle accepts
+    fp32_model = scorer.load(bundle, "model.onnx")   # maybe the bundle being written
+    shapes = shapes_for(fp32_model.max_length)   # every check stays within the inputs the bundle accepts
     if cfg.fuse:
         log.info("fusing model.onnx (ORT transformer optimizer%s)", ", and once without Attention for 4-bit" if cfg.int4 else "")
     # bits -> the fused graph that precision is quantized from (unfused model.onnx without fusion)
@@ -104,10 +107,14 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
                                     validation_shapes=shapes))
 
     rows = []
-    fp32_outputs = scorer.outputs(fp32, split, batch_size=validate.batch_size, desc="model.onnx: eval (fp32 reference)")
-    fp32_metrics = scorer.metrics(fp32, fp32_outputs, split, batch_size=validate.batch_size)
+    if fp32 is None:
+        fp32_outputs = scorer.outputs(fp32_model, split, batch_size=validate.batch_size,
+                                      desc="model.onnx: eval (fp32 reference)")
+        fp32_metrics = scorer.metrics(fp32_model, fp32_outputs, split, batch_size=validate.batch_size)
+    else:
+        fp32_outputs, fp32_metrics = fp32
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len,
-                      max_length=fp32.max_length) if validate.measure else None
+                      max_length=fp32_model.max_length) if validate.measure else None
     for i, plan in enumerate(plans, start=1):
         source = fused.get(plan.bits)
         log.info("[%d/%d] %s: quantize, then accuracy on %d examples%s", i, len(plans), plan.file_name, len(split),
