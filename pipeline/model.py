@@ -271,16 +271,16 @@ def load_config(name: str):
 
 def load_classifier(name: str, *, labels: Sequence[str] = (), task: str | None = None,
                     new_head: bool = False) -> LoadedModel:
-    """Load `name` as a sequence classifier.
+    """Load `name` as a sequence classifier, or a token classifier when the task is token-classification.
 
-    A model that already has a sequence-classification head keeps it, with its own id2label (match
+    A model that already has the task's head keeps it, with its own id2label (match
     the data's labels to it by name: `embslim.pipeline.data.match_labels`); `new_head` replaces it
     with a fresh head for `labels`, as a bare encoder always gets. `task` (Optimum's name; None
     infers it from the config's `architectures`) must fit the model's head. Raises ModelError or
     TaskError with one line: missing model, unsupported family, wrong head, or no labels for a
     fresh head."""
+    import transformers
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from embslim.pipeline.tasks import resolve_task
@@ -305,7 +305,9 @@ def load_classifier(name: str, *, labels: Sequence[str] = (), task: str | None =
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected for a fresh head
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs, output_loading_info=True)
+        # The Auto class is named by embslim's own task table (tasks.py), never by the model's files.
+        auto = getattr(transformers, resolved.auto_model)
+        model, info = auto.from_pretrained(path, **kwargs, output_loading_info=True)
     except (OSError, ValueError, SafetensorError) as e:
         weights = Path(path) / "model.safetensors"
         if isinstance(e, SafetensorError) or (weights.is_file() and "safetensors" in str(e).lower()):

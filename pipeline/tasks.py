@@ -7,9 +7,8 @@ model with the wrong head refused), the ONNX outputs and their dynamic axes (Opt
 `embslim.runtime` class that loads its bundles. The stages read these fields; they hold no
 `if task == ...` chains.
 
-`text-classification` and `feature-extraction` (sentence embeddings) are built;
-`token-classification` (NER / PII tagging) is declared so that `--task` already parses and a
-model carrying its head is refused with one line instead of being trained as a classifier.
+All three are built: `text-classification`, `feature-extraction` (sentence embeddings) and
+`token-classification` (NER / PII tagging: word-level tags, per-token logits).
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ class Task:
     # True: the given model is used as it is (nothing to fine-tune without labels); only variants that
     # distil train, from the given model, on the task's text.
     keeps_model: bool = False
+    # True: one label per word (entity tags), so outputs are per token and data rows are word lists + tags.
+    token_level: bool = False
 
 
 TASKS: dict[str, Task] = {
@@ -53,7 +54,8 @@ TASKS: dict[str, Task] = {
         primary_output="sentence_embedding", has_labels=False, keeps_model=True),
     "token-classification": Task(
         "token-classification", "AutoModelForTokenClassification", ("ForTokenClassification",),
-        outputs={"logits": {0: "batch", 1: "sequence"}}, runtime_class="Tagger", pipeline_tag="token-classification"),
+        outputs={"logits": {0: "batch", 1: "sequence"}}, runtime_class="Tagger", pipeline_tag="token-classification",
+        built=True, token_level=True),
 }
 
 # Heads of other tasks that no embslim task takes (a language-model or QA head on top of the encoder).
