@@ -23,14 +23,17 @@ EXIT_VALIDATION = 3
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task data")
-    g.add_argument("--train", help="training file: TSV/CSV/JSONL/JSON, or CLINC150's data_full.json")
+    g.add_argument("--train", help="training file: TSV/CSV/JSONL/JSON, CLINC150's data_full.json, or word-tagged "
+                                    "CoNLL (.conll: 'word<TAB>tag') / JSONL ({\"tokens\", \"tags\"}) for token classification")
     g.add_argument("--text", dest="texts", action="append", metavar="FILE",
                    help="unlabelled task text (repeatable): a file with one text per line, or a folder of .txt files; "
                         "DEP counts it, distillation learns the given model's outputs on it; alone it is enough for a "
                         "model that is already trained (--no-finetune)")
     g.add_argument("--eval", dest="eval_file", help="eval file (default: a seeded split of --train)")
     g.add_argument("--dataset", help="'synthetic-sentiment', or a Hugging Face datasets name (needs `datasets`)")
-    g.add_argument("--format", choices=["auto", "tsv", "csv", "jsonl", "json", "clinc150"])
+    g.add_argument("--format", choices=["auto", "tsv", "csv", "jsonl", "json", "clinc150", "conll"])
+    g.add_argument("--tag-scheme", choices=["auto", "bio", "iob1", "iobes"],
+                   help="tags of word-tagged data (default auto: told apart from the tags); all become BIO")
     g.add_argument("--text-column")
     g.add_argument("--text-pair-column")
     g.add_argument("--label-column")
@@ -43,7 +46,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _data_overrides(a: argparse.Namespace) -> dict:
     pairs = {"train": a.train, "eval": a.eval_file, "dataset": a.dataset, "format": a.format, "text_column": a.text_column,
              "text_pair_column": a.text_pair_column, "label_column": a.label_column, "eval_fraction": a.eval_fraction,
-             "clinc_eval_split": a.clinc_eval_split, "name": a.task_name, "texts": a.texts}
+             "clinc_eval_split": a.clinc_eval_split, "name": a.task_name, "texts": a.texts, "tag_scheme": a.tag_scheme}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -312,7 +315,7 @@ def _bundle_scorer(bundle: str, task, cfg, *, data_root: str | None):
 
     kind = read_manifest(bundle, staging=True)["task"].get("type")
     probes = None if get_task(kind).has_labels else load_probes(task, cfg, data_root=data_root)
-    return scorer_for(kind, n_labels=len(task.label_names), probes=probes)
+    return scorer_for(kind, n_labels=len(task.label_names), label_names=task.label_names, probes=probes)
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:

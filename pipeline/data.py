@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "tsv", "csv", "jsonl", "json", "clinc150")
+FORMATS = ("auto", "tsv", "csv", "jsonl", "json", "clinc150", "conll")
 _EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 _INT = re.compile(r"[+-]?\d+")
 SYNTHETIC = "synthetic-sentiment"
@@ -39,7 +39,8 @@ class DataConfig:
     train: str | None = None  # train file (TSV/CSV/JSONL/JSON) or CLINC150 data_full.json
     eval: str | None = None  # None -> a seeded split of train, so a single file is enough to start
     dataset: str | None = None  # "synthetic-sentiment" or a Hugging Face name ("glue/sst2", "glue:sst2")
-    format: Literal["auto", "tsv", "csv", "jsonl", "json", "clinc150"] = "auto"  # auto: by extension
+    # auto: by extension; .conll/.bio/.iob and JSONL with "tokens" are word-tagged (token classification)
+    format: Literal["auto", "tsv", "csv", "jsonl", "json", "clinc150", "conll"] = "auto"
     # None: "sentence" (GLUE's name for single-sentence tasks), else "text" (the usual JSONL/CSV and
     # `datasets` name), whichever the data has; the log says which was used.
     text_column: str | None = None
@@ -53,6 +54,9 @@ class DataConfig:
     # counts it with the training text, and distillation learns the given model's outputs on it.
     # Alone (no train/dataset) it is enough for a model that is already trained (--no-finetune).
     texts: tuple[str, ...] = ()
+    # Word-tagged data: the scheme of its tags (embslim.pipeline.tagged); auto tells BIO, IOB1 and
+    # IOBES apart from the tags themselves, and every scheme is rewritten to BIO.
+    tag_scheme: Literal["auto", "bio", "iob1", "iobes"] = "auto"
 
     def __post_init__(self) -> None:
         from embslim.pipeline.config_types import check_field_types
@@ -71,6 +75,8 @@ class DataConfig:
             raise DataError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise DataError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}; e.g. 0.1")
+        if self.tag_scheme not in ("auto", "bio", "iob1", "iobes"):
+            raise DataError(f"tag_scheme must be auto, bio, iob1 or iobes, got {self.tag_scheme!r}")
         if self.clinc_eval_split not in ("val", "test"):
             raise DataError(f"clinc_eval_split must be 'val' or 'test', got {self.clinc_eval_split!r}")
         columns = ([self.text_column] if self.text_column is not None else []) + [self.label_column] + (
@@ -91,10 +97,16 @@ class Split:
     texts: tuple[str, ...]
     pairs: tuple[str, ...] | None
     labels: tuple[int, ...] | None
+    # Token classification (embslim.pipeline.tagged): each text's words (the text is them joined by
+    # single spaces) and their BIO tag ids; `labels` is None then.
+    words: tuple[tuple[str, ...], ...] | None = None
+    tags: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if ((self.labels is not None and len(self.texts) != len(self.labels))
-                or (self.pairs is not None and len(self.pairs) != len(self.texts))):
+                or (self.pairs is not None and len(self.pairs) != len(self.texts))
+                or (self.words is not None and len(self.words) != len(self.texts))
+                or (self.tags is not None and (self.words is None or [len(t) for t in self.tags] != [len(w) for w in self.words]))):
             raise DataError(
                 f"a Split needs equally long texts/pairs/labels, got {len(self.texts)}/"
                 f"{None if self.pairs is None else len(self.pairs)}/{None if self.labels is None else len(self.labels)}"
@@ -102,6 +114,11 @@ class Split:
 
     def with_labels(self, labels: Sequence[int]) -> "Split":
         return Split(self.texts, self.pairs, tuple(int(x) for x in labels))
+
+    @property
+    def labelled(self) -> bool:
+        """True when the split has gold labels: sentence labels, or word tags."""
+        return self.labels is not None or self.tags is not None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -126,9 +143,9 @@ class TaskData:
         """JSON-able overview for reports: sizes and per-split label counts by name."""
 
         def counts(split: Split) -> dict[str, int] | None:
-            if split.labels is None:
+            if split.labels is None and split.tags is None:
                 return None
-            c = Counter(split.labels)
+            c = Counter(split.labels if split.tags is None else (t for tags in split.tags for t in tags))
             return {name: c.get(i, 0) for i, name in enumerate(self.label_names)}
 
         return {
@@ -163,6 +180,9 @@ def load_task(cfg: DataConfig, *, data_root: str | None = None) -> TaskData:
     # given model, unless a (labelled) eval file is given.
     if cfg.eval is not None:
         eval_path = _resolve(cfg.eval, data_root)
+        if _is_tagged(eval_path, cfg.format):   # a trained tagger, judged on a tagged eval file
+            return replace(_load_tagged(cfg, None, data_root=data_root, name=cfg.name or eval_path.resolve().parent.name
+                                        or "task"), texts=tuple(texts))
         eval_rows = _read_rows(eval_path, _detect(eval_path, cfg.format), cfg)
         labelled = _build(cfg.name or eval_path.resolve().parent.name or "task", eval_rows, eval_rows,
                           train_src=str(eval_path), eval_src=str(eval_path), cfg=cfg, training=False)
@@ -204,7 +224,11 @@ def match_labels(task: TaskData, model_labels: Sequence[str], *, model: str, tra
     for split in (task.train, task.eval):
         if split.labels is not None:
             used |= {task.label_names[i] for i in split.labels}
+        for tags in split.tags or ():
+            used |= {task.label_names[i] for i in tags}
     unknown = sorted(used - set(index))
+    # A tagger's I- tags of a rare type may be absent from a small training set without harm; only
+    # sentence classifiers must see every class they keep.
     missing = sorted(set(index) - used) if training and task.train.labels else []
     if unknown or missing:
         problem = (f"data label(s) {unknown} are not among the model's" if unknown
@@ -215,6 +239,8 @@ def match_labels(task: TaskData, model_labels: Sequence[str], *, model: str, tra
     order = [index[name] for name in task.label_names]
 
     def move(split: Split) -> Split:
+        if split.tags is not None:
+            return replace(split, tags=tuple(tuple(order[i] for i in tags) for tags in split.tags))
         return split if split.labels is None else split.with_labels([order[i] for i in split.labels])
 
     return replace(task, train=move(task.train), eval=move(task.eval), label_names=tuple(model_labels))
@@ -228,8 +254,10 @@ def _load_labelled(cfg: DataConfig, *, data_root: str | None) -> TaskData:
         return _load_hf(cfg, data_root=data_root)
     assert cfg.train is not None  # guaranteed by DataConfig
     train_path = _resolve(cfg.train, data_root)
-    train_fmt = _detect(train_path, cfg.format)
     name = cfg.name or train_path.resolve().parent.name or "task"
+    if _is_tagged(train_path, cfg.format):
+        return _load_tagged(cfg, train_path, data_root=data_root, name=name)
+    train_fmt = _detect(train_path, cfg.format)
     if train_fmt == "clinc150":
         if cfg.eval is not None:
             raise DataError(f"{train_path} is a CLINC150 file with its own eval splits; drop --eval and use "
@@ -250,6 +278,24 @@ def _load_labelled(cfg: DataConfig, *, data_root: str | None) -> TaskData:
     return _build(name, train_rows, eval_rows, train_src=str(train_path), eval_src=eval_src, cfg=cfg)
 
 
+def _is_tagged(path: Path, fmt: str) -> bool:
+    from embslim.pipeline.tagged import is_tagged_file
+
+    return fmt == "conll" or (fmt in ("auto", "jsonl") and is_tagged_file(path))
+
+
+def _load_tagged(cfg: DataConfig, train: Path | None, *, data_root: str | None, name: str) -> TaskData:
+    from embslim.pipeline.tagged import load_tagged
+
+    eval_path = _resolve(cfg.eval, data_root) if cfg.eval is not None else None
+    if eval_path is not None and not _is_tagged(eval_path, cfg.format):
+        raise DataError(f"{eval_path} is not word-tagged data (CoNLL, or JSONL with \"tokens\"/\"tags\") but the "
+                        f"training data {train} is; pass a tagged --eval file")
+    fmt = "conll" if cfg.format == "conll" else "auto"
+    return load_tagged(train, eval_path, fmt=fmt, scheme=cfg.tag_scheme, name=name, eval_fraction=cfg.eval_fraction,
+                       seed=cfg.seed)
+
+
 def subsample(split: Split, n: int | None, *, seed: int) -> Split:
     """Seeded random subset of ``n`` rows in original order; ``None`` or ``n >= len(split)`` returns it as is."""
     if n is None or n >= len(split):
@@ -259,7 +305,9 @@ def subsample(split: Split, n: int | None, *, seed: int) -> Split:
     keep = sorted(random.Random(seed).sample(range(len(split)), n))
     pairs = None if split.pairs is None else tuple(split.pairs[i] for i in keep)
     labels = None if split.labels is None else tuple(split.labels[i] for i in keep)
-    return Split(tuple(split.texts[i] for i in keep), pairs, labels)
+    words = None if split.words is None else tuple(split.words[i] for i in keep)
+    tags = None if split.tags is None else tuple(split.tags[i] for i in keep)
+    return Split(tuple(split.texts[i] for i in keep), pairs, labels, words=words, tags=tags)
 
 
 _OPENERS = ("the movie was|this film is|i found the plot|honestly the acting was|the soundtrack felt|overall the "
@@ -309,6 +357,8 @@ def _detect(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     ext = _EXTENSIONS.get(path.suffix.lower())
+    if ext is None and _is_tagged(path, "auto"):
+        return "conll"
     if ext is None:
         raise DataError(f"cannot tell the format of {path} from its extension {path.suffix!r}; expected one of "
                         f"{', '.join(sorted(_EXTENSIONS))} or pass --format {'|'.join(FORMATS[1:])}")

@@ -127,13 +127,25 @@ class _Encoded:
     """A torch-style dataset of tokenized examples (lists of ids; the collator pads per batch)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int,
-                 teacher_logits: np.ndarray | None = None) -> None:
+                 teacher_logits: np.ndarray | None = None, *, token_level: bool = False) -> None:
+        tagged = split.words is not None
         enc = tokenizer(list(split.texts), list(split.pairs) if split.pairs is not None else None,
-                        truncation=True, max_length=max_length, padding=False)
-        labels = split.labels
+                        truncation=True, max_length=max_length, padding=False,
+                        return_offsets_mapping=tagged, return_special_tokens_mask=tagged)
+        labels: Sequence | None = split.labels
+        if tagged:   # word tags on each word's first sub-token (embslim.pipeline.tagged)
+            from embslim.pipeline.tagged import token_labels
+
+            labels = None if split.tags is None else [
+                token_labels(np.asarray(enc["offset_mapping"][i]), np.asarray(enc["special_tokens_mask"][i], bool),
+                             split.words[i], split.tags[i]) for i in range(len(split))]
+            enc = {k: v for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
         self.features = [{k: enc[k][i] for k in enc} | ({"labels": labels[i]} if labels is not None else {})
                          for i in range(len(split))]
         if teacher_logits is not None:
+            if token_level:   # per-token teacher logits [n_tokens, labels] per text, concatenated in text order
+                ends = np.cumsum([len(f["input_ids"]) for f in self.features])
+                teacher_logits = np.split(teacher_logits, ends[:-1])
             for f, t in zip(self.features, teacher_logits):
                 f["teacher_logits"] = t.tolist()
 
@@ -147,6 +159,44 @@ class _Encoded:
 def _accuracy(eval_pred) -> dict:
     logits, labels = eval_pred
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def _entity_f1(names: Sequence[str]):
+    """compute_metrics for a tagger: seqeval's entity F1 over each word's first sub-token (the
+    tokens whose label is not -100), reported as "accuracy" so the best epoch is kept by it."""
+    from embslim.pipeline.tagged import IGNORE, entity_scores
+
+    def compute(eval_pred) -> dict:
+        logits, labels = eval_pred
+        pred = np.argmax(logits, axis=-1)
+        gold = [[int(t) for t in row if t != IGNORE] for row in labels]
+        got = [[int(p) for p, t in zip(prow, row) if t != IGNORE] for prow, row in zip(pred, labels)]
+        return {"accuracy": entity_scores(gold, got, names)["f1"]}
+
+    return compute
+
+
+def _collator(tokenizer: PreTrainedTokenizerBase, tagged: bool):
+    """Pads each batch to its longest row: DataCollatorWithPadding, or for a tagger
+    DataCollatorForTokenClassification (labels padded with -100) with per-token teacher logits
+    padded by zero rows (the distillation loss masks them with attention_mask)."""
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    if not tagged:
+        return DataCollatorWithPadding(tokenizer)
+    pad = DataCollatorForTokenClassification(tokenizer)
+
+    def collate(features: list[dict]) -> dict:
+        import torch
+
+        teacher = [f["teacher_logits"] for f in features] if "teacher_logits" in features[0] else None
+        batch = pad([{k: v for k, v in f.items() if k != "teacher_logits"} for f in features])
+        if teacher is not None:
+            width, n = len(teacher[0][0]), batch["input_ids"].shape[1]
+            batch["teacher_logits"] = torch.tensor([t + [[0.0] * width] * (n - len(t)) for t in teacher])
+        return batch
+
+    return collate
 
 
 def _distill_trainer(alpha: float, temperature: float, *, output: str = "logits", distance: str = "cosine") -> type:
@@ -167,7 +217,11 @@ def _distill_trainer(alpha: float, temperature: float, *, output: str = "logits"
                 dist = (1 - F.cosine_similarity(student, teacher, dim=-1)).mean() if distance == "cosine" \
                     else F.mse_loss(student, teacher)
                 return (dist, outputs) if return_outputs else dist
-            kl = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.softmax(teacher / temperature, -1),
+            student, target = outputs.logits, teacher
+            if student.dim() == 3:   # a tagger: per-token logits; padding positions left out
+                mask = inputs["attention_mask"].bool()
+                student, target = student[mask], target[mask]
+            kl = F.kl_div(F.log_softmax(student / temperature, -1), F.softmax(target / temperature, -1),
                           reduction="batchmean") * temperature ** 2
             # Unlabelled text (or alpha = 1): the teacher's logits are the whole target.
             loss = kl if outputs.loss is None or alpha == 1 else (1 - alpha) * outputs.loss + alpha * kl
@@ -236,17 +290,20 @@ def _scaled_embedding_lr(trainer_cls: type, scaled: list, scale: float) -> type:
 
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Split, eval_split: Split,
              *, cfg: FinetuneConfig, name: str = "model", work_dir: str | None = None,
-             teacher: PreTrainedModel | None = None, output: str = "logits") -> dict:
+             teacher: PreTrainedModel | None = None, output: str = "logits", label_names: Sequence[str] = (),
+             token_level: bool = False) -> dict:
     """Train `model` in place; returns a JSON-able summary (examples, steps, seconds, per-epoch accuracy).
     With a `teacher`, its `output` on the training examples (logits; a sentence encoder's
     sentence_embedding) joins the loss, or is the whole loss without labels (see FinetuneConfig).
-    Only a classifier with a labelled eval split is evaluated per epoch (best epoch kept)."""
+    Only a classifier with a labelled eval split is evaluated per epoch (best epoch kept): by
+    accuracy, or for a tagger (`token_level`: per-token logits, word-tagged splits) by entity F1
+    over `label_names`."""
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     train = subsample(train, cfg.max_train_samples, seed=cfg.seed)
-    if train.labels is None and teacher is None:
+    if not train.labelled and teacher is None:
         raise FinetuneError("the training text has no labels: fine-tuning on it needs a teacher (distillation)")
     teacher_logits = None
     if teacher is not None:
@@ -256,7 +313,9 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     if len(train) == 0:
         raise FinetuneError("the training split is empty")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    evaluate = cfg.evaluate_each_epoch and cfg.max_steps <= 0 and eval_split.labels is not None and output == "logits"
+    tagged = token_level
+    evaluate = (cfg.evaluate_each_epoch and cfg.max_steps <= 0 and eval_split.labelled and output == "logits"
+                and (not tagged or bool(label_names)))
     with _trainer_dir(work_dir, name) as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -291,10 +350,10 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             trainer_cls = _scaled_embedding_lr(trainer_cls, scaled, cfg.embedding_lr_scale)
         trainer = trainer_cls(
             model=model, args=args,
-            train_dataset=_Encoded(tokenizer, train, cfg.max_length, teacher_logits),
-            eval_dataset=_Encoded(tokenizer, eval_split, cfg.max_length) if evaluate else None,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=_accuracy,
+            train_dataset=_Encoded(tokenizer, train, cfg.max_length, teacher_logits, token_level=tagged),
+            eval_dataset=_Encoded(tokenizer, eval_split, cfg.max_length, token_level=tagged) if evaluate else None,
+            data_collator=_collator(tokenizer, tagged),
+            compute_metrics=_entity_f1(label_names) if tagged else _accuracy,
         )
         log.info("fine-tune %s: %d examples, batch %d, %s%s", name, len(train), cfg.batch_size,
                  f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs",
@@ -331,7 +390,9 @@ def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     pairs: Sequence[str] | None = None, *, max_length: int, batch_size: int = 32,
                     output: str = "logits", desc: str = "PyTorch outputs for the parity check") -> np.ndarray:
     """One output of `model` (`logits` [n, labels], or a sentence encoder's `sentence_embedding`
-    [n, dim]; float32) over `texts`, with per-batch padding, the same batching the runtime uses."""
+    [n, dim]; float32) over `texts`, with per-batch padding, the same batching the runtime uses.
+    A per-token output (a tagger's logits) comes back as every text's non-padding tokens
+    concatenated in order, [total tokens, labels]: what `Tagger.token_outputs` gives, stacked."""
     import torch
 
     from embslim.pipeline.logs import progress
@@ -343,7 +404,10 @@ def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         for s in progress(starts, total=len(starts), desc=desc, logger=log):
             enc = tokenizer(list(texts[s:s + batch_size]), list(pairs[s:s + batch_size]) if pairs is not None else None,
                             truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            out.append(getattr(model(**enc), output).float().numpy())
+            got = getattr(model(**enc), output).float().numpy()
+            if got.ndim == 3:   # per-token outputs: each text's real tokens, concatenated in order
+                got = got[enc["attention_mask"].numpy().astype(bool)]
+            out.append(got)
     if out:
         return np.concatenate(out)
     width = model.config.num_labels if output == "logits" else getattr(model, "embedding_dim", model.config.hidden_size)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, get_origin, get_type_hints
 
 from embslim.pipeline.config_types import ConfigError, _example, _fits, _type_name, check_field_types
-from embslim.pipeline.data import DataConfig, TaskData, load_task
+from embslim.pipeline.data import DataConfig, DataError, TaskData, load_task
 from embslim.pipeline.finetune import FinetuneConfig
 from embslim.pipeline.targets import TargetsConfig
 from embslim.pipeline.validate import ValidateConfig
@@ -340,20 +340,29 @@ def load_inputs(cfg: RunConfig, *, task: TaskData | None = None, data_root: str 
     from embslim.pipeline.tasks import get_task
 
     task = task or load_task(cfg.data, data_root=data_root)
-    if cfg.task is not None and not get_task(cfg.task).has_labels:   # a sentence encoder: no head, no labels to match
+    tagged = task.eval.words is not None   # word-tagged data (CoNLL / tagged JSONL) is token classification's
+    requested = cfg.task or ("token-classification" if tagged else None)
+    if requested is not None and tagged and not get_task(requested).token_level:
+        raise DataError(f"the data is word-tagged (CoNLL / tagged JSONL), which --task {requested} does not take; "
+                        "pass --task token-classification")
+    if requested is not None and not get_task(requested).has_labels:   # a sentence encoder: no head, no labels to match
         return task, load_sentence_model(cfg.model, pooling=cfg.pooling, normalize=cfg.normalize)
-    loaded = load_classifier(cfg.model, labels=task.label_names, task=cfg.task, new_head=cfg.new_head)
+    loaded = load_classifier(cfg.model, labels=task.label_names, task=requested, new_head=cfg.new_head)
+    if get_task(loaded.task).token_level and not tagged:
+        raise DataError(f"{'--task token-classification' if cfg.task else f'model {cfg.model!r} is a token classifier, which'} "
+                        "needs word-tagged data (CoNLL 'word<TAB>tag' lines, or JSONL with \"tokens\" and \"tags\"), but "
+                        "the data holds whole texts; pass .conll --train/--eval files, or another model / --task")
     if not cfg.finetune.enabled and not loaded.kept_head:
         if cfg.new_head:
             raise ModelError(f"--no-finetune keeps the model as trained, but --new-head gives {cfg.model!r} a fresh, "
                              "untrained head; drop --new-head to keep its own head, or drop --no-finetune to train the "
                              "new head on labelled --train data")
         raise ModelError(f"--no-finetune keeps the model as trained, but {cfg.model!r} gets a fresh, untrained head (it "
-                         "has no sequence-classification head); drop --no-finetune to fine-tune it on labelled --train "
-                         "data, or pass a fine-tuned classifier")
+                         f"has no {loaded.task} head); drop --no-finetune to fine-tune it on labelled --train "
+                         "data, or pass a model fine-tuned for the task")
     if loaded.kept_head:
         task = match_labels(task, loaded.labels, model=cfg.model, training=cfg.finetune.enabled)
-    elif task.train.labels is not None and len(task.train) == 0:
+    elif (task.train.labels is not None or task.train.tags is not None) and len(task.train) == 0:
         raise ModelError(f"{cfg.model!r} gets a fresh head, which needs labelled --train data; --text alone is for "
                          "a model that is already trained (--no-finetune)")
     return task, loaded
@@ -416,8 +425,10 @@ def _train_variants(variants: dict[str, dict], plan: dict[str, tuple | None], *,
             log.info("fine-tune %s: resumed from %s (same inputs)", name, folder)
             v["finetune"] = resumed
             continue
+        task_def = get_task(loaded.task)
         v["finetune"] = finetune(v["model"], loaded.tokenizer, split, task.eval, cfg=ft_cfg, name=name,
-                                 work_dir=str(work), teacher=teacher, output=get_task(loaded.task).primary_output)
+                                 work_dir=str(work), teacher=teacher, output=task_def.primary_output,
+                                 label_names=task.label_names, token_level=task_def.token_level)
         if is_main_process():
             save_checkpoint(v["model"], loaded.tokenizer, folder,
                             meta=meta.to_json() | {"run_fingerprint": v["fingerprint"], "finetune": v["finetune"]})
@@ -464,7 +475,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
         task_def = get_task(loaded.task)
         keep = not cfg.finetune.enabled or task_def.keeps_model   # the given model is used as trained
         # Sentence embeddings: only the kNN / pair data is labelled, and it is read before anything is written.
-        scorer = scorer_for(loaded.task, n_labels=len(task.label_names), probes=None if task_def.has_labels else
+        scorer = scorer_for(loaded.task, n_labels=len(task.label_names), label_names=task.label_names,
+                            probes=None if task_def.has_labels else
                             load_probes(task, cfg.validate, data_root=data_root, clinc_eval_split=cfg.data.clinc_eval_split))
         make_work_dir(work, remove_trainers=process_rank()[1] == 1)   # created only now the inputs are checked
         max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
@@ -478,7 +490,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                                               max_length=max_length, batch_size=cfg.validate.batch_size,
                                               output=task_def.primary_output,
                                               desc=f"the given model's {task_def.primary_output} on the eval texts")
-            if task.eval.labels is None and task_def.has_labels:   # unlabelled held-out text: its labels are the reference
+            if not task.eval.labelled and task_def.has_labels:   # unlabelled held-out text: its labels are the reference
                 task = replace(task, eval=task.eval.with_labels(original_logits.argmax(-1)), eval_labels_source="model")
         meta = bundle_meta(loaded, task, max_length=max_length)
 

@@ -8,7 +8,9 @@ runs it over a split, and turns the outputs into the task's metrics and comparis
 - feature-extraction: cosine between the file's sentence embeddings and the original model's on
   held-out texts (mean, 1st percentile, min), intent accuracy by nearest neighbour (k = 1,
   cosine; index and queries from a labelled dataset such as CLINC150) and ROC-AUC of pair cosine
-  against a paraphrase label (MRPC), max |Δ| with the same model in PyTorch.
+  against a paraphrase label (MRPC), max |Δ| with the same model in PyTorch;
+- token-classification: entity-level precision / recall / F1 (seqeval) overall and per entity
+  type on the split's word tags, token agreement and max |Δlogit| with PyTorch.
 
 The stages hold no `if task == ...`: they call the methods below (`scorer_for` picks the class).
 """
@@ -16,7 +18,7 @@ The stages hold no `if task == ...`: they call the methods below (`scorer_for` p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -336,10 +338,120 @@ def _load_pairs(cfg: "ValidateConfig", *, data_root: str | None) -> "TaskData":
                     '["text", "pair", "label"] under [validate] in a --config file')
 
 
-def scorer_for(task: str | None, *, n_labels: int = 0, probes: EmbeddingProbes | None = None) -> Any:
+# ---------------------------------------------------------------- token-classification
+
+@dataclass(frozen=True)
+class TokenClassificationScorer:
+    """Entity-level precision / recall / F1 (seqeval) on the split's word tags, per entity type;
+    parity by argmax agreement and max |Δlogit| over every non-padding token.
+
+    Outputs are the per-token logits of every text, concatenated in order ([total tokens,
+    labels], what `Tagger.token_outputs` gives, stacked); each word is read from its first
+    sub-token (embslim.pipeline.tagged). The token-to-word alignment of a split is computed once
+    from the runtime's own tokenizer and kept (`_alignments`), so PyTorch outputs are scored on
+    exactly the runtime's tokens."""
+
+    label_names: tuple[str, ...]
+    primary: str = "f1"
+    _alignments: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def load(self, bundle: str | Path, file: str) -> Any:
+        from embslim.runtime import Tagger
+
+        return Tagger.from_bundle(bundle, file=file, threads=None, staging=True)   # maybe the bundle being written
+
+    def outputs(self, model: Any, split: Split, *, batch_size: int, desc: str) -> np.ndarray:
+        self._align(model, split)
+        return _batched(lambda t, p: np.concatenate([o.logits for o in model.token_outputs(t, batch_size=batch_size)])
+                        if t else np.zeros((0, len(self.label_names)), np.float32),
+                        split.texts, None, batch_size=batch_size, desc=desc, width=len(self.label_names))
+
+    def _align(self, model: Any, split: Split) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(token counts per text, first-token index of each word per text) for `split`."""
+        from embslim.pipeline.tagged import first_token_index
+
+        key = hash(split.texts)
+        if key not in self._alignments:
+            if split.words is None:
+                raise ValueError("a token-classification eval split needs words and tags (a CoNLL or tagged JSONL file)")
+            toks = model.tokenize(list(split.texts))
+            self._alignments[key] = (np.array([len(t.input_ids) for t in toks], np.int64),
+                                     [first_token_index(t.offsets, t.special, w) for t, w in zip(toks, split.words)])
+        return self._alignments[key]
+
+    def word_tags(self, outputs: np.ndarray, split: Split, model: Any = None) -> list[np.ndarray]:
+        """Predicted tag ids per word of each text, from concatenated token `outputs`."""
+        from embslim.pipeline.tagged import word_predictions
+
+        counts, first = self._alignments[hash(split.texts)] if model is None else self._align(model, split)
+        if int(counts.sum()) != len(outputs):
+            raise ValueError(f"{len(outputs)} token rows for {int(counts.sum())} tokens of the split: the outputs come "
+                             "from another tokenization or max_length")
+        return [word_predictions(rows, f) for rows, f in zip(np.split(outputs, np.cumsum(counts)[:-1]), first)]
+
+    def metrics(self, model: Any, outputs: np.ndarray, split: Split, *, batch_size: int) -> dict:
+        from embslim.pipeline.tagged import entity_scores
+
+        pred = self.word_tags(outputs, split, model)
+        return entity_scores(split.tags, pred, self.label_names)
+
+    def parity(self, outputs: np.ndarray, torch_outputs: np.ndarray, split: Split) -> dict:
+        from embslim.pipeline.tagged import entity_scores
+        from embslim.pipeline.validate import parity
+
+        if outputs.shape != torch_outputs.shape:
+            return {"agreement": 0.0, "max_logit_diff": float("inf"), "torch_tokens": int(len(torch_outputs))}
+        return parity(outputs, torch_outputs) | {
+            "torch_f1": entity_scores(split.tags, self.word_tags(torch_outputs, split), self.label_names)["f1"]}
+
+    def against_original(self, outputs: np.ndarray, original: np.ndarray | None) -> dict:
+        from embslim.pipeline.validate import against_original
+
+        if original is not None and original.shape != outputs.shape:
+            return {}
+        return against_original(outputs, original)
+
+    def parity_problems(self, metrics: dict, cfg: "ValidateConfig") -> list[str]:
+        if "torch_tokens" in metrics:
+            return [f"PyTorch gave {metrics['torch_tokens']} token rows where ONNX Runtime gave another count: the "
+                    "bundle's tokenizer.json and the model's tokenizer disagree"]
+        return ClassificationScorer.parity_problems(self, metrics, cfg)   # type: ignore[arg-type]
+
+    def quantized(self, bundle: str | Path, file: str, split: Split, *, fp32_outputs: np.ndarray, fp32_metrics: dict,
+                  max_drop: float, allow_drop: bool, batch_size: int, original: np.ndarray | None) -> dict:
+        """A quantized file's row: entity F1 (and per type), token agreement with the fp32 file,
+        the F1 drop; QualityDropError past `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`."""
+        model = self.load(bundle, file)
+        outputs = self.outputs(model, split, batch_size=batch_size, desc=f"{file}: eval")
+        row = self.metrics(model, outputs, split, batch_size=batch_size)
+        row["agreement_fp32"] = float((outputs.argmax(-1) == fp32_outputs.argmax(-1)).mean()) if len(outputs) else 1.0
+        row["f1_drop_vs_fp32"] = fp32_metrics["f1"] - row["f1"]
+        row |= self.against_original(outputs, original)
+        row["flagged"] = bool(row["f1_drop_vs_fp32"] > max_drop)
+        log.info("%s: %s (%+.2f pts vs model.onnx)", file, self.summary(row), -100 * row["f1_drop_vs_fp32"])
+        if row["flagged"] and not allow_drop:
+            raise QualityDropError(f"{file}: entity F1 {100 * row['f1']:.2f} is {100 * row['f1_drop_vs_fp32']:.2f} points "
+                                   f"below model.onnx ({100 * fp32_metrics['f1']:.2f}); at most {100 * max_drop:.2f} "
+                                   "allowed. Try per_channel=True, include_embeddings=False or bits=8, or pass "
+                                   "allow_drop=True to keep it flagged")
+        return row
+
+    def summary(self, m: dict) -> str:
+        return (f"entity F1 {100 * m['f1']:.2f} (P {100 * m['precision']:.2f}, R {100 * m['recall']:.2f}; "
+                f"{m['n_entities']} entities)"
+                + (f", token agreement with the given model {100 * m['original_agreement']:.2f}%" if "original_agreement" in m else "")
+                + (f", token agreement with its PyTorch model {100 * m['agreement']:.2f}% (max |dlogit| "
+                   f"{m['max_logit_diff']:.1e})" if "agreement" in m else ""))
+
+
+def scorer_for(task: str | None, *, n_labels: int = 0, probes: EmbeddingProbes | None = None,
+               label_names: Sequence[str] = ()) -> Any:
     """The scorer of `task` (Optimum's name; None = text-classification)."""
     from embslim.pipeline.tasks import get_task
 
-    if get_task(task).primary_output == "sentence_embedding":
+    kind = get_task(task)
+    if kind.primary_output == "sentence_embedding":
         return EmbeddingScorer(probes or EmbeddingProbes())
+    if kind.token_level:
+        return TokenClassificationScorer(tuple(label_names))
     return ClassificationScorer(n_labels)

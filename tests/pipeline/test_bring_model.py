@@ -126,9 +126,9 @@ def test_epochs_zero_in_a_config_is_no_finetune(classifier_dir, tmp_path):
 
 
 @pytest.mark.parametrize(("head", "flags", "pattern"), [
-    ("token", [], r"--task token-classification is not built yet .*\(BertForTokenClassification\)"),
+    ("token", [], r"model '.*' is a token classifier, which needs word-tagged data \(CoNLL"),
     ("token", ["--task", "text-classification"], r"is a token-classification model .* the run's task is text-classification"),
-    (None, ["--no-finetune"], r"--no-finetune keeps the model as trained, but .* no sequence-classification head"),
+    (None, ["--no-finetune"], r"--no-finetune keeps the model as trained, but .* no text-classification head"),
     ("sequence", ["--no-finetune", "--new-head"], r"--no-finetune keeps the model as trained, but .*--new-head"),
     (None, ["--task", "feature-extraction"], r"is a plain encoder \(no sentence-transformers modules.json\); pass --pooling"),
     ("sequence", ["--task", "feature-extraction", "--pooling", "mean"], r"is a text-classification model .* the run's task is feature-extraction"),
