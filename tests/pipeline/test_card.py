@@ -384,7 +384,7 @@ def test_card_says_which_rows_keep_top_kept_and_that_the_head_is_exact() -> None
 
 
 def _tag_manifest() -> dict[str, Any]:
-    from tagger_reports import tag_report
+    from tiny_taggers import tag_report
 
     return {"task": {"name": "wnut17", "type": "token-classification", "labels": tag_report()["task"]["labels"],
                      "pair": False, "max_length": 128},
@@ -398,7 +398,7 @@ def _tag_manifest() -> dict[str, Any]:
 
 
 def _tag_report() -> dict[str, Any]:
-    from tagger_reports import tag_report
+    from tiny_taggers import tag_report
 
     report = tag_report()
     report["variants"][1]["file"] = "model.onnx"   # the bundle's own model, as the pipeline names it
@@ -465,23 +465,14 @@ def test_tagger_card_without_report_or_vocab() -> None:
 
 @pytest.fixture(scope="module")
 def tagger_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny tagger bundle (fp32 model.onnx, tags O / B-person / I-person) from `export_model`, with its card."""
-    from tiny_models import make_tiny_model_dir
+    """A tiny tagger bundle (fp32 model.onnx, tags O / B-person / I-person) with its card."""
+    from tiny_taggers import make_tiny_tagger_bundle
 
-    from embslim.pipeline.bundle import BundleMeta, export_model
     from embslim.pipeline.card import write_card
-    from embslim.pipeline.model import load_classifier
 
-    root = tmp_path_factory.mktemp("tagger")
-    model_dir = make_tiny_model_dir(root / "m", head=None)
-    tags = ("O", "B-person", "I-person")
-    lm = load_classifier(str(model_dir), labels=tags, task="token-classification")
-    meta = BundleMeta(task_name="people", labels=tags, is_pair=False, max_length=32, source={"name": str(model_dir)},
-                      input_names=lm.input_names, tokenizer_json=str(Path(lm.path) / "tokenizer.json"),
-                      task_type="token-classification")
-    export_model(lm.model, lm.tokenizer, root / "b", meta=meta)
-    write_card(root / "b")
-    return root / "b"
+    bundle = make_tiny_tagger_bundle(tmp_path_factory.mktemp("tagger"))
+    write_card(bundle)
+    return bundle
 
 
 def test_tagger_card_optimum_snippet_runs_on_a_real_bundle(tagger_bundle: Path) -> None:

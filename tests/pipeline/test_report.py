@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tagger_reports import tag_report
+from tiny_taggers import tag_report
 
 from embslim.pipeline.report import (
     MISSING,

@@ -1,8 +1,9 @@
-"""A token-classification report dict as the pipeline writes it for WNUT17 (issue 15), by hand:
-the tagger tests of the report and the model card share it."""
+"""Token-classification (tagger) test material shared by the report, card and CLI tests: a report
+dict as the pipeline writes it for WNUT17 (issue 15), by hand, and a tiny exported tagger bundle."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 _TYPES = {"person": 429, "location": 150, "group": 165, "corporation": 66, "creative-work": 142, "product": 127}
@@ -69,3 +70,23 @@ def tag_report(*, int4: bool = True, given: bool = False) -> dict[str, Any]:
         "variants": variants,
         "notes": ["latency: batch 1, 32 tokens, 1 thread"],
     }
+
+
+TINY_TAGS = ("O", "B-person", "I-person")
+
+
+def make_tiny_tagger_bundle(root: Path) -> Path:
+    """A tiny random tagger (fp32 model.onnx, tags O / B-person / I-person) exported with `export_model`
+    into root/bundle (no report, no metrics); returns the bundle folder."""
+    from tiny_models import make_tiny_model_dir
+
+    from embslim.pipeline.bundle import BundleMeta, export_model
+    from embslim.pipeline.model import load_classifier
+
+    model_dir = make_tiny_model_dir(root / "model", head=None)
+    lm = load_classifier(str(model_dir), labels=TINY_TAGS, task="token-classification")
+    meta = BundleMeta(task_name="people", labels=TINY_TAGS, is_pair=False, max_length=32, source={"name": str(model_dir)},
+                      input_names=lm.input_names, tokenizer_json=str(Path(lm.path) / "tokenizer.json"),
+                      task_type="token-classification")
+    export_model(lm.model, lm.tokenizer, root / "bundle", meta=meta)
+    return root / "bundle"
