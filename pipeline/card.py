@@ -7,7 +7,9 @@ load the bundle. What differs by task is one `CardTask` per task in `TASKS`: a c
 shows accuracy and loads with `embslim.runtime.Classifier`, Optimum and transformers'
 `pipeline()`; a sentence-embedding card (pipeline tag `sentence-similarity`) shows cosine to the
 original model, kNN accuracy and pair AUC and loads with `Embedder`, sentence-transformers (when
-the bundle holds modules.json) and Optimum's feature-extraction model.
+the bundle holds modules.json) and Optimum's feature-extraction model; a tagger's card shows entity
+F1 per file and per entity type, what happens to words the task's text never used, and loads with
+`Tagger` and Optimum's token-classification model in transformers' `pipeline()`.
 
 Everything comes from data already in the bundle (manifest.json, the report dict) plus the
 source model's own README.md header, read with `yaml.safe_load` (never executing anything) for

@@ -12,7 +12,8 @@ a few sentences, what makes two bundles comparable) is one `ReportView` per task
 `REPORT_VIEWS`, picked by `model.task` (then `task.type`); reports without a view of their own
 render as text classification. A text-classification report shows accuracy, agreement and logit
 differences; a feature-extraction (sentence-embedding) report shows cosine to the original
-model, kNN accuracy and pair AUC.
+model, kNN accuracy and pair AUC; a token-classification (tagger) report shows entity F1 (seqeval),
+precision, recall and word accuracy, token agreement, and a table of entity F1 per entity type.
 
 Everything is rendered in memory first and each file is written to a temporary name and moved
 into place with `os.replace`, so a crash never leaves a half-written report. `report.html`
