@@ -7,7 +7,9 @@ load the bundle. What differs by task is one `CardTask` per task in `TASKS`: a c
 shows accuracy and loads with `embslim.runtime.Classifier`, Optimum and transformers'
 `pipeline()`; a sentence-embedding card (pipeline tag `sentence-similarity`) shows cosine to the
 original model, kNN accuracy and pair AUC and loads with `Embedder`, sentence-transformers (when
-the bundle holds modules.json) and Optimum's feature-extraction model.
+the bundle holds modules.json) and Optimum's feature-extraction model; a tagger's card shows entity
+F1 per file and per entity type, what happens to words the task's text never used, and loads with
+`Tagger` and Optimum's token-classification model in transformers' `pipeline()`.
 
 Everything comes from data already in the bundle (manifest.json, the report dict) plus the
 source model's own README.md header, read with `yaml.safe_load` (never executing anything) for
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from embslim.pipeline.report import MISSING, Column, _atomic_write, _cell, _fmt, _md_cell, _num
+from embslim.pipeline.report import (MISSING, Column, _atomic_write, _cell, _fmt, _md_cell, _num, _per_type_section,
+                                     entity_types)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,8 @@ class CardTask:
     table_intro: Callable[[dict[str, Any]], str] = _classifier_table_intro          # (report)
     training: Callable[[dict[str, Any]], str | None] = _classifier_training         # (report) -> the training line
     usage: Callable[[dict[str, Any], dict[str, Any], "CardTask", set[str]], list[str]] = _classifier_usage
+    # (manifest, report) -> Markdown lines after the footprint table (a tagger's per-type table)
+    extra: Callable[[dict[str, Any], dict[str, Any]], list[str]] = lambda manifest, report: []
 
 
 
@@ -231,6 +236,91 @@ def _embedder_usage(manifest: dict[str, Any], report: dict[str, Any], task: Card
     return out
 
 
+# ---------------------------------------------------------------- token classification (NER / PII tagging)
+
+
+def _about_tagger(manifest: dict[str, Any], report: dict[str, Any], source_name: str) -> str:
+    info = manifest.get("task") or {}
+    tags = [str(x) for x in info.get("labels") or []]
+    types = entity_types(tags)
+    return (f"A token-classification (named-entity) model for the task **{info.get('name', MISSING)}**: it tags each "
+            f"word with one of {len(tags)} tags"
+            + (f" (BIO over {len(types)} entity types: {', '.join(f'`{t}`' for t in types)})" if types else "")
+            + f", built from `{source_name}` by embslim and exported to ONNX. "
+            f"Inputs are truncated at {info.get('max_length', MISSING)} tokens.")
+
+
+def _tagger_table_intro(report: dict[str, Any]) -> str:
+    if not report.get("variants"):
+        return ("Sizes from manifest.json (MB = 10^6 bytes). This bundle has no report, so no entity F1 yet: "
+                "`embslim validate` measures it.")
+    task = report.get("task") or {}
+    n_entities = next((v["n_entities"] for v in report["variants"] if _num(v.get("n_entities")) is not None), None)
+    return (f"Entity F1, precision and recall: entity-level micro averages (seqeval, default mode: an entity counts "
+            f"when its type and span both match) on the task's eval split ({_fmt(task.get('n_eval'), 'int')} sentences"
+            + (f", {_fmt(n_entities, 'int')} gold entities" if n_entities is not None else "")
+            + ") under ONNX Runtime (CPU); word accuracy: share of words tagged right. MB = 10^6 bytes; latency at "
+            "batch 1 on the build machine, one thread. `report.md` in this folder has every measurement (token "
+            "agreement with PyTorch, each quantized file against its fp32 file)."
+            + (" `report.md` also gives each file's agreement with the given model."
+               if any("original_agreement" in v for v in report["variants"]) else ""))
+
+
+def _model_rows(manifest: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's row of each model file of the bundle, named by its file, in the manifest's order."""
+    by_file = {v.get("file"): v for v in report.get("variants") or [] if isinstance(v, dict)}
+    return [by_file[a["file"]] | {"name": f"`{a['file']}`"} for a in manifest.get("artifacts") or []
+            if str(a.get("file", "")).endswith((".onnx", ".ort")) and a.get("file") in by_file]
+
+
+def _tagger_extra(manifest: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    out = []
+    for heading, kind, payload in _per_type_section(_model_rows(manifest, report)):
+        if kind == "lines":
+            out += ["### " + heading, "", *payload, ""] if heading else [*payload, ""]
+        else:
+            head, rows = payload
+            out += ["| " + " | ".join(_md_cell(h) for h in ["file", *head[1:]]) + " |",
+                    "|---|" + "---:|" * (len(head) - 1), *("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows), ""]
+    vocab = report.get("vocab") or {}
+    if vocab:
+        n_eval = (report.get("task") or {}).get("n_eval")
+        where = {"nearest": "the nearest kept row (by embedding distance), inside the graph",
+                 "unk": "the `[UNK]` row, inside the graph"}.get(str(vocab.get("fallback")), "a kept row")
+        out += ["### Words the task's text never used", "",
+                "DEP keeps only the token rows the training text uses; any other token id is read through "
+                f"{where}, so the original tokenizer.json still works and a new word never fails, but it is read as a "
+                "similar word the model saw. Entity names are often such rare words. On the eval split "
+                f"{_fmt(vocab.get('eval_oov_rate'), 'pct')}% of tokens ({_fmt(vocab.get('eval_oov_tokens'), 'int')} of "
+                f"{_fmt(vocab.get('eval_tokens'), 'int')}) fell back this way, in "
+                f"{_fmt(vocab.get('eval_examples_with_oov'), 'int')} of {_fmt(n_eval, 'int')} sentences; the entity F1 "
+                "above already includes them. For text far from the training text, expect more fallbacks (report.md's "
+                "\"Vocabulary (DEP)\" section has the counts); a bundle built with `--keep-top N` keeps the vocabulary's "
+                "first N tokens too.", ""]
+    return out
+
+
+def _tagger_usage(manifest: dict[str, Any], report: dict[str, Any], task: "CardTask", files: set[str]) -> list[str]:
+    text = '"Jeff Bezos flew from Seattle to London"'
+    runtime = ["```python", f"from embslim.runtime import {task.runtime_class}", "",
+               f'tagger = {task.runtime_class}.from_bundle("path/to/bundle")   # model.onnx; variant="auto" picks the '
+               "file built for this CPU",
+               f'entities = tagger.{task.runtime_call}([{text}], aggregation_strategy="simple")[0]   # one list per text',
+               "for e in entities:   # the names and meaning of transformers' token-classification pipeline",
+               '    print(e["entity_group"], round(e["score"], 3), e["word"], e["start"], e["end"])', "```"]
+    optimum = ["```python", f"from optimum.onnxruntime import {task.optimum_class}",
+               "from transformers import AutoTokenizer, pipeline", "",
+               'tokenizer = AutoTokenizer.from_pretrained("path/to/bundle")',
+               f'model = {task.optimum_class}.from_pretrained("path/to/bundle", file_name="model.onnx")',
+               f'ner = pipeline("{task.pipeline_tag}", model=model, tokenizer=tokenizer, aggregation_strategy="simple")',
+               f"print(ner({text}))   # [{{'entity_group': ..., 'score': ..., 'word': ..., 'start': ..., 'end': ...}}, ...]",
+               "```"]
+    return ["### embslim runtime (onnxruntime, numpy and tokenizers only)", "", *runtime, "",
+            "`aggregation_strategy` and the entity fields follow transformers' token-classification pipeline "
+            "(`simple`, `first`, `average`, `max`), so the two snippets' entities compare one to one.", "",
+            "### Optimum and transformers `pipeline()`", "", *optimum, "", _ANY_FILE, ""]
+
+
 # Keyed by the manifest's task type, named as Optimum's TasksManager names tasks (DESIGN.md).
 # Bundles without a type are text classifiers (the only kind before task types existed). The
 # pipeline tags are embslim.pipeline.tasks.TASKS's (a test holds them equal).
@@ -252,7 +342,16 @@ TASKS: dict[str, CardTask] = {
                     "(`sentence_embedding`) and also gives the token embeddings (`last_hidden_state`) that "
                     "sentence-transformers and Optimum pool.",
         about=_about_embedder, table_intro=_embedder_table_intro, training=_embedder_training, usage=_embedder_usage),
-    "token-classification": CardTask("token-classification", "ORTModelForTokenClassification", "Tagger", "predict"),
+    "token-classification": CardTask(
+        "token-classification", "ORTModelForTokenClassification", "Tagger", "tag",
+        title="{task} tagger from {source}, slimmed by embslim", tags=("ner",),
+        metrics=(Column("entity F1 %", "f1", "pct"), Column("Δ F1 vs model.onnx (pts)", "f1", "delta", vs_ref="diff"),
+                 Column("precision %", "precision", "pct", show="if_value"), Column("recall %", "recall", "pct", show="if_value"),
+                 Column("word accuracy %", "word_accuracy", "pct", show="if_value")),
+        table_heading="Footprint and entity F1",
+        checked="each was checked for entity F1 and token agreement against `model.onnx` on the eval split",
+        export_note=" The graph gives one row of tag logits per token (`logits`, [batch, sequence, tags]).",
+        about=_about_tagger, table_intro=_tagger_table_intro, usage=_tagger_usage, extra=_tagger_extra),
 }
 
 
@@ -416,7 +515,8 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any], *, source: dic
            f"## {task.table_heading}", "", task.table_intro(report), "",
            "| " + " | ".join(_md_cell(h) for h in head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    out += ["", "## How to use", "", *task.usage(manifest, report, task, files)]
+    out += ["", *task.extra(manifest, report)]
+    out += ["## How to use", "", *task.usage(manifest, report, task, files)]
     return "\n".join(out)
 
 

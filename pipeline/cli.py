@@ -372,10 +372,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     from embslim.pipeline.scoring import scorer_for
 
     task = manifest["task"]
-    emb = task.get("embedding")
-    what = (f"{emb['dim']}-d sentence embeddings, {emb['pooling']} pooling{', normalised' if emb['normalize'] else ''}"
-            if emb else f"{len(task['labels'])} labels, {'pairs' if task['pair'] else 'single texts'}")
-    print(f"bundle {a.bundle}: task {task['name']} ({task.get('type') or 'text-classification'}: {what}, "
+    print(f"bundle {a.bundle}: task {task['name']} ({task.get('type') or 'text-classification'}: {_task_summary(task)}, "
           f"max_length {task['max_length']}); source {manifest['source_model']['name']}")
     for entry in manifest["artifacts"]:
         print(f"  {entry['file']:<32} {entry['variant']:<10} {entry['target']:<8} {entry['bytes'] / 1e6:8.2f} MB  sha256 ok")
@@ -383,6 +380,22 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     for name, m in manifest.get("metrics", {}).items():
         print(f"  {name}: {scorer.summary(m)}" + (f", p50 {m['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in m else ""))
     return 0
+
+
+def _task_summary(task: dict) -> str:
+    """What a bundle's model computes, from its manifest's task: sentence embeddings, tags per word
+    (the tag set and its entity types) or labels per text."""
+    from embslim.pipeline.report import entity_types
+    from embslim.pipeline.tasks import get_task
+
+    emb, labels = task.get("embedding"), [str(x) for x in task.get("labels") or []]
+    if emb:
+        return f"{emb['dim']}-d sentence embeddings, {emb['pooling']} pooling{', normalised' if emb['normalize'] else ''}"
+    if get_task(task.get("type")).token_level:
+        types = entity_types(labels)
+        return (f"one tag per word, {len(labels)} tags ({', '.join(labels)}) over {len(types)} entity "
+                f"type{'s' if len(types) != 1 else ''} ({', '.join(types) or 'none'})")
+    return f"{len(labels)} labels, {'pairs' if task['pair'] else 'single texts'}"
 
 
 def _cmd_report(a: argparse.Namespace) -> int:

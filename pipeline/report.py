@@ -12,7 +12,8 @@ a few sentences, what makes two bundles comparable) is one `ReportView` per task
 `REPORT_VIEWS`, picked by `model.task` (then `task.type`); reports without a view of their own
 render as text classification. A text-classification report shows accuracy, agreement and logit
 differences; a feature-extraction (sentence-embedding) report shows cosine to the original
-model, kNN accuracy and pair AUC.
+model, kNN accuracy and pair AUC; a token-classification (tagger) report shows entity F1 (seqeval),
+precision, recall and word accuracy, token agreement, and a table of entity F1 per entity type.
 
 Everything is rendered in memory first and each file is written to a temporary name and moved
 into place with `os.replace`, so a crash never leaves a half-written report. `report.html`
@@ -300,6 +301,9 @@ class ReportView:
     task_key: Callable[[dict[str, Any]], tuple[str, ...]]   # what two comparable bundles share
     incomparable: str                        # why compare_reports refuses two bundles of different task_key
     compare_warnings: tuple[tuple[str, str], ...]   # (task field, warning with {values}) when bundles differ in it
+    measures: str = "accuracy"               # what its figures are, in compare_reports' refusal to mix task types
+    # Sections of the task's own after the variants' details, as _sections returns them: (heading, kind, payload).
+    sections: Callable[[list[dict[str, Any]]], list[tuple[str, str, Any]]] = lambda variants: []
 
 
 _COMMON_DETAILS = (Detail("reconstruction_error", "embedding reconstruction error {}", "g3"),
@@ -429,14 +433,128 @@ _EMBEDDING = ReportView(
     task_key=_embedding_key,
     incomparable=("their kNN accuracy and pair AUC are not comparable: compare bundles evaluated on the same kNN and "
                   "pair sets"),
+    measures="embedding cosine/kNN",
     compare_warnings=(("name", "Warning: the corpora differ ({values}); each bundle's cosine figures are on its own "
                                "held-out texts, so cosine deltas between bundles mix model and corpus differences."),
                       ("n_eval", "Warning: the held-out sets differ in size ({values} texts); cosine deltas between "
                                  "bundles mix model and held-out-set differences.")),
 )
 
+
+
+def entity_types(tags: Sequence[Any]) -> list[str]:
+    """The entity types of a BIO / IOB2 / BIOES tag set, in first-seen order: ["O", "B-person",
+    "I-person", "B-location"] -> ["person", "location"]. A tag without a prefix (other than O) is
+    its own type."""
+    types = (str(t).split("-", 1)[1] if str(t)[:2] in ("B-", "I-", "E-", "S-", "L-", "U-") else str(t)
+             for t in tags if str(t) != "O")
+    return list(dict.fromkeys(types))
+
+
+def _tagging_task_parts(task: dict[str, Any]) -> list[str]:
+    parts = [str(task.get("type") or "token-classification")]
+    parts += [("sentence pairs" if task["is_pair"] else "single sentences")] if "is_pair" in task else []
+    tags = [str(t) for t in task.get("labels") or []]
+    n_tags = _num(task.get("n_labels")) or len(tags)
+    if n_tags:
+        types = entity_types(tags)
+        parts.append(f"{_fmt(n_tags, 'int')} tags" + (f" over {len(types)} entity types ({', '.join(types)})"
+                                                       if types else ""))
+    if _num(task.get("n_train_used")) is not None:
+        parts.append(f"train {_fmt(task['n_train_used'], 'int')} of {_fmt(task.get('n_train'), 'int')} sentences used")
+    if _num(task.get("n_eval")) is not None:
+        parts.append(f"eval {_fmt(task['n_eval'], 'int')} sentences")
+    return parts
+
+
+def _tagging_intro(report: dict[str, Any], ref: str) -> str:
+    task, variants = report.get("task") or {}, _check(report)
+    n_eval = next((v["n_eval"] for v in variants if _num(v.get("n_eval")) is not None), task.get("n_eval"))
+    n_entities = next((v["n_entities"] for v in variants if _num(v.get("n_entities")) is not None), None)
+    split = ", ".join(f"{_fmt(n, 'int')} {what}" for n, what in ((n_eval, "sentences"), (n_entities, "gold entities"))
+                      if _num(n) is not None)
+    return (f"Reference for Δ entity F1 and ratios: {ref}. MB = 10^6 bytes. Entity F1, P and R: entity-level micro "
+            f"averages (seqeval, default mode) on the eval split{f' ({split})' if split else ''}; an entity counts when "
+            "its type and its span both match. Word accuracy: share of words whose tag is right. Token agreement: "
+            "argmax agreement over every non-padding token.")
+
+
+def _tagging_key(task: dict[str, Any]) -> tuple[str, ...]:
+    """Name, type and tag set: entity F1 is comparable only on one eval split with one tag set."""
+    return (str(task.get("name")), str(task.get("type") or "token-classification"),
+            json.dumps(sorted(map(str, task.get("labels") or [])) or task.get("n_labels")))
+
+
+def _per_type_section(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """Entity F1 per type: one row per file, one column per type (most gold entities first), its
+    support in the header. Types no row has are left out; a row without a type shows the dash."""
+    rows = [(v, v["per_type"]) for v in variants if isinstance(v.get("per_type"), dict) and v["per_type"]]
+    if not rows:
+        return []
+    support: dict[str, set[float]] = {}
+    for _, per_type in rows:
+        for name, m in per_type.items():
+            n = _num(m.get("support")) if isinstance(m, dict) else None
+            support.setdefault(str(name), set()).update([n] if n is not None else [])
+    types = sorted(support, key=lambda t: (-max(support[t], default=0), t))
+    # One eval split: the support is the same in every row. Bundles compared on splits of other sizes
+    # may differ: then the header gives the range.
+    head = ["variant", *(f"{t} (n={_fmt(min(support[t]), 'int')})" if len(support[t]) == 1 else
+                         f"{t} (n={_fmt(min(support[t]), 'int')}-{_fmt(max(support[t]), 'int')})" if support[t] else t
+                         for t in types)]
+    cells = [[v["name"], *(_fmt((per_type.get(t) or {}).get("f1") if isinstance(per_type.get(t), dict) else None, "pct")
+                          for t in types)] for v, per_type in rows]
+    return [("Entity F1 per type", "lines", ["Entity F1 % of each entity type (seqeval); n = its gold entities in the "
+                                             "eval split. Rare types move most when a word's row is pruned or "
+                                             "quantized."]),
+            ("", "table", (head, cells))]
+
+
+_TAGGING = ReportView(
+    columns=(*_SIZE_COLUMNS, Column("entity F1 %", "f1", "pct"), Column("Δ entity F1 (pts)", "f1", "delta", vs_ref="diff"),
+             Column("P %", "precision", "pct", show="if_value"), Column("R %", "recall", "pct"),
+             Column("word accuracy %", "word_accuracy", "pct", show="if_value"),
+             Column("token agreement with PyTorch %", "agreement", "pct", show="if_value"),
+             Column("max |Δlogit| vs PyTorch", "max_logit_diff", "sci", show="if_value"),
+             Column("agrees with given model %", "original_agreement", "pct", show="if_key"),
+             Column("max |Δlogit| vs given model", "original_max_logit_diff", "sci", show="if_key"),
+             Column("F1 drop vs its fp32 (pts)", "f1_drop_vs_fp32", "pct", show="if_value"),
+             *_SPEED_COLUMNS_IF_MEASURED),
+    side_columns=(Column("variant", "name", "text"), Column("embedding params (M)", "embedding_params", "params"),
+                  Column("reconstruction error", "reconstruction_error", show="if_value"),
+                  Column("token-weighted error", "token_weighted_error", show="if_value"),
+                  Column("fp32 MB", "onnx_bytes", "mb"), Column("int8 MB", "onnx_bytes", "mb", of="int8", show="if_value"),
+                  Column("4-bit MB", "onnx_bytes", "mb", of="int4", show="if_value"),
+                  Column("fp32 entity F1 %", "f1", "pct"), Column("Δ fp32 F1 (pts)", "f1", "delta", vs_ref="diff"),
+                  Column("int8 entity F1 %", "f1", "pct", of="int8", show="if_value"),
+                  Column("4-bit entity F1 %", "f1", "pct", of="int4", show="if_value"),
+                  Column("fp32 p50 ms", "latency_ms_p50", show="if_value"),
+                  Column("int8 p50 ms", "latency_ms_p50", of="int8", show="if_value"),
+                  Column("fp32 peak RSS MB", "peak_rss_mb", show="if_value"),
+                  Column("int8 peak RSS MB", "peak_rss_mb", of="int8", show="if_value")),
+    details=(Detail("torch_f1", "PyTorch entity F1 {}%", "pct"),
+             Detail("agreement_fp32", "token agreement with its fp32 file {}%", "pct"),
+             Detail("flagged", "FLAGGED: its entity F1 drop vs fp32 is past the allowed maximum", "flag")),
+    deltas=(Detail("f1", "{} pts entity F1", "delta"), Detail("word_accuracy", "{} pts word accuracy", "delta")),
+    plots={"accuracy_plot": (PlotMetric("f1", "entity F1 (%)", "Entity F1 vs ONNX size", "Entity F1 vs size",
+                                        "an entity F1"),)},
+    intro=_tagging_intro,
+    side_intro=("Each model with its quantized files; Δ fp32 F1 is against {ref}. The token-weighted error weighs each "
+                "embedding row by how often the training text uses it. Every row is detailed in the table below."),
+    training_heading="Fine-tuning",
+    task_parts=_tagging_task_parts,
+    model_parts=lambda model: [],
+    task_key=_tagging_key,
+    incomparable="their entity F1 scores are not comparable: compare bundles built for the same task and tag set",
+    compare_warnings=(("n_eval", "Warning: the eval splits differ in size ({values} sentences); entity F1 deltas "
+                                 "between bundles mix model and eval-set differences."),),
+    measures="entity F1",
+    sections=_per_type_section,
+)
+
 # Keyed by the task type, named as Optimum's TasksManager names tasks (DESIGN.md).
-REPORT_VIEWS: dict[str, ReportView] = {"text-classification": _CLASSIFICATION, "feature-extraction": _EMBEDDING}
+REPORT_VIEWS: dict[str, ReportView] = {"text-classification": _CLASSIFICATION, "feature-extraction": _EMBEDDING,
+                                       "token-classification": _TAGGING}
 
 
 def _task_type(model: dict[str, Any], task: dict[str, Any]) -> str:
@@ -454,8 +572,9 @@ def _report_view(report: dict[str, Any]) -> ReportView:
 
 
 def _cell(col: Column, row: dict[str, Any], ref: dict[str, Any]) -> str:
-    if col.kind == "text":
-        return str(row.get(col.key) or MISSING)
+    if col.kind == "text":   # a number is no text: a tagger's `precision` may be its entity precision (P %)
+        value = row.get(col.key)
+        return str(value) if value and not isinstance(value, (int, float)) else MISSING
     value = row.get(col.key)
     if col.vs_ref == "diff":
         value = _diff(value, ref.get(col.key))
@@ -548,6 +667,7 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
         out.append(("All files", "lines", []))
     out.append(("", "table", _table(view.columns, [{"fp32": v} for v in variants], ref)))
     out.append(("", "bullets", _detail_lines(variants, view)))
+    out += view.sections(variants)
     if len(variants) > 1:
         out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants, view)))
     if report.get("finetune"):
@@ -896,8 +1016,9 @@ def compare_reports(paths: Sequence[str | Path], *, names: Sequence[str] | None 
     if any(v is not views[0] for v in views):
         types = ", ".join(f"{label}: {_task_type(r.get('model') or {}, task)}"
                           for label, (_, r), task in zip(labels, loaded, tasks))
-        raise ReportError(f"cannot compare bundles of different task types ({types}); accuracy and embedding "
-                          "cosine/kNN are different measurements: compare bundles of one task type")
+        measures = [v.measures for v in REPORT_VIEWS.values() if v in views]   # in the table's order
+        raise ReportError(f"cannot compare bundles of different task types ({types}); {' and '.join(measures)} are "
+                          "different measurements: compare bundles of one task type")
     view = views[0]
     if len({view.task_key(task) for task in tasks}) > 1:
         described = ", ".join(f"{label}: {_task_text(task, view)}" for label, task in zip(labels, tasks))

@@ -649,8 +649,9 @@ def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "Prune
 
 
 def scorer_key(rows: list[dict]) -> str:
-    """The metric method_picks ranks by: accuracy, else kNN accuracy, else mean cosine to the original."""
-    return next((k for k in ("accuracy", "knn_accuracy", "cosine_mean") if any(r.get(k) is not None for r in rows)),
+    """The metric method_picks ranks by: accuracy, else entity F1 (a tagger's rows have no `accuracy`;
+    a binary classifier's `f1` comes after its accuracy), else kNN accuracy, else mean cosine to the original."""
+    return next((k for k in ("accuracy", "f1", "knn_accuracy", "cosine_mean") if any(r.get(k) is not None for r in rows)),
                 "accuracy")
 
 
@@ -693,13 +694,14 @@ def _embedding_advice(rows: list[dict]) -> list[str]:
 
 def method_picks(rows: list[dict], methods: Mapping[str, str], *, key: str = "accuracy") -> list[str]:
     """One report line per compression method built in several variants: the variant to pick
-    (highest fp32 ORT `key`: accuracy, kNN accuracy or mean cosine), with the others'.
+    (highest fp32 ORT `key`: accuracy, entity F1, kNN accuracy or mean cosine), with the others'.
     `methods`: variant name -> method."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if not r.get("base") and r.get(key) is not None and r["name"] in methods:
             groups.setdefault(methods[r["name"]], []).append(r)
-    what = {"accuracy": "ORT accuracy", "knn_accuracy": "ORT kNN accuracy", "cosine_mean": "mean cosine x100"}[key]
+    what = {"accuracy": "ORT accuracy", "f1": "ORT entity F1", "knn_accuracy": "ORT kNN accuracy",
+            "cosine_mean": "mean cosine x100"}[key]
     lines = []
     for method, members in groups.items():
         if len(members) > 1:

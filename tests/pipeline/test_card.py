@@ -378,3 +378,118 @@ def test_card_says_which_rows_keep_top_kept_and_that_the_head_is_exact() -> None
     done = " ".join(_done_lines(manifest, report, "m"))
     assert "keeps 29,528 of 30,522 token rows: the 1,962 the corpus uses, and the first 30,522 of the vocabulary" in done
     assert "**Head and tail**: the rows the corpus uses stay exact" in done
+
+
+# ---------------------------------------------------------------- token classification (taggers)
+
+
+def _tag_manifest() -> dict[str, Any]:
+    from tiny_taggers import tag_report
+
+    return {"task": {"name": "wnut17", "type": "token-classification", "labels": tag_report()["task"]["labels"],
+                     "pair": False, "max_length": 128},
+            "source_model": {"name": "google-bert/bert-base-cased", "family": "bert"},
+            "stages": {"bundle_variant": "dep", "compress": {"dep": {"method": "table"}},
+                       "export": {"opset": 17, "exporter": "torch.onnx (TorchScript)"}},
+            "artifacts": [{"file": "model.onnx", "variant": "fp32", "target": "any", "bytes": 62_100_000},
+                          {"file": "tokenizer.json", "variant": "tokenizer", "target": "any", "bytes": 700_000},
+                          {"file": "model.int8-arm64.onnx", "variant": "int8", "target": "arm64", "bytes": 15_900_000},
+                          {"file": "model.int4-arm64.onnx", "variant": "int4", "target": "arm64", "bytes": 9_900_000}]}
+
+
+def _tag_report() -> dict[str, Any]:
+    from tiny_taggers import tag_report
+
+    report = tag_report()
+    report["variants"][1]["file"] = "model.onnx"   # the bundle's own model, as the pipeline names it
+    return report
+
+
+def _section_table(section: str) -> tuple[list[str], dict[str, list[str]]]:
+    lines = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
+             if line.startswith("| ")]
+    return lines[0], {r[0]: r for r in lines[1:]}
+
+
+def test_tagger_card_header_table_and_per_type_table() -> None:
+    card = render_card(_tag_manifest(), _tag_report())
+    header = _front_matter(card)
+    assert (header["library_name"], header["pipeline_tag"]) == ("onnx", "token-classification")
+    assert header["tags"] == ["onnx", "embslim", "token-classification", "ner", "dep-pruned", "int8", "4-bit"]
+    assert "# wnut17 tagger from bert-base-cased, slimmed by embslim" in card
+    assert "tags each word with one of 13 tags (BIO over 6 entity types: `corporation`, `creative-work`, `group`, " \
+           "`location`, `person`, `product`)" in card
+    assert "classifier" not in card and "accuracy %" not in card.replace("word accuracy %", "")
+
+    section = card.split("## Footprint and entity F1")[1].split("### Entity F1 per type")[0]
+    head, rows = _section_table(section)
+    assert head == ["file", "precision", "target", "MB", "entity F1 %", "Δ F1 vs model.onnx (pts)", "recall %",
+                    "word accuracy %", "p50 ms", "peak RSS MB"]
+    assert rows["`model.onnx`"][3:8] == ["62.1", "44.31", "", "37.90", "93.02"]
+    assert rows["`model.int8-arm64.onnx`"][3:8] == ["15.9", "43.90", "-0.41", MISSING, MISSING]
+    assert rows["unpruned baseline (not in the bundle)"][4:6] == ["45.12", "+0.81"]
+    assert "(seqeval, default mode: an entity counts when its type and span both match) on the task's eval split " \
+           "(1,287 sentences, 1,079 gold entities)" in section
+
+    per_type = card.split("### Entity F1 per type")[1].split("###")[0]
+    head, rows = _section_table(per_type)
+    assert head[:3] == ["file", "person (n=429)", "group (n=165)"] and len(head) == 7
+    assert list(rows) == ["`model.onnx`", "`model.int8-arm64.onnx`", "`model.int4-arm64.onnx`"]   # the bundle's files
+    assert rows["`model.onnx`"][1] == "60.76"
+
+    unseen = card.split("### Words the task's text never used")[1].split("## How to use")[0]
+    assert "read through the nearest kept row (by embedding distance), inside the graph" in unseen
+    assert "4.20% of tokens (1,302 of 31,000) fell back this way, in 611 of 1,287 sentences" in unseen
+    done = card.split("## What was done")[1].split("## Footprint")[0]
+    assert "each was checked for entity F1 and token agreement against `model.onnx`" in done
+
+
+def test_tagger_card_usage_blocks() -> None:
+    card = render_card(_tag_manifest(), _tag_report())
+    blocks = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert len(blocks) == 2
+    assert "from embslim.runtime import Tagger" in blocks[0] and "Tagger.from_bundle(\"path/to/bundle\")" in blocks[0]
+    assert 'tagger.tag(["Jeff Bezos flew from Seattle to London"], aggregation_strategy="simple")' in blocks[0]
+    assert all(f'e["{k}"]' in blocks[0] for k in ("entity_group", "score", "word", "start", "end"))
+    assert 'ORTModelForTokenClassification.from_pretrained("path/to/bundle", file_name="model.onnx")' in blocks[1]
+    assert 'pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")' in blocks[1]
+
+
+def test_tagger_card_without_report_or_vocab() -> None:
+    card = render_card(_tag_manifest(), {})
+    assert "no entity F1 yet: `embslim validate` measures it" in card
+    assert "### Entity F1 per type" not in card and "### Words the task's text never used" not in card
+    head, rows = _section_table(card.split("## Footprint and entity F1")[1].split("## How to use")[0])
+    assert head[4:6] == ["entity F1 %", "Δ F1 vs model.onnx (pts)"] and rows["`model.onnx`"][3:5] == ["62.1", MISSING]
+
+
+@pytest.fixture(scope="module")
+def tagger_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tagger bundle (fp32 model.onnx, tags O / B-person / I-person) with its card."""
+    from tiny_taggers import make_tiny_tagger_bundle
+
+    from embslim.pipeline.card import write_card
+
+    bundle = make_tiny_tagger_bundle(tmp_path_factory.mktemp("tagger"))
+    write_card(bundle)
+    return bundle
+
+
+def test_tagger_card_optimum_snippet_runs_on_a_real_bundle(tagger_bundle: Path) -> None:
+    """The Optimum + pipeline() snippet runs as written on a tiny tagger bundle; the embslim Tagger
+    snippet too once the runtime has Tagger."""
+    import embslim.runtime
+
+    card = (tagger_bundle / "README.md").read_text(encoding="utf-8")
+    assert _front_matter(card)["pipeline_tag"] == "token-classification"
+    blocks = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    runnable = blocks if hasattr(embslim.runtime, "Tagger") else blocks[1:]
+    namespace: dict[str, Any] = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for code in runnable:
+            exec(code.replace("path/to/bundle", str(tagger_bundle)), namespace)   # noqa: S102 - our own card
+    assert type(namespace["model"]).__name__ == "ORTModelForTokenClassification"
+    entities = namespace["ner"]("Jeff Bezos flew from Seattle to London")
+    assert all(set(e) >= {"entity_group", "score", "word", "start", "end"} for e in entities)
+    assert {e["entity_group"] for e in entities} <= {"person"}   # random weights: any or no entities, of the one type

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_taggers import tag_report
 
 from embslim.pipeline.report import (
     MISSING,
@@ -336,8 +337,7 @@ def test_compare_refuses_reports_of_different_tasks(tmp_path: Path) -> None:
     write_report(_report(2), tmp_path / "sst2")
     for folder, change in (("clinc", {"name": "clinc150", "n_labels": 151, "labels": ["a", "b"]}),
                            ("relabelled", {"labels": ["neg", "pos"]}),
-                           ("pairs", {"is_pair": True}),
-                           ("tokens", {"type": "token-classification"})):
+                           ("pairs", {"is_pair": True})):   # a tagger is another task type: see the tagging tests
         other = _report(2)
         other["task"] |= change
         write_report(other, tmp_path / folder)
@@ -745,9 +745,9 @@ def test_compare_refuses_a_mix_of_task_types_and_other_knn_sets(tmp_path: Path, 
 def test_reports_without_a_view_of_their_own_render_as_classification() -> None:
     from embslim.pipeline.report import REPORT_VIEWS
 
-    assert set(REPORT_VIEWS) == {"text-classification", "feature-extraction"}
+    assert set(REPORT_VIEWS) == {"text-classification", "feature-extraction", "token-classification"}
     report = _report(2)
-    report["model"]["task"] = "token-classification"   # declared, no view yet: the layout reports had before tasks
+    report["model"]["task"] = "question-answering"   # no view of its own: the layout reports had before tasks
     header = _table_row(render_markdown(report), "variant")
     assert "accuracy %" in header and "cosine mean vs original" not in header
 
@@ -770,3 +770,183 @@ def test_an_embedding_report_without_knn_plots_cosine_once(tmp_path: Path) -> No
     assert "cosine_plot" not in paths and not (tmp_path / "r" / "plots" / "cosine_vs_size.png").exists()
     md = paths["md"].read_text(encoding="utf-8")
     assert md.count("![Cosine vs size]") == 1 and "(plots/accuracy_vs_size.png)" in md
+
+
+# ---------------------------------------------------------------- token-classification (tagger) reports
+
+
+def test_tagging_report_variants_table() -> None:
+    from embslim.pipeline.report import REPORT_VIEWS, _report_view
+
+    report = tag_report()
+    assert _report_view(report) is REPORT_VIEWS["token-classification"]
+    md = render_markdown(report)
+    every = md.split("## All files")[1]
+    header = _table_row(every, "variant")
+    assert header == ["variant", "precision", "params (M)", "embedding params (M)", "ONNX MB", "embedding MB",
+                      "entity F1 %", "Δ entity F1 (pts)", "R %", "word accuracy %", "token agreement with PyTorch %",
+                      "max \\|Δlogit\\| vs PyTorch", "F1 drop vs its fp32 (pts)", "p50 ms", "p95 ms", "peak RSS MB",
+                      "size vs ref"]
+    assert not any(h in header for h in _CLASSIFICATION_ONLY)   # no accuracy, no given-model columns without the keys
+    col = {name: i for i, name in enumerate(header)}
+    ref, dep, int8 = (_table_row(every, n) for n in ("unpruned", "dep", "dep int8-arm64"))
+    assert (ref[col["entity F1 %"]], dep[col["entity F1 %"]], int8[col["entity F1 %"]]) == ("45.12", "44.31", "43.90")
+    assert (dep[col["Δ entity F1 (pts)"]], int8[col["Δ entity F1 (pts)"]]) == ("-0.81", "-1.22")
+    assert (dep[col["R %"]], dep[col["word accuracy %"]]) == ("37.90", "93.02")
+    assert (dep[col["token agreement with PyTorch %"]], dep[col["max \\|Δlogit\\| vs PyTorch"]]) == ("100.00", "4.1e-06")
+    # quantized rows: no PyTorch parity, their drop vs fp32 instead; fp32 rows have no drop
+    assert [int8[col[c]] for c in ("R %", "word accuracy %", "token agreement with PyTorch %", "F1 drop vs its fp32 (pts)")] \
+        == [MISSING, MISSING, MISSING, "0.41"]
+    assert dep[col["F1 drop vs its fp32 (pts)"]] == MISSING and int8[col["precision"]] == "int8"
+    assert "Task: wnut17 (token-classification; single sentences; 13 tags over 6 entity types (corporation, " \
+           "creative-work, group, location, person, product); train 3,394 of 3,394 sentences used; eval 1,287 sentences)" in md
+    assert "Reference for Δ entity F1 and ratios: unpruned." in md
+    assert "(seqeval, default mode) on the eval split (1,287 sentences, 1,079 gold entities)" in md
+    details = md.split("## Entity F1 per type")[0].split("## All files")[1]
+    assert "- dep: DEP-pruned vocabulary; file model.onnx; PyTorch entity F1 44.31%" in details
+    assert "- dep int8-arm64: fused, int8 for arm64; file model.int8-arm64.onnx; token agreement with its fp32 file " \
+           "99.62%; latency" in details
+    assert "dep int4-arm64: fused, int4 for arm64; file model.int4-arm64.onnx; token agreement with its fp32 file 98.11%; " \
+           "FLAGGED: its entity F1 drop vs fp32 is past the allowed maximum" in details
+    assert "- dep: 0.69x ONNX size, 0.40x embedding bytes, 0.69x params, 0.97x p50 latency, -0.81 pts entity F1, " \
+           "-0.19 pts word accuracy" in md
+    side = md.split("## Side by side")[1].split("## All files")[0]
+    side_col = {c: i for i, c in enumerate(_table_row(side, "variant"))}
+    assert [_table_row(side, "dep")[side_col[c]] for c in ("fp32 entity F1 %", "Δ fp32 F1 (pts)", "int8 entity F1 %",
+                                                            "4-bit entity F1 %")] == ["44.31", "-0.81", "43.90", "41.02"]
+    assert "accuracy %" not in md.replace("word accuracy %", "")
+
+
+def test_tagging_report_per_type_table() -> None:
+    md = render_markdown(tag_report())
+    section = md.split("## Entity F1 per type")[1].split("## Ratios")[0]
+    header = _table_row(section, "variant")
+    # one column per type, most gold entities first, support in the header
+    assert header == ["variant", "person (n=429)", "group (n=165)", "location (n=150)", "creative-work (n=142)",
+                      "product (n=127)", "corporation (n=66)"]
+    assert _table_row(section, "unpruned")[1:] == ["62.00", "31.00", "55.00", "18.00", "12.00", "22.00"]
+    assert _table_row(section, "dep int4-arm64")[1] == "55.80"
+    assert len([line for line in section.splitlines() if line.startswith("| ")]) == 5   # header and the four files
+
+
+def test_tagging_report_missing_metrics_render_as_the_dash() -> None:
+    report = tag_report(int4=False)
+    dep = report["variants"][1]
+    for key in ("f1", "recall", "word_accuracy", "agreement", "max_logit_diff", "torch_f1"):
+        dep[key] = None
+    dep["per_type"] = {"person": {"f1": float("nan"), "support": 429}}   # one type measured, its F1 not finite
+    report["variants"][2]["per_type"].pop("product")
+    for v in report["variants"]:   # --no-measure
+        for key in ("latency_ms_p50", "latency_ms_p95", "peak_rss_mb"):
+            v.pop(key)
+    md = render_markdown(report)
+    every = md.split("## All files")[1]
+    header = _table_row(every, "variant")
+    assert not any(h in header for h in ("p50 ms", "p95 ms", "peak RSS MB", "P %"))   # nothing measured: dropped
+    col = {name: i for i, name in enumerate(header)}
+    row = _table_row(every, "dep")
+    assert [row[col[c]] for c in ("entity F1 %", "Δ entity F1 (pts)", "R %", "word accuracy %",
+                                  "token agreement with PyTorch %")] == [MISSING] * 5
+    section = md.split("## Entity F1 per type")[1]
+    per_col = {c: i for i, c in enumerate(_table_row(section, "variant"))}
+    assert _table_row(section, "dep")[1:] == [MISSING] * 6
+    assert _table_row(section, "dep int8-arm64")[per_col["product (n=127)"]] == MISSING
+    assert "- dep: 0.69x ONNX size, 0.40x embedding bytes, 0.69x params" in md and "pts entity F1" not in \
+        md.split("- dep: ")[2].splitlines()[0]
+    del report["variants"][0]["per_type"], report["variants"][1]["per_type"], report["variants"][2]["per_type"]
+    assert "## Entity F1 per type" not in render_markdown(report)   # no row measured per type: no section
+
+
+def test_tagging_report_given_model_and_entity_precision_columns() -> None:
+    """Given-model columns appear with their keys; P % only when a row's `precision` is a number (the
+    entity precision) and then the dtype cell shows the dash rather than a number."""
+    report = tag_report(int4=False, given=True)
+    report["variants"][1]["precision"] = 0.5321
+    every = render_markdown(report).split("## All files")[1]
+    header = _table_row(every, "variant")
+    col = {name: i for i, name in enumerate(header)}
+    assert {"agrees with given model %", "max \\|Δlogit\\| vs given model", "P %"} <= set(header)
+    dep, int8 = _table_row(every, "dep"), _table_row(every, "dep int8-arm64")
+    assert (dep[col["P %"]], dep[col["precision"]]) == ("53.21", MISSING)
+    assert (int8[col["P %"]], int8[col["precision"]]) == (MISSING, "int8")
+    assert dep[col["agrees with given model %"]] == "99.10"
+
+
+def test_tagging_report_writes_its_plot_and_html(tmp_path: Path) -> None:
+    from embslim.pipeline.report import _pyplot, accuracy_figure
+
+    report = tag_report()
+    paths = write_report(report, tmp_path)
+    assert set(paths) == {"json", "md", "html", "size_plot", "accuracy_plot"}
+    assert _files_under(tmp_path) == EXPECTED_FILES
+    _assert_png(paths["accuracy_plot"])
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "![Entity F1 vs size](plots/accuracy_vs_size.png)" in md
+    page = paths["html"].read_text(encoding="utf-8")
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert [alt for alt, _ in images] == ["Size breakdown", "Entity F1 vs size"]
+    assert "<h2>Entity F1 per type</h2>" in page and "<th>creative-work (n=142)</th>" in page
+    fig = accuracy_figure(report)
+    try:
+        ax = fig.axes[0]
+        assert (ax.get_title(), ax.get_ylabel()) == ("Entity F1 vs ONNX size", "entity F1 (%)")
+        assert len(ax.collections) == 3   # fp32, int8, int4 points
+        assert ax.get_legend_handles_labels()[1][-1] == "reference (unpruned): 45.12%"
+    finally:
+        _pyplot().close(fig)
+
+
+def test_compare_two_tagging_reports(tmp_path: Path) -> None:
+    other = tag_report(int4=False)
+    other["task"]["n_eval"] = 1000
+    for v in other["variants"]:
+        v["per_type"]["person"]["support"] = 350
+    write_report(tag_report(), tmp_path / "seed0")
+    write_report(other, tmp_path / "seed1")
+    merged = compare_reports([tmp_path / "seed0", tmp_path / "seed1"])
+    paths = write_report(merged, tmp_path / "cmp")
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "Bundle seed1: model dslim/bert-base-NER (bert, hidden 384, vocab 30,522); task wnut17 (token-classification;" \
+           in md.split("## ")[0]
+    assert "Warning: the eval splits differ in size (seed0 1287, seed1 1000 sentences)" in md.split("## ")[0]
+    every = md.split("## All files")[1]
+    col = {c: i for i, c in enumerate(_table_row(every, "variant"))}
+    assert _table_row(every, "seed1/dep int8-arm64")[col["Δ entity F1 (pts)"]] == "-1.22"
+    per_type = md.split("## Entity F1 per type")[1]
+    assert _table_row(per_type, "variant")[1] == "person (n=350-429)"   # the splits' supports differ
+    assert _table_row(per_type, "seed1/dep")[0] == "seed1/dep"
+    _assert_png(paths["accuracy_plot"])
+
+
+def test_compare_refuses_taggers_mixed_with_other_tasks_or_tag_sets(tmp_path: Path, capsys) -> None:
+    from embslim.pipeline.cli import main
+
+    write_report(tag_report(), tmp_path / "ner")
+    write_report(_report(2), tmp_path / "sst2")
+    write_report(_emb_report(), tmp_path / "emb")
+    with pytest.raises(ReportError, match=r"^cannot compare bundles of different task types \(ner: token-classification, "
+                                          r"sst2: text-classification\); accuracy and entity F1 are different "
+                                          r"measurements: compare bundles of one task type$"):
+        compare_reports([tmp_path / "ner", tmp_path / "sst2"])
+    with pytest.raises(ReportError, match=r"embedding cosine/kNN and entity F1 are different measurements"):
+        compare_reports([tmp_path / "ner", tmp_path / "emb"])
+    coarse = tag_report()
+    coarse["task"] |= {"n_labels": 3, "labels": ["O", "B-PER", "I-PER"]}
+    write_report(coarse, tmp_path / "persons")
+    with pytest.raises(ReportError, match=r"^cannot compare bundles of different tasks \(ner: wnut17 .*, persons: wnut17 "
+                                          r".*3 tags over 1 entity types \(PER\).*\); their entity F1 scores are not "
+                                          r"comparable: compare bundles built for the same task and tag set$"):
+        compare_reports([tmp_path / "ner", tmp_path / "persons"])
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "ner"), str(tmp_path / "sst2"), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("embslim compare: error: cannot compare bundles of different task types (ner: ")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "cmp").exists()
+
+
+def test_entity_types_of_a_tag_set() -> None:
+    from embslim.pipeline.report import entity_types
+
+    assert entity_types(["O", "B-person", "I-person", "B-creative-work", "I-creative-work"]) == ["person", "creative-work"]
+    assert entity_types(["O", "S-LOC", "B-LOC", "E-LOC", "PER"]) == ["LOC", "PER"]
+    assert entity_types(["O"]) == []

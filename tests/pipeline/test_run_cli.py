@@ -256,6 +256,18 @@ def test_method_picks_names_the_most_accurate_variant_per_method():
         "fourier: pick dep+pete-top1000 (76.00% ORT accuracy, 827,136 embedding params); the others: dep+pete 55.00%"]
 
 
+
+def test_method_picks_of_a_tagger_rank_by_entity_f1():
+    from embslim.pipeline.run import method_picks, scorer_key
+
+    rows = [{"name": "dep+svd", "f1": 0.41, "word_accuracy": 0.95, "embedding_params": 2_000_000},
+            {"name": "dep+svd+distill", "f1": 0.44, "word_accuracy": 0.93, "embedding_params": 2_000_000}]
+    assert scorer_key(rows) == "f1"
+    assert method_picks(rows, {"dep+svd": "svd", "dep+svd+distill": "svd"}, key=scorer_key(rows)) == [
+        "svd: pick dep+svd+distill (44.00% ORT entity F1, 2,000,000 embedding params); the others: dep+svd 41.00%"]
+    assert scorer_key([{"accuracy": 0.9, "f1": 0.8}]) == "accuracy"   # a binary classifier still ranks by accuracy
+
+
 def test_run_trims_positions_and_fits_a_head_tail_messi(tmp_path, tiny_model_dir, tiny_run):
     import onnx
     from onnx import numpy_helper
@@ -280,3 +292,28 @@ def test_run_trims_positions_and_fits_a_head_tail_messi(tmp_path, tiny_model_dir
     clf = Classifier.from_bundle(out)
     long_text = "the movie was good and the acting was fine " * 5    # past 16 tokens: truncated, still runs
     assert clf.predict(long_text)[0].label in ("negative", "positive")
+
+
+def test_inspect_describes_a_tagger_and_compare_takes_two(tmp_path, capsys, monkeypatch):
+    """inspect names the tag set and entity types of a tagger bundle (not "3 labels, single texts")."""
+    import embslim.runtime
+    from tiny_taggers import make_tiny_tagger_bundle, tag_report
+
+    from embslim.pipeline.report import write_report
+
+    bundle = make_tiny_tagger_bundle(tmp_path)
+    if not hasattr(embslim.runtime, "Tagger"):   # inspect loads every model file with the runtime class (#12)
+        monkeypatch.setattr(embslim.runtime, "check_bundle_token_ids", lambda path: [])
+    capsys.readouterr()
+    assert main(["inspect", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "task people (token-classification: one tag per word, 3 tags (O, B-person, I-person) over 1 entity type " \
+           "(person), max_length 32)" in out
+    assert "labels" not in out and "model.onnx" in out and "sha256 ok" in out
+
+    for name in ("seed0", "seed1"):
+        write_report(tag_report(), tmp_path / name)
+    assert main(["compare", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "report.md").read_text(encoding="utf-8")
+    assert "## Entity F1 per type" in md and "| seed1/dep int4-arm64 |" in md
+    assert "![Entity F1 vs size](plots/accuracy_vs_size.png)" in md
