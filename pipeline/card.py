@@ -346,7 +346,7 @@ TASKS: dict[str, CardTask] = {
         "token-classification", "ORTModelForTokenClassification", "Tagger", "tag",
         title="{task} tagger from {source}, slimmed by embslim", tags=("ner",),
         metrics=(Column("entity F1 %", "f1", "pct"), Column("Δ F1 vs model.onnx (pts)", "f1", "delta", vs_ref="diff"),
-                 Column("precision %", "precision", "pct", show="if_value"), Column("recall %", "recall", "pct", show="if_value"),
+                 Column("precision %", "entity_precision", "pct", show="if_value"), Column("recall %", "recall", "pct", show="if_value"),
                  Column("word accuracy %", "word_accuracy", "pct", show="if_value")),
         table_heading="Footprint and entity F1",
         checked="each was checked for entity F1 and token agreement against `model.onnx` on the eval split",

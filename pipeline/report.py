@@ -512,7 +512,7 @@ def _per_type_section(variants: list[dict[str, Any]]) -> list[tuple[str, str, An
 
 _TAGGING = ReportView(
     columns=(*_SIZE_COLUMNS, Column("entity F1 %", "f1", "pct"), Column("Δ entity F1 (pts)", "f1", "delta", vs_ref="diff"),
-             Column("P %", "precision", "pct", show="if_value"), Column("R %", "recall", "pct"),
+             Column("P %", "entity_precision", "pct", show="if_value"), Column("R %", "recall", "pct"),
              Column("word accuracy %", "word_accuracy", "pct", show="if_value"),
              Column("token agreement with PyTorch %", "agreement", "pct", show="if_value"),
              Column("max |Δlogit| vs PyTorch", "max_logit_diff", "sci", show="if_value"),

@@ -437,7 +437,7 @@ class TokenClassificationScorer:
         return row
 
     def summary(self, m: dict) -> str:
-        return (f"entity F1 {100 * m['f1']:.2f} (P {100 * m['precision']:.2f}, R {100 * m['recall']:.2f}; "
+        return (f"entity F1 {100 * m['f1']:.2f} (P {100 * m['entity_precision']:.2f}, R {100 * m['recall']:.2f}; "
                 f"{m['n_entities']} entities)"
                 + (f", token agreement with the given model {100 * m['original_agreement']:.2f}%" if "original_agreement" in m else "")
                 + (f", token agreement with its PyTorch model {100 * m['agreement']:.2f}% (max |dlogit| "

@@ -335,7 +335,7 @@ def entity_scores(gold: Sequence[Sequence[int]], pred: Sequence[Sequence[int]], 
                     "support": int(v["support"])}
                 for k, v in report.items() if k not in ("micro avg", "macro avg", "weighted avg")}
     n_words = sum(len(s) for s in gold)
-    return {"f1": float(f1_score(y, p, zero_division=0)), "precision": float(precision_score(y, p, zero_division=0)),
+    return {"f1": float(f1_score(y, p, zero_division=0)), "entity_precision": float(precision_score(y, p, zero_division=0)),
             "recall": float(recall_score(y, p, zero_division=0)),
             "word_accuracy": float(sum(a == b for g, q in zip(gold, pred) for a, b in zip(g, q)) / max(1, n_words)),
             "n_eval": len(gold), "n_entities": sum(v["support"] for v in per_type.values()), "per_type": per_type}

@@ -858,16 +858,16 @@ def test_tagging_report_missing_metrics_render_as_the_dash() -> None:
 
 
 def test_tagging_report_given_model_and_entity_precision_columns() -> None:
-    """Given-model columns appear with their keys; P % only when a row's `precision` is a number (the
-    entity precision) and then the dtype cell shows the dash rather than a number."""
+    """Given-model columns appear with their keys; P % reads `entity_precision` (a row's `precision`
+    is its dtype) and shows the dash for rows without it."""
     report = tag_report(int4=False, given=True)
-    report["variants"][1]["precision"] = 0.5321
+    report["variants"][1]["entity_precision"] = 0.5321
     every = render_markdown(report).split("## All files")[1]
     header = _table_row(every, "variant")
     col = {name: i for i, name in enumerate(header)}
     assert {"agrees with given model %", "max \\|Δlogit\\| vs given model", "P %"} <= set(header)
     dep, int8 = _table_row(every, "dep"), _table_row(every, "dep int8-arm64")
-    assert (dep[col["P %"]], dep[col["precision"]]) == ("53.21", MISSING)
+    assert (dep[col["P %"]], dep[col["precision"]]) == ("53.21", "fp32")
     assert (int8[col["P %"]], int8[col["precision"]]) == (MISSING, "int8")
     assert dep[col["agrees with given model %"]] == "99.10"
 

@@ -134,7 +134,7 @@ def test_entity_scores_are_seqeval_micro_and_per_type():
     gold = [[3, 4, 0, 1], [1, 2]]          # per, loc | loc
     pred = [[3, 4, 0, 0], [1, 0]]          # per right, loc missed | loc cut short (wrong span)
     got = entity_scores(gold, pred, names)
-    assert got["precision"] == pytest.approx(1 / 2) and got["recall"] == pytest.approx(1 / 3)
+    assert got["entity_precision"] == pytest.approx(1 / 2) and got["recall"] == pytest.approx(1 / 3)
     assert got["f1"] == pytest.approx(0.4) and got["n_entities"] == 3 and got["n_eval"] == 2
     assert got["per_type"]["per"]["f1"] == 1.0 and got["per_type"]["loc"]["support"] == 2
     assert got["word_accuracy"] == pytest.approx(4 / 6)
