@@ -169,6 +169,15 @@ class Tagger(BundleModel):
         (transformers' `convert_tokens_to_string`; lower-cased for an uncased vocabulary).
         ignore_labels: entities with these tags (or groups) are left out; () keeps all.
 
+        `word` keeps transformers' quirks, so results compare one to one: with a byte-level BPE
+        tokenizer a word strategy's words are decoded twice (in `aggregate_word` and again in
+        `group_sub_entities`), so non-ASCII characters may come out as U+FFFD there; use
+        `text[start:end]` for the exact text. The unknown token (whose `word` is the text under
+        it, and never a subword) is tokenizer.json's model `unk_token` (`unk_id` for Unigram);
+        transformers reads it from tokenizer_config.json. They agree for every bundle tested;
+        they would differ only for a byte-level BPE whose tokenizer.json model has no unk_token
+        (roberta-base's), on a text that types "<unk>" literally.
+
         Raises what `token_outputs` raises, and `InputError` for an unknown strategy or
         `InputTypeError` for ignore_labels that are not strings.
         """
@@ -194,7 +203,8 @@ class Tagger(BundleModel):
                 unk_id=self._unk_id,
                 subword_prefix=self._subword_prefix,
             )
-            found.append([_plain(e, _positions(original, text)) for e in spans])
+            positions = _positions(original, text)
+            found.append([_plain(e, positions) for e in spans])
         return found[0] if isinstance(texts, str) else found
 
     # -- what BundleModel asks of a subclass -----------------------------------------------
