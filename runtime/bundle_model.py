@@ -7,7 +7,8 @@ opens the ONNX Runtime session; the constructor checks the graph's inputs, lets 
 check its output, and probes the graph with the tokenizer's largest token id. Calls validate
 their texts, tokenize and pad them one batch at a time and run the one graph output the class
 needs (`_output`). A subclass adds only how that output becomes results: `Classifier` turns
-`logits` into labels, `Embedder` returns `sentence_embedding` rows.
+`logits` into labels, `Embedder` returns `sentence_embedding` rows, `Tagger` turns per-token
+`logits` into spans (it reads each batch's encodings too, through `_batches`).
 
 After loading the object is read-only: no call keeps state on `self`, and ONNX Runtime's
 `InferenceSession.run` and the tokenizer's `encode_batch` are thread-safe, so one instance
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from .errors import BundleError, InputError
 from .manifest import TASK_TYPES, read_manifest, select_model_artifact, task_type, verify_artifact
@@ -36,8 +37,8 @@ __all__ = ["BundleModel"]
 
 logger = logging.getLogger(__name__)
 
-# What this runtime can load; TASK_TYPES also names classes it does not have yet (Tagger).
-_BUILT = ("Classifier", "Embedder")
+# What this runtime can load; TASK_TYPES may name classes a newer runtime has.
+_BUILT = ("Classifier", "Embedder", "Tagger")
 
 Model = TypeVar("Model", bound="BundleModel")
 
@@ -251,20 +252,32 @@ class BundleModel:
 
     def _encode(self, firsts: list[str], seconds: list[str] | None) -> dict[str, np.ndarray]:
         """Tokenize and pad to the batch's longest row: the feed dict for the session."""
+        return pad_batch(
+            self._encodings(firsts, seconds), pad_id=self._pad_id, dtypes=self._input_dtypes
+        )
+
+    def _encodings(self, firsts: list[str], seconds: list[str] | None) -> list[Encoding]:
+        """The tokenizer's encodings (truncated at max_length, not padded), one per text."""
         batch: list[Any] = firsts if seconds is None else list(zip(firsts, seconds))
-        encodings = self._tokenizer.encode_batch(batch)
-        return pad_batch(encodings, pad_id=self._pad_id, dtypes=self._input_dtypes)
+        return self._tokenizer.encode_batch(batch)
+
+    def _batches(
+        self, firsts: list[str], seconds: list[str] | None, *, batch_size: int
+    ) -> Iterator[tuple[list[Encoding], np.ndarray]]:
+        """(encodings, `_output`) for each run of `batch_size` texts, in input order; each batch
+        is padded to its own longest row, so output rows past a text's tokens are padding."""
+        for start in range(0, len(firsts), batch_size):
+            stop = start + batch_size
+            second = None if seconds is None else seconds[start:stop]
+            encodings = self._encodings(firsts[start:stop], second)
+            feeds = pad_batch(encodings, pad_id=self._pad_id, dtypes=self._input_dtypes)
+            (out,) = self._session.run([self._output], feeds)
+            yield encodings, out
 
     def _run(self, firsts: list[str], seconds: list[str] | None, *, batch_size: int) -> np.ndarray:
         """`_output` for every text, `batch_size` texts per session run (each batch padded to
         its own longest row), concatenated in input order."""
-        chunks = []
-        for start in range(0, len(firsts), batch_size):
-            stop = start + batch_size
-            second = None if seconds is None else seconds[start:stop]
-            feeds = self._encode(firsts[start:stop], second)
-            (out,) = self._session.run([self._output], feeds)
-            chunks.append(out)
+        chunks = [out for _, out in self._batches(firsts, seconds, batch_size=batch_size)]
         return np.concatenate(chunks, axis=0)
 
 

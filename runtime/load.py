@@ -1,7 +1,7 @@
 """`load_bundle`: the right runtime class for a bundle, read from its manifest's `task.type`.
 
 An app that serves whatever bundle it is given (the sample service and CLI) calls this instead
-of choosing between `Classifier` and `Embedder` itself.
+of choosing between `Classifier`, `Embedder` and `Tagger` itself.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .bundle_model import BundleModel
 from .classifier import Classifier
 from .embedder import Embedder
 from .manifest import read_manifest, task_type
+from .tagger import Tagger
 
 __all__ = ["RUNTIME_CLASSES", "check_bundle_token_ids", "load_bundle"]
 
@@ -21,9 +22,10 @@ __all__ = ["RUNTIME_CLASSES", "check_bundle_token_ids", "load_bundle"]
 RUNTIME_CLASSES: dict[str, type[BundleModel]] = {
     Classifier.task_type: Classifier,
     Embedder.task_type: Embedder,
+    Tagger.task_type: Tagger,
 }
 
-AnyModel = Union[Classifier, Embedder]
+AnyModel = Union[Classifier, Embedder, Tagger]
 
 
 def runtime_class(path: str | os.PathLike[str], *, staging: bool = False) -> type[BundleModel]:
@@ -40,10 +42,10 @@ def load_bundle(path: str | os.PathLike[str], **kwargs: Any) -> AnyModel:
     """Load a bundle with the class its manifest's `task.type` calls for.
 
     Returns a `Classifier` for a text-classification bundle (and for manifests without
-    `task.type`), an `Embedder` for a feature-extraction bundle. `kwargs` are
-    `from_bundle`'s (variant, file, threads, verify, max_chars, memory_arena, staging).
-    Raises `BundleError` as `from_bundle` does, and for a task this runtime has no class
-    for (e.g. token-classification, whose `Tagger` does not exist yet).
+    `task.type`), an `Embedder` for a feature-extraction bundle, a `Tagger` for a
+    token-classification bundle. `kwargs` are `from_bundle`'s (variant, file, threads, verify,
+    max_chars, memory_arena, staging). Raises `BundleError` as `from_bundle` does, and for a
+    task this runtime has no class for.
     """
     cls = runtime_class(path, staging=bool(kwargs.get("staging", False)))
     return cls.from_bundle(path, **kwargs)  # type: ignore[return-value]

@@ -2,7 +2,8 @@
 
 A bundle is a directory; `manifest.json` says which task it solves (`task.type`: a
 text-classification bundle's labels and whether it takes single texts or text pairs, a
-feature-extraction bundle's `task.embedding` dim, pooling and normalisation; max_length), which
+feature-extraction bundle's `task.embedding` dim, pooling and normalisation, a
+token-classification bundle's tag names in id order; max_length), which
 tokenizer file and pad id to use, and lists every artifact as
 `{file, variant, target, bytes, sha256}`. This module only reads that data: it never
 imports or executes anything the manifest names, and it refuses artifact paths that point
@@ -52,6 +53,8 @@ TASK_TYPES: dict[str, str] = {
     "token-classification": "Tagger",
 }
 DEFAULT_TASK_TYPE = "text-classification"
+# Tasks whose bundles take one text per example (Optimum exports them without text pairs).
+_SINGLE_TEXT_TASKS = ("feature-extraction", "token-classification")
 # How a feature-extraction graph pools token embeddings into `sentence_embedding`
 # (sentence-transformers' 1_Pooling/config.json modes the pipeline exports).
 POOLINGS = ("mean", "cls", "max")
@@ -174,8 +177,8 @@ def _check_manifest(manifest: Mapping[str, Any], bundle: Path) -> list[str]:
             problems.append(f"'task.labels' has duplicates: {labels!r}")
         if not isinstance(task.get("pair"), bool):
             problems.append(f"'task.pair' must be true or false, got {task.get('pair')!r}")
-        elif embedding and task["pair"]:
-            problems.append("'task.pair' must be false for a feature-extraction bundle, got true")
+        elif kind in _SINGLE_TEXT_TASKS and task["pair"]:
+            problems.append(f"'task.pair' must be false for a {kind} bundle, got true")
         if embedding:
             problems += _check_embedding(task.get("embedding"))
         if not _is_positive_int(task.get("max_length")):

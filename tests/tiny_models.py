@@ -114,3 +114,62 @@ def make_tiny_sentence_model_dir(folder: Path, *, family: str = "bert", pooling:
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
     build_wordpiece(folder / "tokenizer.json")  # the original file (fixed padding on), as a real model ships it
     return folder
+
+
+# Sentences the tiny byte-level BPE learns its merges from: the tiny vocabulary's words, and the
+# kind of text a tagger sees (names, places, accents, emoji, punctuation).
+BPE_CORPUS = [" ".join(WORDS)] * 3 + [
+    "Ada Lovelace lives in London and works at the Bank of Paris",
+    "call mom when the rain stops, she said; the weather in São Paulo is lovely",
+    "@john_doe just watched Star Wars at AMC Theatres in New York City !!",
+    "Café crème, déjà vu: a naïve façade in Zürich 😀👍🏽 #blessed",
+    "RT @user : Apple and Microsoft announced the new iPhone 12 , Windows 11 and Xbox",
+] * 4
+
+
+def build_byte_level_bpe_tokenizer(path: Path, *, vocab_size: int = 600) -> Path:
+    """A RoBERTa-style tokenizer.json trained here: ByteLevel pre-tokenizer (no prefix space) and
+    decoder, byte-level BPE, RobertaProcessing (`<s> x </s>`, trim_offsets) with
+    <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4, as roberta-base's file has them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(BPE_CORPUS, trainer)
+    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0), trim_offsets=True,
+                                                      add_prefix_space=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def make_tiny_bpe_model_dir(folder: Path, *, head: str | None = None, num_labels: int = 2,
+                            id2label: dict[int, str] | None = None, seed: int = 0) -> Path:
+    """Save a tiny random RoBERTa with a byte-level BPE tokenizer trained here into `folder`
+    (`RobertaTokenizerFast` files plus the original tokenizer.json): a bare encoder
+    (`RobertaModel`), or with `head` "sequence" / "token" a classifier with that head and
+    `id2label`. RoBERTa's ids: pad 1, bos <s> 0, eos </s> 2; positions start after pad, so
+    max_position_embeddings is 130 for 128 tokens."""
+    import torch
+    from transformers import (AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                              RobertaConfig, RobertaTokenizerFast)
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_path = build_byte_level_bpe_tokenizer(folder / "tokenizer.json")
+    tokenizer = RobertaTokenizerFast(tokenizer_file=str(tok_path), add_prefix_space=False, trim_offsets=True)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=130, type_vocab_size=1, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, num_labels=num_labels)
+    if id2label is not None:
+        config.id2label = dict(id2label)
+        config.label2id = {v: k for k, v in id2label.items()}
+    auto = {None: AutoModel, "sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}[head]
+    model = auto.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    build_byte_level_bpe_tokenizer(folder / "tokenizer.json")  # the original file, as a real model ships it
+    return folder

@@ -1,7 +1,8 @@
-"""Classify (or embed) lines of text with an embslim bundle, from stdin or files.
+"""Classify (embed, or tag) lines of text with an embslim bundle, from stdin or files.
 
     python -m sample_apps.cli.classify BUNDLE [FILES...] [--json] [--top-k K]
     python -m sample_apps.cli.classify EMBEDDING_BUNDLE [FILES...] --embed
+    python -m sample_apps.cli.classify TAGGER_BUNDLE [FILES...] --tag [--aggregation-strategy S]
 
 Each non-blank line is one text (blank lines are skipped); for a text-pair bundle a line is
 `text<TAB>text_pair`. FILES default to stdin ("-" also means stdin); they are read as UTF-8
@@ -21,12 +22,16 @@ Output, one line per input line, in input order:
                      "score", "probabilities", "top_k": [{"label", "score"}, ...]}
     --embed          (feature-extraction bundles) a JSON object per line: {"file", "line",
                      "text", "embedding": [dim floats]}, `Embedder.encode`'s row for the line
+    --tag            (token-classification bundles) a JSON object per line: {"file", "line",
+                     "text", "entities": [...]}, `Tagger.tag`'s entities for the line with
+                     --aggregation-strategy (default "simple": {"entity_group", "score",
+                     "word", "start", "end"}; "start"/"end" index the line's text)
 
 The mode follows the flag, never the bundle alone, so a script's output format cannot change
-under it: --embed on a text-classification bundle, or a feature-extraction bundle without
---embed, is an error that says which flag to use.
+under it: --embed or --tag on a bundle of another task, or a feature-extraction or
+token-classification bundle without its flag, is an error that says which flag to use.
 
-Exit status: 0 when every line was classified (or embedded); 2 on any error (a bad bundle, file, line or
+Exit status: 0 when every line was classified (embedded, tagged); 2 on any error (a bad bundle, file, line or
 option), with one line on stderr that names the file and line where there is one and says
 what to do, never a traceback; 130 on Ctrl-C.
 """
@@ -47,9 +52,11 @@ from embslim.runtime import (
     Embedder,
     InputError,
     Prediction,
+    Tagger,
     load_bundle,
     replace_lone_surrogates,
 )
+from embslim.runtime.spans import AGGREGATION_STRATEGIES
 
 __all__ = ["main"]
 
@@ -103,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m sample_apps.cli.classify",
         description="Classify each line of stdin or FILES with an embslim bundle (or, with "
-        "--embed and a feature-extraction bundle, write each line's sentence embedding).",
+        "--embed and a feature-extraction bundle, write each line's sentence embedding; with "
+        "--tag and a token-classification bundle, each line's entities).",
     )
     parser.add_argument("bundle", help="bundle directory (holds manifest.json)")
     parser.add_argument("files", nargs="*", default=["-"],
@@ -113,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write each line's sentence embedding as JSON Lines "
                              '{"file", "line", "text", "embedding"} (feature-extraction '
                              "bundles)")  # fmt: skip
+    parser.add_argument("--tag", action="store_true",
+                        help="write each line's entities as JSON Lines "
+                             '{"file", "line", "text", "entities"} (token-classification '
+                             "bundles)")  # fmt: skip
+    parser.add_argument("--aggregation-strategy", choices=AGGREGATION_STRATEGIES, default=None,
+                        help="with --tag: how tokens become entities, as transformers' "
+                             "token-classification pipeline (default simple)")  # fmt: skip
     parser.add_argument("--top-k", type=_positive_int, default=None,
                         help="also report the K most likely labels (default 1)")  # fmt: skip
     parser.add_argument("--variant", default="auto",
@@ -230,6 +245,11 @@ def _embedding_line(name: str, number: int, text: str, vector: Any) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+def _entities_line(name: str, number: int, text: str, found: list) -> str:
+    record = {"file": _display(name), "line": number, "text": _display(text), "entities": found}
+    return json.dumps(record, ensure_ascii=False)
+
+
 def _run_stream(
     name: str,
     stream: BinaryIO,
@@ -283,21 +303,48 @@ def _embed_stream(
     )  # fmt: skip
 
 
-def _check_mode(model: Classifier | Embedder, args: argparse.Namespace) -> None:
-    """The mode is the flag's: refuse a bundle of the other kind, and options it cannot take."""
+def _tag_stream(
+    tagger: Tagger, name: str, stream: BinaryIO, out: TextIO, *, args: argparse.Namespace
+) -> int:
+    strategy = args.aggregation_strategy or "simple"
+    return _run_stream(
+        name, stream, out, pair=False, args=args,
+        run=lambda texts: tagger.tag(texts, aggregation_strategy=strategy, batch_size=args.batch_size),
+        line=lambda number, text, found: _entities_line(name, number, text, found),
+    )  # fmt: skip
+
+
+# mode flag -> (the runtime class it needs, what its bundles are, what the mode writes)
+_MODES = {
+    "embed": (Embedder, "a feature-extraction (sentence-embedding)", "each line's embedding"),
+    "tag": (Tagger, "a token-classification (tagger)", "each line's entities"),
+}
+
+
+def _check_mode(model: Classifier | Embedder | Tagger, args: argparse.Namespace) -> None:
+    """The mode is the flag's: refuse a bundle of another kind, and options it cannot take."""
     bundle = _display(str(args.bundle))
-    if args.embed and not isinstance(model, Embedder):
-        raise InputError(
-            f"{bundle} is a text-classification bundle, but --embed needs a feature-extraction "
-            "(sentence-embedding) bundle; drop --embed to classify the lines"
-        )
-    if not args.embed and isinstance(model, Embedder):
-        raise InputError(
-            f"{bundle} is a feature-extraction (sentence-embedding) bundle; pass --embed to "
-            "write each line's embedding as JSON Lines"
-        )
-    if args.embed and args.top_k is not None:
+    if args.embed and args.tag:
+        raise InputError("--embed and --tag are two modes for two kinds of bundle; pass one")
+    wanted = "embed" if args.embed else "tag" if args.tag else None
+    what = f"a {model.task_type}" if not isinstance(model, Classifier) else "a text-classification"
+    if wanted is not None and not isinstance(model, _MODES[wanted][0]):
+        cls, needs, _ = _MODES[wanted]
+        hint = next((f"pass --{m} instead" for m, (c, _, _) in _MODES.items() if isinstance(model, c)),
+                    f"drop --{wanted} to classify the lines")  # fmt: skip
+        raise InputError(f"{bundle} is {what} bundle, but --{wanted} needs {needs} bundle; {hint}")
+    for flag, (cls, kind, writes) in _MODES.items():
+        if wanted is None and isinstance(model, cls):
+            raise InputError(
+                f"{bundle} is {kind} bundle; pass --{flag} to write {writes} as JSON Lines"
+            )
+    if wanted == "embed" and args.top_k is not None:
         raise InputError("--top-k ranks labels, which an embedding bundle has none of; drop it")
+    if wanted == "tag" and args.top_k is not None:
+        raise InputError("--top-k ranks a text's labels; --tag writes entities: drop --top-k")
+    if wanted != "tag" and args.aggregation_strategy is not None:
+        raise InputError("--aggregation-strategy applies to --tag (token-classification bundles); "
+                         "drop it")  # fmt: skip
 
 
 def main(
@@ -323,7 +370,8 @@ def main(
                 f"--top-k {args.top_k} is more than the bundle's {len(model.labels)} labels "
                 f"({', '.join(model.labels)}); use --top-k {len(model.labels)} to rank them all"
             )
-        process = _embed_stream if isinstance(model, Embedder) else _classify_stream
+        process = (_embed_stream if isinstance(model, Embedder) else
+                   _tag_stream if isinstance(model, Tagger) else _classify_stream)  # fmt: skip
         for name in args.files:
             if name == "-":
                 process(model, "<stdin>", stdin or sys.stdin.buffer, out, args=args)

@@ -1,8 +1,8 @@
 """Request counters and latency percentiles for the service, safe to update from many threads.
 
 Memory stays bounded however long the service runs: counters are integers and latencies
-are kept for the last `window` successful requests of each inference route only (/predict
-and /embed: 10,000 floats each by default, ~80 KB in a deque), which is also what p50/p95
+are kept for the last `window` successful requests of each inference route only (/predict,
+/embed and /tag: 10,000 floats each by default, ~80 KB in a deque), which is also what p50/p95
 are computed over.
 """
 
@@ -19,6 +19,7 @@ __all__ = ["Metrics"]
 _ROUTE_KEYS = {
     "/predict": ("texts_classified", "predict_latency_ms"),
     "/embed": ("texts_embedded", "embed_latency_ms"),
+    "/tag": ("texts_tagged", "tag_latency_ms"),
 }
 
 
@@ -37,7 +38,7 @@ class Metrics:
         self._latencies_ms = {path: deque(maxlen=window) for path in _ROUTE_KEYS}
 
     def record(self, *, path: str, status: int, seconds: float, texts: int = 0) -> None:
-        """Count one finished request (any path); /predict and /embed latencies feed the
+        """Count one finished request (any path); /predict, /embed and /tag latencies feed the
         percentiles of their route."""
         with self._lock:
             self._requests += 1
@@ -49,7 +50,7 @@ class Metrics:
                 self._latencies_ms[path].append(seconds * 1000.0)
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters so far and p50/p95 of the recent successful /predict and /embed latencies
+        """Counters so far and p50/p95 of the recent successful /predict, /embed and /tag latencies
         (ms); a route the service does not serve reports 0 texts and no latencies.
 
         `requests` counts every answered request (the /metrics request being answered is

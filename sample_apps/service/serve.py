@@ -1,5 +1,6 @@
 """A small HTTP service on the standard library and `runtime/`: it classifies texts with a
-text-classification bundle, or embeds them with a feature-extraction bundle.
+text-classification bundle, embeds them with a feature-extraction bundle, or tags their tokens
+with a token-classification bundle.
 
     python -m sample_apps.service.serve BUNDLE [--port 8080] [--host 127.0.0.1]
 
@@ -13,28 +14,37 @@ JSON, errors included):
     POST /embed     feature-extraction bundles:
                     {"texts": ["how do I reset my password", ...]}
                     -> {"embeddings": [[float, ...], ...], "dim", "normalized"}
+    POST /tag       token-classification bundles:
+                    {"texts": ["Ada Lovelace lives in London", ...]}
+                    optional "aggregation_strategy": "none", "simple" (default), "first",
+                    "average" or "max", as transformers' token-classification pipeline
+                    -> {"entities": [[{"entity_group", "score", "word", "start", "end"}, ...],
+                        ...], "aggregation_strategy", "model"}  (one list per text; "none"
+                        gives {"entity", "score", "index", "word", "start", "end"} per token)
     GET  /health    -> {"status": "ok", "model", "variant", "task", "task_type", "max_length",
-                        "labels" and "pair" (classifier) or "dim", "pooling" and "normalize"
-                        (embedder), and every limit below}
+                        "labels" and "pair" (classifier), "dim", "pooling" and "normalize"
+                        (embedder) or "labels" (tagger), and every limit below}
     GET  /metrics   -> {"requests", "errors", "responses_by_status", "texts_classified",
                         "predict_latency_ms": {"p50", "p95", "window"}, "texts_embedded",
-                        "embed_latency_ms": {"p50", "p95", "window"}, "uptime_s"}
+                        "embed_latency_ms": {"p50", "p95", "window"}, "texts_tagged",
+                        "tag_latency_ms": {"p50", "p95", "window"}, "uptime_s"}
     HEAD on the GET routes answers their headers; OPTIONS on any route answers 200 with an
     `Allow` header and {"path", "allow"}; any other method is 405 (with `Allow`) or 501.
 
 Errors are {"error": "<what was wrong and what to do>", "status": <code>}: 400 unreadable
-JSON or HTTP, 404 unknown path (also the other task's route, /embed on a classification
-bundle or /predict on an embedding bundle: one line says which bundle this is and what to
-call instead), 405 wrong method, 408 a request line, headers or body that did not arrive in
+JSON or HTTP, 404 unknown path (also another task's route, e.g. /embed on a classification
+bundle or /predict on a tagger bundle: one line says which bundle this is and what to call
+instead), 405 wrong method, 408 a request line, headers or body that did not arrive in
 time, 411 no Content-Length, 413 body over --max-body-bytes or texts over
 --max-request-chars in all, 415 not application/json, 422 well-formed JSON that is not a
 valid request (wrong types, more than --max-batch texts, a text over the runtime's
-max_chars, top_k out of range, pairs sent to a single-text bundle...), 503 the service is
+max_chars, top_k out of range, pairs sent to a single-text bundle, an unknown
+aggregation_strategy...), 503 the service is
 full (with `Retry-After`), 500 a bug (logged with its traceback).
 
 Limits (all flags; see the README's "Limits" for the measured memory they give):
 - inference runs on a fixed pool of --workers threads (default 2), each ORT call on
-  --threads intra-op threads (default 1); at most --queue further /predict (or /embed)
+  --threads intra-op threads (default 1); at most --queue further /predict (/embed, /tag)
   requests wait for a worker (default 32). One that finds workers + queue full is answered
   at once with 503, `Retry-After: 1` and `Connection: close`, before its body is read.
 - at most --max-connections open connections (default 128); the next one gets the same
@@ -71,7 +81,16 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from embslim.runtime import BundleError, Classifier, Embedder, InputError, Prediction, load_bundle
+from embslim.runtime import (
+    BundleError,
+    Classifier,
+    Embedder,
+    InputError,
+    Prediction,
+    Tagger,
+    load_bundle,
+)
+from embslim.runtime.spans import AGGREGATION_STRATEGIES
 
 from .._http import QuietThreadingHTTPServer
 from . import memory
@@ -86,6 +105,7 @@ __all__ = [
     "make_server",
     "parse_embed_request",
     "parse_predict_request",
+    "parse_tag_request",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,9 +137,11 @@ DEFAULT_WRITE_TIMEOUT_S = 10.0
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 1
 
-ROUTES = {"/predict": ("POST",), "/embed": ("POST",), "/health": ("GET",), "/metrics": ("GET",)}
+ROUTES = {"/predict": ("POST",), "/embed": ("POST",), "/tag": ("POST",), "/health": ("GET",),
+          "/metrics": ("GET",)}  # fmt: skip
 REQUEST_KEYS = ("texts", "pairs", "top_k")
 EMBED_REQUEST_KEYS = ("texts",)
+TAG_REQUEST_KEYS = ("texts", "aggregation_strategy")
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,7 @@ class TaskRoute:
 TASK_ROUTES = {
     "text-classification": TaskRoute("/predict", "a classifier", "classify", "classified"),
     "feature-extraction": TaskRoute("/embed", "an embedder", "embed", "embedded"),
+    "token-classification": TaskRoute("/tag", "a tagger", "tag", "tagged"),
 }
 
 
@@ -262,6 +285,30 @@ def parse_embed_request(
     return items
 
 
+def parse_tag_request(
+    body: Any, *, max_batch: int, max_request_chars: int | None = None
+) -> tuple[list[str], str]:
+    """Check a decoded /tag body; return (texts for `Tagger.tag`, aggregation strategy).
+
+    The texts get /embed's checks, messages and codes (422; 413 over `max_request_chars`);
+    "aggregation_strategy" must be one of transformers' names (default "simple").
+    """
+    example = '{"texts": ["Ada Lovelace lives in London"], "aggregation_strategy": "simple"}'
+    _check_fields(body, route="/tag", keys=TAG_REQUEST_KEYS, example=example)
+    if "texts" not in body:
+        raise _invalid(f'send "texts", a list of strings, e.g. {example}')
+    items = _batch(body, "texts", max_batch=max_batch, example=example)
+    _check_request_chars("texts", _text_chars(items), max_request_chars)
+    strategy = body.get("aggregation_strategy", "simple")
+    if strategy not in AGGREGATION_STRATEGIES:
+        shown = _short(strategy) if isinstance(strategy, str) else _json_type(strategy)
+        raise _invalid(
+            f'"aggregation_strategy" must be one of {", ".join(AGGREGATION_STRATEGIES)} '
+            f"(transformers' token-classification strategies), got {shown}"
+        )
+    return items, strategy
+
+
 def _check_fields(body: Any, *, route: str, keys: Sequence[str], example: str) -> None:
     """A JSON object whose fields are all among `keys` (422 otherwise)."""
     if not isinstance(body, dict):
@@ -323,7 +370,7 @@ class ServiceBusy(Exception):
 
 
 class InferencePool:
-    """`workers` threads run every `Classifier.predict` (or `Embedder.encode`); at most `workers + queue` requests
+    """`workers` threads run every `Classifier.predict` (`Embedder.encode`, `Tagger.tag`); at most `workers + queue` requests
     are admitted at once (`try_enter` / `leave`), the rest are turned away (503), and an
     admitted request that waits more than `queue_timeout` s for a worker is `ServiceBusy`.
 
@@ -334,7 +381,7 @@ class InferencePool:
 
     def __init__(
         self,
-        model: Classifier | Embedder,
+        model: Classifier | Embedder | Tagger,
         *,
         workers: int,
         queue: int,
@@ -373,6 +420,10 @@ class InferencePool:
     def predict(self, items: list[Any], *, top_k: int) -> list[Prediction]:
         """`Classifier.predict` on a worker (`ServiceBusy` if none is free in time)."""
         return self._run(self._model.predict, items, top_k=top_k)  # type: ignore[union-attr]
+
+    def tag(self, texts: list[str], *, aggregation_strategy: str) -> list[list[dict[str, Any]]]:
+        """`Tagger.tag` on a worker: entities per text (`ServiceBusy` as `predict`)."""
+        return self._run(self._model.tag, texts, aggregation_strategy=aggregation_strategy)  # type: ignore[union-attr]
 
     def embed(self, texts: list[str]) -> Any:
         """`Embedder.encode` on a worker: a float32 numpy array [n, dim] (`ServiceBusy` as
@@ -508,7 +559,7 @@ class _DeadlineReader(io.RawIOBase):
 
 
 def make_server(
-    model: Classifier | Embedder,
+    model: Classifier | Embedder | Tagger,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -516,7 +567,8 @@ def make_server(
     metrics: Metrics | None = None,
 ) -> ServiceHTTPServer:
     """A threaded server (not yet serving) that answers with `model`: POST /predict for a
-    `Classifier`, POST /embed for an `Embedder` (see the module docstring)."""
+    `Classifier`, POST /embed for an `Embedder`, POST /tag for a `Tagger` (see the module
+    docstring)."""
     cfg = config or ServiceConfig()
     stats = metrics or Metrics()
     # A stand-in without task_type (a test's gate around a Classifier) is a classifier.
@@ -535,12 +587,14 @@ def make_server(
     }
     if route.path == "/embed":
         health.update(dim=model.dim, pooling=model.pooling, normalize=model.normalize)
+    elif route.path == "/tag":
+        health.update(labels=list(model.labels))
     else:
         health.update(labels=list(model.labels), pair=model.is_pair)
     health.update(max_length=model.max_length, **asdict(cfg))
 
     def wrong_route(path: str) -> str:
-        """The 404 for the other task's inference route."""
+        """The 404 for another task's inference route."""
         other_type, other = next((t, r) for t, r in TASK_ROUTES.items() if r.path == path)
         return (
             f"this service runs a {task_type} bundle ({route.what}): it has no {path}; POST "
@@ -666,6 +720,11 @@ def make_server(
                         body, max_batch=cfg.max_batch, max_request_chars=cfg.max_request_chars
                     )
                     vectors = self._infer(pool.embed, texts)
+                elif path == "/tag":
+                    texts, strategy = parse_tag_request(
+                        body, max_batch=cfg.max_batch, max_request_chars=cfg.max_request_chars
+                    )
+                    found = self._infer(pool.tag, texts, aggregation_strategy=strategy)
                 else:
                     items, top_k = parse_predict_request(
                         body,
@@ -681,6 +740,13 @@ def make_server(
                     "embeddings": vectors.tolist(),  # float32 -> the float that prints it exactly
                     "dim": int(vectors.shape[1]),
                     "normalized": bool(model.normalize),
+                }
+                return HTTPStatus.OK, payload, len(texts)
+            if path == "/tag":
+                payload = {
+                    "entities": found,
+                    "aggregation_strategy": strategy,
+                    "model": model.model_path.name,
                 }
                 return HTTPStatus.OK, payload, len(texts)
             payload = {
@@ -943,7 +1009,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sample_apps.service.serve",
         description="Serve an embslim bundle over HTTP: POST /predict (text-classification "
-        "bundles) or POST /embed (feature-extraction bundles), GET /health, GET /metrics.",
+        "bundles), POST /embed (feature-extraction bundles) or POST /tag (token-classification "
+        "bundles), GET /health, GET /metrics.",
     )
     d = ServiceConfig()
     pos_int, pos_float = _positive(int), _positive(float)

@@ -68,6 +68,13 @@ class SetupError(RuntimeError):
     """The page cannot be served as asked (a bad bundle, no `npm ci`)."""
 
 
+# task.type -> how the other apps serve such a bundle (the page only classifies)
+_OTHER_TASKS = {
+    "feature-extraction": ("/embed", "--embed", "embed"),
+    "token-classification": ("/tag", "--tag", "tag"),
+}
+
+
 def check_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """The bundle's folder and manifest, once every file it lists has the right size and sha256.
 
@@ -82,10 +89,16 @@ def check_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         manifest = read_manifest(bundle_dir)  # checks every key, and names that leave the bundle
         kind = task_type(manifest)
         if kind != "text-classification":  # the page's JavaScript turns logits into labels
+            route, flag, verb = _OTHER_TASKS.get(kind, ("/predict", "", "run"))
+            use = (
+                f" ({verb} texts with `python -m sample_apps.service.serve BUNDLE` (POST {route}) "
+                f"or `python -m sample_apps.cli.classify BUNDLE {flag}`)"
+                if flag
+                else ""
+            )
             raise SetupError(
                 f"{where}: a {kind} bundle; this page classifies text and needs a "
-                "text-classification bundle (embed texts with `python -m sample_apps.service.serve "
-                "BUNDLE` (POST /embed) or `python -m sample_apps.cli.classify BUNDLE --embed`)"
+                f"text-classification bundle{use}"
             )
         names = [entry["file"] for entry in manifest["artifacts"]]
         for name in [*names, manifest["tokenizer"]["file"]]:

@@ -385,15 +385,18 @@ def _retyped(bundle, tmp_path, kind):
 
 def test_a_token_classification_bundle_names_tagger(classification_bundle, tmp_path):
     tagged = _retyped(classification_bundle, tmp_path, "token-classification")
-    for load in (Classifier.from_bundle, Embedder.from_bundle, load_bundle):
+    for cls in (Classifier, Embedder):
         with pytest.raises(BundleError) as error:
-            load(tagged)
+            cls.from_bundle(tagged)
         assert one_line(error) == (
-            f"{str(tagged)!r} is a token-classification bundle, which needs "
-            "embslim.runtime.Tagger; this runtime has no Tagger yet (it loads text-classification "
-            "bundles with Classifier, feature-extraction bundles with Embedder): upgrade embslim "
-            "when it ships Tagger"
+            f"{str(tagged)!r} is a token-classification bundle; load it with "
+            f"embslim.runtime.Tagger.from_bundle(...), not {cls.__name__} (or with "
+            "embslim.runtime.load_bundle(...), which picks the class from the manifest)"
         )
+    # load_bundle picks Tagger, which checks the graph: this one's logits have no token axis
+    with pytest.raises(BundleError, match=r"output 'logits' has shape \['batch', 2\], expected "
+                                          r"\[batch, sequence, 2\]"):  # fmt: skip
+        load_bundle(tagged)
 
 
 def test_an_unknown_task_type(classification_bundle, tmp_path):
@@ -402,8 +405,8 @@ def test_an_unknown_task_type(classification_bundle, tmp_path):
         load_bundle(odd)
     assert one_line(error).endswith(
         "is a bundle of task 'question-answering', which this runtime does not know (it loads "
-        "text-classification bundles with Classifier, feature-extraction bundles with Embedder); "
-        "upgrade embslim, or re-export the bundle for one of those tasks"
+        "text-classification bundles with Classifier, feature-extraction bundles with Embedder, "
+        "token-classification bundles with Tagger); upgrade embslim, or re-export the bundle for one of those tasks"
     )
 
 

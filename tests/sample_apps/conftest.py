@@ -76,6 +76,16 @@ def tiny_embedding_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tagger_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A token-classification bundle: a tiny random BERT tagger (WNUT-17 tags) exported by
+    embslim's export_model (needs torch: the tests using it skip without the pipeline extra)."""
+    pytest.importorskip("torch")
+    from tagger_bundle import make_tagger_bundle
+
+    return make_tagger_bundle(tmp_path_factory.mktemp("apps-tiny-tagger"), max_length=24)
+
+
+@pytest.fixture(scope="session")
 def sst2_bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """A real DEP-pruned all-MiniLM-L6-v2 bundle fine-tuned on 64 SST-2 sentences (~1-2 min).
 

@@ -232,15 +232,15 @@ def test_parse_embed_request():
 
 
 def test_main_refuses_a_bundle_no_runtime_class_loads(tiny_bundle, tmp_path, capsys):
-    tagged = shutil.copytree(tiny_bundle, tmp_path / "tagger")
-    manifest = read_manifest_json(tagged)
-    manifest["task"]["type"] = "token-classification"
-    write_manifest(tagged, manifest)
-    assert main([str(tagged), "--port", "0"]) == 1
+    odd = shutil.copytree(tiny_bundle, tmp_path / "qa")
+    manifest = read_manifest_json(odd)
+    manifest["task"]["type"] = "question-answering"
+    write_manifest(odd, manifest)
+    assert main([str(odd), "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"error: {str(tagged)!r} is a token-classification bundle, which needs "
-                          "embslim.runtime.Tagger; this runtime has no Tagger yet")  # fmt: skip
+    assert err.startswith(f"error: {str(odd)!r} is a bundle of task 'question-answering', which "
+                          "this runtime does not know")  # fmt: skip
 
 
 def test_the_service_process_serves_an_embedding_bundle(tiny_embedding_bundle, emb, tmp_path):

@@ -84,6 +84,25 @@ def test_setup_errors(tmp_path, tiny_bundle, capsys):
     assert capsys.readouterr().err.startswith("error: bundle directory ")
 
 
+def test_a_tagger_bundle_is_refused_in_one_line(tiny_bundle, tmp_path, capsys):
+    """The page does not tag; a token-classification bundle gets a line naming /tag and --tag."""
+    from tiny_bundle import read_manifest_json, write_manifest
+
+    tagged = shutil.copytree(tiny_bundle, tmp_path / "tagger")
+    manifest = read_manifest_json(tagged)
+    manifest["task"]["type"] = "token-classification"
+    write_manifest(tagged, manifest)
+    with pytest.raises(SetupError, match=r"manifest\.json: a token-classification bundle; this page "
+                                          r"classifies text and needs a text-classification "
+                                          r"bundle \(tag texts with `python -m sample_apps\.service"
+                                          r"\.serve BUNDLE` \(POST /tag\) or `python -m "
+                                          r"sample_apps\.cli\.classify BUNDLE --tag`\)$"):  # fmt: skip
+        routes(tagged)
+    assert main([str(tagged), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "POST /tag" in err
+
+
 def test_an_embedding_bundle_is_refused_in_one_line(tiny_embedding_bundle, capsys):
     """The page classifies; an embedding bundle gets a line naming the apps that embed."""
     with pytest.raises(SetupError, match=r"manifest\.json: a feature-extraction bundle; this page "
