@@ -103,7 +103,7 @@ def compare_onnx(reference: str | Path, candidate: str | Path, *,
         vocab_size = input_vocab_size(onnx.load(str(reference), load_external_data=False))
     if vocab_size is None:
         raise ValueError(f"pass vocab_size= to compare {reference.name}: only .onnx files say it themselves")
-    # the task's output: a classifier's logits, a sentence encoder's sentence_embedding [batch, dim]
+    # the task's output: a classifier's logits (a tagger's per token), a sentence encoder's sentence_embedding
     primary = next((n for n in ("logits", "sentence_embedding") if n in ref_out), ref_out[0])
     refs, news = [], []
     for i, shape in enumerate(DEFAULT_SHAPES if shapes is None else shapes):
@@ -115,8 +115,10 @@ def compare_onnx(reference: str | Path, candidate: str | Path, *,
             continue
         out.add(f"shape at {tuple(shape)}", True, f"{new.shape}")
         out.max_abs_diff = max(out.max_abs_diff, float(np.abs(ref - new).max()))
-        refs.append(ref.reshape(ref.shape[0], -1))
-        news.append(new.reshape(new.shape[0], -1))
+        # one row per prediction: a text's logits / embedding, or a tagger's token (padding rows included:
+        # both files compute them, from the same masked attention)
+        refs.append(ref.reshape(-1, ref.shape[-1]))
+        news.append(new.reshape(-1, new.shape[-1]))
     if refs:
         ref_all, new_all = np.concatenate(refs), np.concatenate(news)
         out.snr_db = snr_db(ref_all, new_all)
