@@ -243,7 +243,10 @@ def _write_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerB
 def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", dict | None]:
     """Model, tokenizer and the saved bundle metadata (None if the checkpoint has none)."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from embslim.pipeline.tasks import get_task
 
     from safetensors import SafetensorError
 
@@ -259,7 +262,11 @@ def load_checkpoint(folder: str | Path) -> tuple["PreTrainedModel", "PreTrainedT
         meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else None
         if not isinstance(spec, dict) or not isinstance(spec.get("inner"), dict) or not isinstance(meta, (dict, type(None))):
             raise ValueError(f"{SPEC_FILE} or {META_FILE} is not the expected JSON object")
-        model = AutoModelForSequenceClassification.from_config(config)
+        task = get_task((meta or {}).get("task_type"))   # the Auto class from embslim's own task table
+        if not task.has_labels:
+            raise CheckpointError(f"checkpoint {folder} is a {task.name} (sentence encoder) checkpoint, which only "
+                                  "`embslim run` reads (with --resume); export it by running that again")
+        model = getattr(transformers, task.auto_model).from_config(config)
         set_word_embeddings(model, _module_from_spec(spec))
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)

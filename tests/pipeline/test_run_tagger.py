@@ -70,6 +70,10 @@ def test_a_tagger_bundle_round_trips_through_export_and_the_runtime(family, data
     assert all(text[s["start"]:s["end"]] == s["word"].strip() or family == "roberta" for s in spans)
     assert any(s["entity_group"] == "location" and text[s["start"]:s["end"]] == "paris" for s in spans), spans
     assert "Entity F1 per type" in (out / "report.md").read_text()
+    from embslim.pipeline.embedding import load_checkpoint
+
+    checkpoint, _, meta = load_checkpoint(tmp_path / "b.work" / "checkpoint-dep")   # what `embslim export` reads
+    assert type(checkpoint).__name__.endswith("ForTokenClassification") and meta["task_type"] == "token-classification"
 
 
 def test_every_compressor_round_trips_for_a_tagger(data, tmp_path):
