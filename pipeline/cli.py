@@ -285,6 +285,11 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     from embslim.pipeline.validate import ValidateConfig, check_parity, validate_artifact
 
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
+    if task.eval.tags is not None:   # word tags: their ids in the bundle's tag order, matched by name
+        from embslim.pipeline.data import match_labels
+        from embslim.runtime.manifest import read_manifest
+
+        task = match_labels(task, read_manifest(a.bundle)["task"]["labels"], model=a.bundle, training=False)
     cfg = ValidateConfig(**_section(a, "validate"))
     scorer = _bundle_scorer(a.bundle, task, cfg, data_root=a.data_root)
     torch_logits = None

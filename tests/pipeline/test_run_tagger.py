@@ -74,6 +74,11 @@ def test_a_tagger_bundle_round_trips_through_export_and_the_runtime(family, data
 
     checkpoint, _, meta = load_checkpoint(tmp_path / "b.work" / "checkpoint-dep")   # what `embslim export` reads
     assert type(checkpoint).__name__.endswith("ForTokenClassification") and meta["task_type"] == "token-classification"
+    # `embslim validate` scores the bundle on another tagged file, parity against the checkpoint included
+    assert main(["validate", str(out), "--train", str(train), "--eval", str(dev), "--no-measure",
+                 "--checkpoint", str(tmp_path / "b.work" / "checkpoint-dep"), "--json", str(tmp_path / "v.json")]) == 0
+    validated = json.loads((tmp_path / "v.json").read_text())
+    assert validated["f1"] == rows["dep"]["f1"] and validated["agreement"] == 1.0
 
 
 def test_every_compressor_round_trips_for_a_tagger(data, tmp_path):
