@@ -425,3 +425,25 @@ def test_tiny_bundle_under_emulation_predicts_like_x86(arm_env, tmp_path, pair):
     assert timing_keys and all(k.startswith("emulated_") for k in timing_keys)
     if not pair:
         assert report["emulated_latency_seq_len"] == 32 and report["emulated_peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_embedder_under_emulation_encodes_like_x86(arm_env, tmp_path):
+    from tiny_bundle import make_tiny_embedding_bundle
+
+    bundle = make_tiny_embedding_bundle(tmp_path / "bundle", dim=6)
+    report = validate_arm64(bundle, Split(texts=TEXTS, pairs=None, labels=None), file="model.onnx", n=6,
+                            batch_size=4, latency_runs=0)  # batches of 4: a padded one, a ragged last one
+
+    assert report["n_eval"] == 6 and report["max_abs_diff"] < 1e-5  # fp32: ARM and x86 kernels agree to rounding
+    assert report["cosine_min_x86"] > 1 - 1e-6
+    assert report["onnxruntime"] == host_versions()["onnxruntime"] and "not from a device" in report["note"]
+
+
+@pytest.mark.slow
+def test_tiny_tagger_under_emulation_tags_like_x86(arm_env, tmp_path, tagger_bundle):
+    report = validate_arm64(tagger_bundle, _tagged_split(), file="model.onnx", n=5, batch_size=3, latency_runs=0)
+
+    assert report["n_eval"] == 5 and report["agreement"] == 1.0   # every token's tag, counts checked against x86's
+    assert report["max_logit_diff"] < 1e-3   # the head is scaled x40, so logits are tens: rounding is larger
+    assert report["f1"] == report["x86_f1"]
