@@ -15,10 +15,14 @@ emulated environment from Debian packages and PyPI only (no VM, chroot, binfmt o
 
 It is built in a temporary folder inside the cache and renamed into place only after an
 emulated `import onnxruntime` worked, so a half-built cache is never used. `validate_arm64`
-then runs `embslim.runtime.Classifier` in the emulated Python (`embslim.pipeline._arm_eval`, data in and
-results out as JSON) and the latency/memory probe (`embslim.pipeline.probe`) in a second emulated
-process. Emulated latency and RSS are qemu's, not a device's: they are reported with an
-`emulated_` prefix and a note saying so.
+then runs the bundle's runtime class (`embslim.runtime.load_bundle`: `Classifier`, `Embedder` or
+`Tagger`, from the manifest's task.type) in the emulated Python (`embslim.pipeline._arm_eval`, data
+in and the task's outputs out as JSON: logits per text, sentence embeddings, logits per token), and
+judges those outputs with the task's scorer (`embslim.pipeline.scoring`) against the same file on
+x86: task metrics, then agreement / max difference (embeddings: max |Δ| and cosine). The
+latency/memory probe (`embslim.pipeline.probe`) runs in a second emulated process. Emulated
+latency and RSS are qemu's, not a device's: they are reported with an `emulated_` prefix and a
+note saying so.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -568,20 +572,54 @@ def _tail(text: str, n: int = 3) -> str:
 # -- validating -------------------------------------------------------------------------------
 
 
+def _token_counts(model: Any, texts: list[str]) -> np.ndarray:
+    return np.array([len(t.input_ids) for t in model.tokenize(texts)], np.int64)
+
+
+# task.type -> the x86 model's count of output rows per text, for tasks where a text gives more
+# than one (a tagger: one per token); the others give one row per text.
+ROWS_PER_TEXT: dict[str, Callable[[Any, list[str]], np.ndarray]] = {"token-classification": _token_counts}
+
+# task.type -> (scorer.parity key, report name) by which `x86_files` compares another file's outputs
+# with the emulated ones and with `file`'s x86 ones: label / token agreement, the embeddings' min cosine.
+AGREEMENT: dict[str, tuple[str, str]] = {
+    "text-classification": ("agreement", "agreement"),
+    "feature-extraction": ("cosine_min_torch", "cosine_min"),
+    "token-classification": ("agreement", "agreement"),
+}
+
+
 def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: str, n: int = 200,
                    x86_logits: np.ndarray | None = None, cfg: EmulatorConfig = EmulatorConfig(),
                    batch_size: int = 32, latency_seq_len: int = 32, latency_runs: int = 5,
-                   timeout: float = 7200) -> dict:
-    """Run `file` of a bundle under emulated aarch64 ORT on the first `n` examples of `split`.
+                   timeout: float = 7200, scorer: Any = None) -> dict:
+    """Run `file` of a bundle (any task) under emulated aarch64 ORT on the first `n` texts of `split`.
 
-    Returns accuracy (and F1), agreement and max |logit difference| with x86 (`x86_logits`: rows
-    for the split's examples in order, of which the first n are used; computed here with
-    embslim.runtime.Classifier when None), and emulated_* latency (batch 1, `latency_seq_len` tokens,
-    median of `latency_runs`; 0 skips that probe) and peak RSS. Raises EmulationUnavailable when
-    the environment cannot be built, ValidationFailed when the emulated run fails.
+    The emulated run gives the task's primary outputs (`embslim.pipeline._arm_eval`: logits per
+    text, sentence embeddings, or logits per token), judged by `scorer` (embslim.pipeline.scoring;
+    None: `scorer_for` the bundle's task and labels, no embedding probes) as the x86 file's would
+    be, the x86 runtime object standing in as its model. The report has:
+
+    - the scorer's `metrics` of the emulated outputs: accuracy and F1 (text-classification),
+      entity precision / recall / F1 (token-classification), kNN accuracy when the scorer has
+      queries among those n texts (feature-extraction; see `EmbeddingScorer.first_rows`);
+    - the scorer's `parity` of the emulated outputs with x86's (its `torch` keys read `x86`):
+      agreement, max_logit_diff and x86_accuracy / x86_f1 (labels, tags); max_abs_diff and
+      cosine_min_x86 (embeddings);
+    - x86_files: the bundle's other fp32 and int8 files on x86 on the same texts (on x86 without
+      VNNI the s8-weight arm64 kernel can saturate, so `file`'s x86 outputs are not the only
+      reference worth having): their primary metric and their agreement (embeddings: min cosine)
+      with the emulated outputs and with `file`'s x86 outputs;
+    - emulated_* latency (batch 1, `latency_seq_len` tokens, median of `latency_runs`; 0 skips
+      that probe) and peak RSS.
+
+    `x86_logits`: `file`'s x86 outputs for the split's texts in order (one row per text; a
+    tagger's: every token's row, texts in order), of which the first n texts' rows are used;
+    computed here when None. Raises EmulationUnavailable when the environment cannot be built,
+    ValidationFailed when the emulated run fails or its outputs do not match x86's in shape.
     """
-    from embslim.pipeline.validate import ValidationFailed, latency_ids, parity, task_metrics
-    from embslim.runtime import Classifier
+    from embslim.pipeline.validate import ValidationFailed, latency_ids
+    from embslim.runtime import load_bundle
 
     if n < 1 or batch_size < 1 or latency_runs < 0:
         raise ValueError(f"n >= 1, batch_size >= 1 and latency_runs >= 0 are required, got {n}, {batch_size}, "
@@ -590,19 +628,22 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
         raise ValueError("the split is empty; pass the eval split with at least one example")
     bundle = Path(bundle_dir).resolve()
     n = min(n, len(split))
-    texts, labels = list(split.texts[:n]), list(split.labels[:n])
-    pairs = list(split.pairs[:n]) if split.pairs is not None else None
+    sub = _first_rows(split, n)
+    texts, pairs = list(sub.texts), list(sub.pairs) if sub.pairs is not None else None
     # Loading on x86 first also checks the manifest and the file's sha256 before emulation starts.
-    clf = Classifier.from_bundle(bundle, file=file, threads=None)
+    model = load_bundle(bundle, file=file, threads=None)
+    scorer = (scorer if scorer is not None else _default_scorer(model)).first_rows(n)
     env = ensure_environment(cfg)  # before the x86 pass: an unavailable emulator should say so at once
+    counts = ROWS_PER_TEXT[model.task_type](model, texts) if model.task_type in ROWS_PER_TEXT else None
+    rows = n if counts is None else int(counts.sum())
     if x86_logits is None:
-        x86 = clf.logits(texts, pairs, batch_size=batch_size)
+        x86 = scorer.outputs(model, sub, batch_size=batch_size, desc=f"{file}: x86")
     else:
         x86 = np.asarray(x86_logits, dtype=np.float32)
-        if x86.ndim != 2 or x86.shape[0] < n:
-            raise ValueError(f"x86_logits must be [>= {n}, n_labels] (rows for the split's examples in order), "
-                             f"got shape {x86.shape}")
-        x86 = x86[:n]
+        if x86.ndim != 2 or x86.shape[0] < rows:
+            raise ValueError(f"x86_logits must be [>= {rows}, n_outputs] (rows for the split's examples in order"
+                             f"{'' if counts is None else ', one per token'}), got shape {x86.shape}")
+        x86 = x86[:rows]
 
     with tempfile.TemporaryDirectory(prefix="embslim-arm-") as tmp:
         spec = Path(tmp) / "eval.json"
@@ -610,37 +651,83 @@ def validate_arm64(bundle_dir: str | os.PathLike[str], split: Split, *, file: st
                                     "batch_size": batch_size}), encoding="utf-8")
         out = _run_emulated(env, ["-m", "embslim.pipeline._arm_eval", str(spec)], what=f"{file}: the emulated evaluation",
                             timeout=timeout, error=ValidationFailed, on_stderr=_log_progress(file))
-    arm = np.asarray(out["logits"], dtype=np.float32).reshape(n, -1)
+    arm = _emulated_outputs(out, counts, shape=(rows, x86.shape[1]), file=file, error=ValidationFailed)
     metrics: dict[str, Any] = {"file": file, "target": "aarch64 (emulated)"}
-    metrics |= task_metrics(arm, labels, n_labels=len(clf.labels))
-    metrics["x86_accuracy"] = task_metrics(x86, labels, n_labels=len(clf.labels))["accuracy"]
-    metrics |= parity(arm, x86)
-    # The same examples through the bundle's other x86 files: fp32 (the accuracy reference) and the
-    # other int8 targets. On x86 without VNNI the s8-weight (arm64) kernel can saturate
-    # (VPMADDUBSW), so the arm64 file's x86 logits are not the only reference worth having.
-    metrics["x86_files"] = {}
-    for entry in clf.manifest.get("artifacts", []):
-        other = entry.get("file", "")
-        if other != file and other.endswith(".onnx") and entry.get("variant") in ("fp32", "int8"):
-            logits = Classifier.from_bundle(bundle, file=other, threads=None).logits(texts, pairs, batch_size=batch_size)
-            metrics["x86_files"][other] = {"accuracy": task_metrics(logits, labels, n_labels=len(clf.labels))["accuracy"],
-                                           "agreement_with_emulated": float((logits.argmax(1) == arm.argmax(1)).mean()),
-                                           "agreement_with_x86_" + file: float((logits.argmax(1) == x86.argmax(1)).mean())}
+    metrics |= scorer.metrics(model, arm, sub, batch_size=batch_size)
+    metrics.setdefault("n_eval", n)
+    vs_x86 = {k.replace("torch", "x86"): v for k, v in scorer.parity(arm, x86, sub).items()}
+    metrics |= vs_x86
+    metrics["x86_files"] = _x86_files(model, scorer, bundle, file, sub, arm=arm, x86=x86, batch_size=batch_size)
     metrics |= {"emulated_eval_seconds": out["eval_seconds"], "emulated_load_seconds": out["load_seconds"]}
     if latency_runs:
-        ids = latency_ids(bundle / clf.manifest["tokenizer"]["file"], split.texts, seq_len=latency_seq_len)
+        ids = latency_ids(bundle / model.manifest["tokenizer"]["file"], split.texts, seq_len=latency_seq_len)
         probe = _run_emulated(env, ["-m", "embslim.pipeline.probe", str(bundle / file), "--ids", ",".join(map(str, ids)),
                                     "--runs", str(latency_runs), "--warmup", "1", "--threads", "1"],
                               what=f"{file}: the emulated latency probe", timeout=timeout, error=ValidationFailed)
         metrics |= {f"emulated_{k}": v for k, v in probe.items()}
     metrics |= {"cpu": env.cpu, "qemu": env.qemu_version, "onnxruntime": out["onnxruntime"], "note": NOTE}
-    log.info("%s on emulated aarch64 (%s): accuracy %.2f%%, agreement with x86 %.2f%%, max |dlogit| %.1e%s", file,
-             env.cpu, 100 * metrics["accuracy"], 100 * metrics["agreement"], metrics["max_logit_diff"],
+    primary = scorer.primary
+    log.info("%s on emulated aarch64 (%s, %d texts): %s; against x86: %s%s", file, env.cpu, n,
+             f"{primary} {metrics[primary]:.4f}" if primary in metrics else model.task_type, _figures(vs_x86),
              f", emulated p50 {metrics['emulated_latency_ms_p50']:.0f} ms" if latency_runs else "")
     for other, m in metrics["x86_files"].items():
-        log.info("  x86 %s on the same %d examples: accuracy %.2f%%, agreement with emulated %s %.2f%%", other, n,
-                 100 * m["accuracy"], file, 100 * m["agreement_with_emulated"])
+        log.info("  x86 %s on the same %d texts: %s", other, n, _figures(m))
     return metrics
+
+
+def _first_rows(split: Split, n: int) -> Split:
+    def cut(column: Sequence[Any] | None) -> tuple | None:
+        return None if column is None else tuple(column[:n])
+
+    return replace(split, texts=tuple(split.texts[:n]), pairs=cut(split.pairs), labels=cut(split.labels),
+                   words=cut(split.words), tags=cut(split.tags))
+
+
+def _default_scorer(model: Any) -> Any:
+    """The scorer of the bundle's own task and labels (no embedding probes: metrics are then parity only)."""
+    from embslim.pipeline.scoring import scorer_for
+
+    labels = tuple(model.manifest["task"].get("labels") or ())
+    return scorer_for(model.task_type, n_labels=len(labels), label_names=labels)
+
+
+def _emulated_outputs(out: Mapping[str, Any], counts: np.ndarray | None, *, shape: tuple[int, int], file: str,
+                      error: type[Exception]) -> np.ndarray:
+    """The emulated run's output rows as float32 `shape`; its token counts must be x86's (`counts`)."""
+    if counts is not None:
+        got = list(out.get("token_counts") or ())
+        if got != counts.tolist():
+            i = next((i for i, (a, b) in enumerate(zip(got, counts.tolist())) if a != b), min(len(got), len(counts)))
+            raise error(f"{file}: the emulated run tokenized text {i} into "
+                        f"{got[i] if i < len(got) else 'no'} tokens where x86 has "
+                        f"{counts[i] if i < len(counts) else 'no'} ({len(got)} texts counted, {len(counts)} sent); "
+                        "the aarch64 tokenizers wheel and the host's disagree: rebuild the emulated environment")
+    arm = np.asarray(out.get("outputs", ()), dtype=np.float32)
+    if arm.shape != shape:
+        raise error(f"{file}: the emulated run gave outputs of shape {arm.shape}, expected {shape} (x86's)")
+    return arm
+
+
+def _x86_files(model: Any, scorer: Any, bundle: Path, file: str, split: Split, *, arm: np.ndarray, x86: np.ndarray,
+               batch_size: int) -> dict[str, dict]:
+    """The bundle's other fp32 / int8 files on x86 on `split`: primary metric, agreement with both runs of `file`."""
+    key, name = AGREEMENT[model.task_type]
+    found: dict[str, dict] = {}
+    for entry in model.manifest.get("artifacts", []):
+        other = entry.get("file", "")
+        if other != file and other.endswith(".onnx") and entry.get("variant") in ("fp32", "int8"):
+            other_model = type(model).from_bundle(bundle, file=other, threads=None)
+            outputs = scorer.outputs(other_model, split, batch_size=batch_size, desc=f"{other}: x86")
+            row = {k: v for k, v in scorer.metrics(other_model, outputs, split, batch_size=batch_size).items()
+                   if k == scorer.primary}
+            row[f"{name}_with_emulated"] = scorer.parity(outputs, arm, split)[key]
+            row[f"{name}_with_x86_{file}"] = scorer.parity(outputs, x86, split)[key]
+            found[other] = row
+    return found
+
+
+def _figures(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, (int, float)))
 
 
 def _log_progress(file: str) -> Callable[[str], None]:

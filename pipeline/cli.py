@@ -302,7 +302,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
         torch_logits = predict_logits(model, tokenizer, task.eval.texts, task.eval.pairs,
                                       max_length=read_manifest(a.bundle)["task"]["max_length"], batch_size=cfg.batch_size)
     if a.target == "arm64":
-        return _validate_arm64(a, task)
+        return _validate_arm64(a, task, scorer)
     metrics, _ = validate_artifact(a.bundle, a.file, task.eval, scorer=scorer, cfg=cfg, torch_outputs=torch_logits)
     print(json.dumps(metrics, indent=2))
     if a.json:
@@ -350,13 +350,14 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_arm64(a: argparse.Namespace, task) -> int:
-    """Run the bundle's arm64 artifact under emulated aarch64 ONNX Runtime (qemu user mode)."""
+def _validate_arm64(a: argparse.Namespace, task, scorer) -> int:
+    """Run the bundle's arm64 artifact under emulated aarch64 ONNX Runtime (qemu user mode), judged by
+    the bundle's scorer (`_bundle_scorer`) as `embslim validate` judges it on x86."""
     from embslim.pipeline.aarch64 import EmulationUnavailable, validate_arm64
 
     file = a.file if a.file != "model.onnx" else "model.int8-arm64.onnx"   # fp32 is ~10x slower under emulation
     try:
-        metrics = validate_arm64(a.bundle, task.eval, file=file, n=a.arm64_n)
+        metrics = validate_arm64(a.bundle, task.eval, file=file, n=a.arm64_n, scorer=scorer)
     except EmulationUnavailable as e:
         print(f"embslim validate: aarch64 emulation unavailable, skipped: {e}", file=sys.stderr)
         return 0

@@ -18,7 +18,7 @@ The stages hold no `if task == ...`: they call the methods below (`scorer_for` p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -105,6 +105,10 @@ class ClassificationScorer:
         return {"accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
                 "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"],
                 **{k: check[k] for k in ("original_agreement", "original_max_logit_diff") if k in check}}
+
+    def first_rows(self, n: int) -> "ClassificationScorer":
+        """The scorer for the eval split's first `n` rows alone (what arm64 validation runs): this one."""
+        return self
 
     def summary(self, m: dict) -> str:
         return (f"accuracy {100 * m['accuracy']:.2f}%"
@@ -248,6 +252,20 @@ class EmbeddingScorer:
             raise QualityDropError(f"{file}: {why}; at most {100 * max_drop:.2f} allowed. Try per_channel=True, "
                                    "include_embeddings=False or bits=8, or pass allow_drop=True to keep it flagged")
         return row
+
+    def first_rows(self, n: int) -> "EmbeddingScorer":
+        """The scorer for the eval split's first `n` rows alone, with only the metrics that come from
+        those rows' outputs (arm64 validation runs just them, under emulation): kNN keeps the queries
+        that are among those rows (the index is still encoded by the model `metrics` is given); kNN
+        whose queries are another data set's, and pair AUC, are left out."""
+        p = self.probes
+        keep = ([j for j, row in enumerate(p.queries_in_eval) if row < n]
+                if p.queries_in_eval is not None and p.knn_index is not None and p.knn_queries is not None else [])
+        if not keep:
+            return replace(self, probes=EmbeddingProbes())
+        queries = Split(tuple(p.knn_queries.texts[j] for j in keep), None, tuple(p.knn_queries.labels[j] for j in keep))
+        return replace(self, probes=EmbeddingProbes(p.knn_index, queries, p.knn_source,
+                                                    queries_in_eval=tuple(p.queries_in_eval[j] for j in keep)))
 
     def summary(self, m: dict) -> str:
         parts = []
@@ -435,6 +453,11 @@ class TokenClassificationScorer:
                                    "allowed. Try per_channel=True, include_embeddings=False or bits=8, or pass "
                                    "allow_drop=True to keep it flagged")
         return row
+
+    def first_rows(self, n: int) -> "TokenClassificationScorer":
+        """The scorer for the eval split's first `n` rows alone (what arm64 validation runs): this one
+        (alignments are kept per split)."""
+        return self
 
     def summary(self, m: dict) -> str:
         return (f"entity F1 {100 * m['f1']:.2f} (P {100 * m['entity_precision']:.2f}, R {100 * m['recall']:.2f}; "

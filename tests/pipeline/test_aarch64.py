@@ -1,17 +1,21 @@
-"""embslim.pipeline.aarch64: config and cache-key logic, EmulationUnavailable messages, and (slow) a real
-emulated aarch64 run of a tiny bundle whose predictions must equal x86's."""
+"""embslim.pipeline.aarch64: config and cache-key logic, EmulationUnavailable messages, the task-generic
+evaluation (`_arm_eval` on x86, and `validate_arm64` with a stand-in "qemu" that runs the host's Python)
+for a classifier, an embedder and a tagger, and (slow) real emulated aarch64 runs of tiny bundles of
+each task whose outputs must equal x86's."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from embslim.pipeline import aarch64
+from embslim.pipeline import _arm_eval, aarch64
 from embslim.pipeline.aarch64 import (
     CACHE_ENV,
     DEFAULT_CACHE,
@@ -192,6 +196,196 @@ def test_pip_platform_tags_cover_every_older_glibc():
     assert "manylinux_2_16_aarch64" not in tags
 
 
+# -- the task-generic plumbing, on x86 ----------------------------------------------------------
+
+# Tiny-BERT words (tests/tiny_models.WORDS), tagged with WNUT-17 ids (tagger_bundle.WNUT_LABELS).
+TAGGED = ((("the", "movie", "was", "great"), (0, 7, 0, 0)),
+          (("i", "love", "this", "film", "and", "the", "music"), (0, 0, 0, 7, 0, 0, 7)),
+          (("awful", "acting"), (0, 0)),
+          (("the", "actors", "and", "the", "story", "are", "not", "very", "good"), (0, 1, 0, 0, 9, 10, 0, 0, 0)),
+          (("plot",), (9,)))
+
+
+def _tagged_split(copies: int = 1) -> Split:
+    rows = TAGGED * copies
+    return Split(texts=tuple(" ".join(w) for w, _ in rows), pairs=None, labels=None,
+                 words=tuple(w for w, _ in rows), tags=tuple(t for _, t in rows))
+
+
+@pytest.fixture(scope="module")
+def tagger_bundle(tmp_path_factory):
+    pytest.importorskip("torch")
+    from tagger_bundle import make_tagger_bundle
+
+    return make_tagger_bundle(tmp_path_factory.mktemp("tagger"), max_length=12)  # 12: the long text is cut
+
+
+def _host_python_env(tmp_path: Path) -> aarch64.ArmEnv:
+    """An ArmEnv whose "qemu" drops qemu's own arguments and runs the host's Python: the whole host
+    side of validate_arm64 (spec file, emulated command, JSON back, checks, metrics) without emulation."""
+    fake = tmp_path / "qemu-host"
+    fake.write_text(f'#!/bin/sh\nshift 5\nexec "{sys.executable}" "$@"\n')  # -cpu CPU -L ROOT PYTHON
+    fake.chmod(0o755)
+    return aarch64.ArmEnv(root=tmp_path, site=tmp_path, qemu=fake, cpu="neoverse-n1", python_version="3.11",
+                          qemu_version="qemu-aarch64 version 10.0.2")
+
+
+def test_arm_eval_gives_each_tasks_primary_output_in_batches(tmp_path):
+    from tiny_bundle import make_tiny_bundle, make_tiny_embedding_bundle
+
+    from embslim.runtime import load_bundle
+
+    texts = list(TEXTS)
+    clf = load_bundle(make_tiny_bundle(tmp_path / "clf", pair=True), threads=1)
+    pairs = list(reversed(texts))
+    done = []
+    got = _arm_eval.evaluate(clf, texts, pairs, batch_size=3, on_batch=done.append)
+    assert done == [3, 6, 8] and set(got) == {"task", "outputs"} and got["task"] == "text-classification"
+    np.testing.assert_allclose(got["outputs"], clf.logits(texts, pairs, batch_size=3), rtol=0, atol=1e-6)
+
+    emb = load_bundle(make_tiny_embedding_bundle(tmp_path / "emb", dim=6), threads=1)
+    got = _arm_eval.evaluate(emb, texts, None, batch_size=5)
+    assert got["task"] == "feature-extraction" and "token_counts" not in got
+    assert np.asarray(got["outputs"]).shape == (8, 6)
+    np.testing.assert_allclose(got["outputs"], emb.encode(texts, batch_size=5), rtol=0, atol=1e-6)
+
+
+def test_arm_eval_gives_a_taggers_token_logits_and_counts(tagger_bundle):
+    from embslim.runtime import load_bundle
+
+    tagger = load_bundle(tagger_bundle, threads=1)
+    texts = list(_tagged_split(2).texts)
+    got = _arm_eval.evaluate(tagger, texts, None, batch_size=4)
+    outs = tagger.token_outputs(texts, batch_size=4)
+    assert got["task"] == "token-classification"
+    assert got["token_counts"] == [len(o.input_ids) for o in outs] and max(got["token_counts"]) == 12
+    np.testing.assert_allclose(got["outputs"], np.concatenate([o.logits for o in outs]), rtol=0, atol=1e-5)
+
+
+def test_arm_eval_main_prints_one_json_line(tmp_path, capsys):
+    from tiny_bundle import make_tiny_embedding_bundle
+
+    bundle = make_tiny_embedding_bundle(tmp_path / "emb")
+    spec = tmp_path / "eval.json"
+    spec.write_text(json.dumps({"bundle": str(bundle), "file": "model.onnx", "texts": list(TEXTS[:3]),
+                                "pairs": None, "batch_size": 2}))
+    _arm_eval.main([str(spec)])
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["task"] == "feature-extraction" and len(result["outputs"]) == 3
+    assert {"machine", "onnxruntime", "load_seconds", "eval_seconds"} <= set(result)
+    assert [line.split()[:2] for line in err.splitlines()] == [["progress", "2/3"], ["progress", "3/3"]]
+
+
+CLASSIFICATION_KEYS = {"file", "target", "accuracy", "n_eval", "f1", "x86_accuracy", "agreement", "max_logit_diff",
+                       "x86_files", "emulated_eval_seconds", "emulated_load_seconds", "cpu", "qemu", "onnxruntime",
+                       "note"}
+
+
+def test_validate_arm64_keeps_the_classification_report(monkeypatch, tmp_path):
+    from tiny_bundle import make_tiny_bundle
+
+    monkeypatch.setattr(aarch64, "ensure_environment", lambda cfg: _host_python_env(tmp_path))
+    split = Split(texts=TEXTS, pairs=None, labels=tuple(i % 2 for i in range(len(TEXTS))))
+    report = validate_arm64(make_tiny_bundle(tmp_path / "bundle"), split, file="model.onnx", n=6, batch_size=4,
+                            latency_runs=0)
+    assert set(report) == CLASSIFICATION_KEYS
+    assert report["n_eval"] == 6 and report["agreement"] == 1.0 and report["max_logit_diff"] == 0.0
+    assert report["accuracy"] == report["x86_accuracy"] and report["x86_files"] == {}
+
+
+def test_validate_arm64_judges_an_embedder_by_max_diff_and_cosine(monkeypatch, tmp_path):
+    from tiny_bundle import make_tiny_embedding_bundle
+
+    monkeypatch.setattr(aarch64, "ensure_environment", lambda cfg: _host_python_env(tmp_path))
+    bundle = make_tiny_embedding_bundle(tmp_path / "bundle", int8_target="arm64")
+    split = Split(texts=TEXTS, pairs=None, labels=None)
+    report = validate_arm64(bundle, split, file="model_int8_arm64.onnx", n=5, batch_size=2, latency_runs=0)
+    assert report["n_eval"] == 5 and report["max_abs_diff"] == 0.0
+    assert report["cosine_min_x86"] == pytest.approx(1.0, abs=1e-6)
+    assert "agreement" not in report and "accuracy" not in report
+    other = report["x86_files"]["model.onnx"]   # another seed: a different model, so cosine < 1
+    assert set(other) == {"cosine_min_with_emulated", "cosine_min_with_x86_model_int8_arm64.onnx"}
+    assert other["cosine_min_with_emulated"] == pytest.approx(other["cosine_min_with_x86_model_int8_arm64.onnx"])
+    assert other["cosine_min_with_emulated"] < 0.999
+
+
+def test_validate_arm64_runs_knn_on_the_emulated_queries_only(monkeypatch, tmp_path):
+    from tiny_bundle import make_tiny_embedding_bundle
+
+    from embslim.pipeline.scoring import EmbeddingProbes, EmbeddingScorer
+
+    monkeypatch.setattr(aarch64, "ensure_environment", lambda cfg: _host_python_env(tmp_path))
+    labels = tuple(i % 2 for i in range(len(TEXTS)))
+    index = Split(texts=TEXTS[:4], pairs=None, labels=labels[:4])
+    queries = Split(texts=(TEXTS[1], TEXTS[6]), pairs=None, labels=(labels[1], labels[6]))
+    pairs = Split(texts=TEXTS[:2], pairs=TEXTS[2:4], labels=(0, 1))
+    probes = EmbeddingProbes(index, queries, "tiny", pairs, "tiny pairs", queries_in_eval=(1, 6))
+    narrowed = EmbeddingScorer(probes).first_rows(5)
+    assert narrowed.probes.queries_in_eval == (1,) and narrowed.probes.knn_queries.texts == (TEXTS[1],)
+    assert narrowed.probes.pairs is None and narrowed.primary == "knn_accuracy"
+    assert EmbeddingScorer(probes).first_rows(1).probes == EmbeddingProbes()  # no query among the rows
+    assert EmbeddingScorer(EmbeddingProbes(index, queries, "other data")).first_rows(8).probes == EmbeddingProbes()
+
+    bundle = make_tiny_embedding_bundle(tmp_path / "bundle")
+    report = validate_arm64(bundle, Split(texts=TEXTS, pairs=None, labels=labels), file="model.onnx", n=5,
+                            latency_runs=0, scorer=EmbeddingScorer(probes))
+    assert 0.0 <= report["knn_accuracy"] <= 1.0 and "pair_auc" not in report
+
+
+def test_validate_arm64_judges_a_tagger_by_entity_f1_and_token_agreement(monkeypatch, tmp_path, tagger_bundle):
+    from embslim.runtime import Tagger
+
+    monkeypatch.setattr(aarch64, "ensure_environment", lambda cfg: _host_python_env(tmp_path))
+    split = _tagged_split(2)
+    outs = Tagger.from_bundle(tagger_bundle).token_outputs(list(split.texts), batch_size=3)
+    x86 = np.concatenate([o.logits for o in outs])   # the whole split's token rows: the first 7 texts' are used
+    report = validate_arm64(tagger_bundle, split, file="model.onnx", n=7, batch_size=3, latency_runs=0, x86_logits=x86)
+    assert report["n_eval"] == 7 and report["agreement"] == 1.0 and report["max_logit_diff"] < 1e-5
+    assert report["f1"] == report["x86_f1"] and {"entity_precision", "recall"} <= set(report)
+    with pytest.raises(ValueError, match=r"x86_logits must be \[>= \d+, n_outputs\] .*one per token"):
+        validate_arm64(tagger_bundle, split, file="model.onnx", n=7, latency_runs=0, x86_logits=x86[:10])
+
+
+def test_emulated_token_counts_and_shapes_must_match_x86():
+    from embslim.pipeline.validate import ValidationFailed
+
+    counts = np.array([3, 4])
+    out = {"outputs": np.zeros((7, 2)).tolist(), "token_counts": [3, 5]}
+    with pytest.raises(ValidationFailed, match=r"m.onnx: the emulated run tokenized text 1 into 5 tokens where "
+                                               r"x86 has 4 .*rebuild the emulated environment"):
+        aarch64._emulated_outputs(out, counts, shape=(7, 2), file="m.onnx", error=ValidationFailed)
+    with pytest.raises(ValidationFailed, match=r"m.onnx: the emulated run gave outputs of shape \(3, 2\), "
+                                               r"expected \(4, 2\)"):
+        aarch64._emulated_outputs({"outputs": [[0, 0]] * 3}, None, shape=(4, 2), file="m.onnx", error=ValidationFailed)
+    got = aarch64._emulated_outputs(out | {"token_counts": [3, 4]}, counts, shape=(7, 2), file="m.onnx",
+                                    error=ValidationFailed)
+    assert got.dtype == np.float32 and got.shape == (7, 2)
+
+
+@pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
+def test_cli_validate_arm64_passes_the_bundles_scorer(monkeypatch, tmp_path, task):
+    from tiny_bundle import make_tiny_bundle, make_tiny_embedding_bundle
+
+    from embslim.pipeline.cli import main
+    from embslim.pipeline.scoring import ClassificationScorer, EmbeddingScorer
+
+    make = make_tiny_bundle if task == "text-classification" else make_tiny_embedding_bundle
+    bundle = make(tmp_path / "bundle")
+    data = tmp_path / "data.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{['neg', 'pos'][i % 2]}\n" for i, t in enumerate(TEXTS)))
+    calls = []
+    monkeypatch.setattr(aarch64, "validate_arm64", lambda *a, **k: calls.append((a, k)) or {"file": k["file"]})
+    assert main(["validate", str(bundle), "--train", str(data), "--eval", str(data), "--target", "arm64",
+                 "--arm64-n", "3"]) == 0
+    (args, kwargs), = calls
+    assert kwargs["file"] == "model.int8-arm64.onnx" and kwargs["n"] == 3 and len(args[1]) == len(TEXTS)
+    if task == "text-classification":
+        assert kwargs["scorer"] == ClassificationScorer(2)
+    else:   # kNN from the labelled data: its eval rows are the queries
+        assert isinstance(kwargs["scorer"], EmbeddingScorer) and kwargs["scorer"].probes.queries_in_eval is not None
+
+
 # -- the real thing ---------------------------------------------------------------------------
 
 TEXTS = ("the movie was great", "awful boring plot", "i love this film !", "it is not very good, but fun",
@@ -231,3 +425,25 @@ def test_tiny_bundle_under_emulation_predicts_like_x86(arm_env, tmp_path, pair):
     assert timing_keys and all(k.startswith("emulated_") for k in timing_keys)
     if not pair:
         assert report["emulated_latency_seq_len"] == 32 and report["emulated_peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_embedder_under_emulation_encodes_like_x86(arm_env, tmp_path):
+    from tiny_bundle import make_tiny_embedding_bundle
+
+    bundle = make_tiny_embedding_bundle(tmp_path / "bundle", dim=6)
+    report = validate_arm64(bundle, Split(texts=TEXTS, pairs=None, labels=None), file="model.onnx", n=6,
+                            batch_size=4, latency_runs=0)  # batches of 4: a padded one, a ragged last one
+
+    assert report["n_eval"] == 6 and report["max_abs_diff"] < 1e-5  # fp32: ARM and x86 kernels agree to rounding
+    assert report["cosine_min_x86"] > 1 - 1e-6
+    assert report["onnxruntime"] == host_versions()["onnxruntime"] and "not from a device" in report["note"]
+
+
+@pytest.mark.slow
+def test_tiny_tagger_under_emulation_tags_like_x86(arm_env, tmp_path, tagger_bundle):
+    report = validate_arm64(tagger_bundle, _tagged_split(), file="model.onnx", n=5, batch_size=3, latency_runs=0)
+
+    assert report["n_eval"] == 5 and report["agreement"] == 1.0   # every token's tag, counts checked against x86's
+    assert report["max_logit_diff"] < 1e-3   # the head is scaled x40, so logits are tens: rounding is larger
+    assert report["f1"] == report["x86_f1"]
