@@ -18,7 +18,8 @@ points of the unpruned model's mean. Writes results.json, results.md and f1_vs_k
 --out, and prints the tables:
 
     python benchmarks/tagger_dep.py --bundles out/wnut17-s1 out/wnut17-s2 --data-root ../shared/data \\
-        --test wnut17/test.conll --text-from wnut17/dev.conll --keep-top 0 5000 10000 20000 --out out/tagger-dep
+        --test wnut17/test.conll --text-from wnut17/dev.conll --keep-top 0 10000 20000 25000 \\
+        --fallback nearest unk --out out/tagger-dep
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _score(bundle: Path, file: str, split, scorer) -> dict:
 
 
 def _curve(bundle: Path, test, scorer, *, train_texts, extra: dict[str, tuple[str, ...]], keep_tops: list[int],
-           pretrained) -> list[dict]:
+           fallbacks: list[str], pretrained) -> list[dict]:
     """Entity F1 on `test` of the run's fine-tuned unpruned tagger, DEP-pruned per setting."""
     from embslim.pipeline.bundle import BundleMeta, export_model
     from embslim.pipeline.embedding import apply_pruning, embedding_bytes, load_checkpoint
@@ -52,18 +53,19 @@ def _curve(bundle: Path, test, scorer, *, train_texts, extra: dict[str, tuple[st
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         for text_name, texts in extra.items():
-            for n in keep_tops:
-                vocab = prune(tokenizer, train_texts, weight=pretrained, cfg=PruneConfig(keep_top=n), extra_texts=texts)
+            for fallback, n in ((f, n) for f in fallbacks for n in keep_tops):
+                vocab = prune(tokenizer, train_texts, weight=pretrained, cfg=PruneConfig(keep_top=n, fallback=fallback),
+                              extra_texts=texts)
                 model = copy.deepcopy(trained)
                 apply_pruning(model, vocab)
-                folder = Path(tmp) / f"{text_name}-{n}"
+                folder = Path(tmp) / f"{len(points)}"
                 export_model(model, tokenizer, folder, meta=meta)
                 oov = oov_stats(vocab, tokenizer, test.texts, None)
-                point = {"text": text_name, "keep_top": n, "kept_rows": vocab.size,
+                point = {"text": text_name, "fallback": fallback, "keep_top": n, "kept_rows": vocab.size,
                          "embedding_bytes": embedding_bytes(model), "test_oov_rate": oov["eval_oov_rate"],
                          **_score(folder, "model.onnx", test, scorer)}
-                log.info("%s: text %s, keep-top %d: %d rows, test OOV %.2f%%, entity F1 %.2f", bundle.name, text_name,
-                         n, vocab.size, 100 * point["test_oov_rate"], 100 * point["f1"])
+                log.info("%s: text %s, fallback %s, keep-top %d: %d rows, test OOV %.2f%%, entity F1 %.2f", bundle.name,
+                         text_name, fallback, n, vocab.size, 100 * point["test_oov_rate"], 100 * point["f1"])
                 points.append(point)
     return points
 
@@ -76,7 +78,7 @@ def _plot(curves: dict[str, list[dict]], unpruned: float, budget: float, path: P
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, pts in curves.items():
-        ax.plot([p["kept_rows"] for p in pts], [100 * p["f1"] for p in pts], "o-", label=f"DEP, counted on {name}")
+        ax.plot([p["kept_rows"] for p in pts], [100 * p["f1"] for p in pts], "o-", label=f"DEP: {name} fallback")
     ax.axhline(100 * unpruned, color="k", lw=1, label=f"unpruned ({100 * unpruned:.2f})")
     ax.axhspan(100 * (unpruned - budget), 100 * unpruned, color="k", alpha=0.08, label=f"within {100 * budget:.1f} pt")
     ax.set_xlabel("kept embedding rows (of 30,522)")
@@ -96,6 +98,8 @@ def main() -> None:
     p.add_argument("--test", required=True, help="tagged test file (CoNLL)")
     p.add_argument("--text-from", help="tagged file whose words are the unlabelled in-domain --text (e.g. dev)")
     p.add_argument("--keep-top", type=int, nargs="+", default=[0, 5000, 10000, 20000])
+    p.add_argument("--fallback", nargs="+", default=["nearest"], choices=["nearest", "unk"],
+                   help="where DEP sends ids the counted text never used: the nearest kept row, or [UNK]'s row")
     p.add_argument("--budget", type=float, default=0.01, help="F1 share the recommended point may lose (0.01 = 1 pt)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -134,7 +138,7 @@ def main() -> None:
         for name, m in built.items():
             log.info("%s: %s test entity F1 %.2f", bundle.name, name, 100 * m["f1"])
         curve = _curve(bundle, task.eval, scorer, train_texts=task.train.texts, extra=extra, keep_tops=args.keep_top,
-                       pretrained=pretrained)
+                       fallbacks=args.fallback, pretrained=pretrained)
         results["seeds"][bundle.name] = {"files": built, "curve": curve}
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -147,7 +151,7 @@ def main() -> None:
     curves: dict[str, list[dict]] = {}
     for i, point in enumerate(seeds[0]["curve"]):
         f1s = [s["curve"][i]["f1"] for s in seeds]
-        curves.setdefault(point["text"], []).append(point | {"f1": mean(f1s), "f1_per_seed": f1s})
+        curves.setdefault(f"{point['text']}, {point['fallback']}", []).append(point | {"f1": mean(f1s), "f1_per_seed": f1s})
     within = [pt for pts in curves.values() for pt in pts if pt["f1"] >= unpruned - args.budget]
     best = min(within, key=lambda pt: pt["kept_rows"]) if within else None
     results |= {"mean_files": files, "mean_curves": curves, "recommended": best}
@@ -159,7 +163,7 @@ def main() -> None:
     for name, f1 in files.items():
         per = " / ".join(f"{100 * s['files'][name]['f1']:.2f}" for s in seeds)
         lines.append(f"| {name} | {100 * f1:.2f} | {per} | {100 * (f1 - unpruned):+.2f} |")
-    lines += ["", "| DEP counted on | --keep-top | kept rows | embedding MB (fp32) | test OOV % | entity F1 | per seed | "
+    lines += ["", "| DEP counted on, fallback | --keep-top | kept rows | embedding MB (fp32) | test OOV % | entity F1 | per seed | "
               "Δ vs unpruned (pts) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, pts in curves.items():
         for pt in pts:
@@ -167,7 +171,7 @@ def main() -> None:
                          f"{100 * pt['test_oov_rate']:.2f} | {100 * pt['f1']:.2f} | "
                          f"{' / '.join(f'{100 * x:.2f}' for x in pt['f1_per_seed'])} | {100 * (pt['f1'] - unpruned):+.2f} |")
     lines += ["", f"recommended (fewest rows within {100 * args.budget:.1f} pt of unpruned): "
-              + (f"counted on {best['text']}, --keep-top {best['keep_top']} ({best['kept_rows']:,} rows, "
+              + (f"counted on {best['text']}, --fallback {best['fallback']}, --keep-top {best['keep_top']} ({best['kept_rows']:,} rows, "
                  f"F1 {100 * best['f1']:.2f})" if best else "none within the budget")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

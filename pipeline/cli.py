@@ -26,7 +26,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train", help="training file: TSV/CSV/JSONL/JSON, CLINC150's data_full.json, or word-tagged "
                                     "CoNLL (.conll: 'word<TAB>tag') / JSONL ({\"tokens\", \"tags\"}) for token classification")
     g.add_argument("--text", dest="texts", action="append", metavar="FILE",
-                   help="unlabelled task text (repeatable): a file with one text per line, or a folder of .txt files; "
+                   help="unlabelled task text (repeatable): a file with one text per line, a folder of .txt files, or a "
+                        "word-tagged .conll file (its sentences; tags unused); "
                         "DEP counts it, distillation learns the given model's outputs on it; alone it is enough for a "
                         "model that is already trained (--no-finetune)")
     g.add_argument("--eval", dest="eval_file", help="eval file (default: a seeded split of --train)")

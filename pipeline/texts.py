@@ -1,5 +1,6 @@
 """Unlabelled task text: `--text FILE` (one text per line) or `--text FOLDER` (its .txt files, read the same
-way, in name order). DEP counts token ids over it; distillation learns the given model's outputs on it.
+way, in name order); a word-tagged CoNLL file (.conll, ...) gives its sentences, words joined by
+spaces, its tags unused (a tagger's in-domain text). DEP counts token ids over it; distillation learns the given model's outputs on it.
 Standard library only.
 """
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 log = logging.getLogger(__name__)
+# Word-tagged files (CoNLL, embslim.pipeline.tagged) given as --text: their sentences, words joined by spaces.
+_TAGGED = (".conll", ".conllu", ".bio", ".iob", ".iob2", ".iobes", ".bilou", ".ner")
 
 
 class TextError(ValueError):
@@ -32,6 +35,15 @@ def read_texts(paths: Sequence[str | Path], *, option: str = "--text") -> list[s
         else:
             raise TextError(f"{option} {path} not found; pass a UTF-8 text file with one text per line, or a folder of them")
         for f in files:
+            if f.suffix.lower() in _TAGGED:   # a word-tagged file: its sentences as plain text, tags unused
+                from embslim.pipeline.data import DataError
+                from embslim.pipeline.tagged import read_tagged
+
+                try:
+                    texts.extend(" ".join(words) for words, _, _ in read_tagged(f))
+                except DataError as e:
+                    raise TextError(f"{option} {e}") from e
+                continue
             data = f.read_bytes()
             try:
                 content = data.decode("utf-8-sig")

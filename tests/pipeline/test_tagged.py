@@ -138,3 +138,11 @@ def test_entity_scores_are_seqeval_micro_and_per_type():
     assert got["f1"] == pytest.approx(0.4) and got["n_entities"] == 3 and got["n_eval"] == 2
     assert got["per_type"]["per"]["f1"] == 1.0 and got["per_type"]["loc"]["support"] == 2
     assert got["word_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_a_conll_file_given_as_text_gives_its_sentences(tmp_path):
+    from embslim.pipeline.texts import TextError, read_texts
+
+    assert read_texts([write(tmp_path / "dev.conll", TRAIN)]) == ["John lives in New York", "Paris rocks"]
+    with pytest.raises(TextError, match=r"--text .*bad\.conll:2: 1 column"):
+        read_texts([write(tmp_path / "bad.conll", "a\tO\nb\n")])
