@@ -300,10 +300,11 @@ def _fingerprint(**parts: Any) -> str:
 
 
 def _task_digest(task: TaskData) -> str:
-    """sha256 of the training and eval examples (texts, pairs, labels), for resuming."""
+    """sha256 of the training and eval examples (texts, pairs, labels, word tags), for resuming."""
     h = hashlib.sha256()
     for split in (task.train, task.eval):
-        h.update(json.dumps([split.texts, split.pairs, split.labels]).encode())
+        # word tags only when present, so a classification run's digest is what it was before taggers
+        h.update(json.dumps([split.texts, split.pairs, split.labels] + ([split.tags] if split.tags is not None else [])).encode())
     if task.texts:
         h.update(json.dumps(task.texts).encode())
     return h.hexdigest()
