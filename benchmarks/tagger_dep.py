@@ -97,7 +97,8 @@ def main() -> None:
     p.add_argument("--train", default="wnut17/train.conll", help="the runs' training file (DEP counts its text)")
     p.add_argument("--test", required=True, help="tagged test file (CoNLL)")
     p.add_argument("--text-from", help="tagged file whose words are the unlabelled in-domain --text (e.g. dev)")
-    p.add_argument("--keep-top", type=int, nargs="+", default=[0, 5000, 10000, 20000])
+    p.add_argument("--keep-top", type=int, nargs="*", default=[0, 10000, 20000, 25000],
+                   help="--keep-top values of the curve; none: score the runs' files only")
     p.add_argument("--fallback", nargs="+", default=["nearest"], choices=["nearest", "unk"],
                    help="where DEP sends ids the counted text never used: the nearest kept row, or [UNK]'s row")
     p.add_argument("--budget", type=float, default=0.01, help="F1 share the recommended point may lose (0.01 = 1 pt)")
@@ -138,7 +139,7 @@ def main() -> None:
         for name, m in built.items():
             log.info("%s: %s test entity F1 %.2f", bundle.name, name, 100 * m["f1"])
         curve = _curve(bundle, task.eval, scorer, train_texts=task.train.texts, extra=extra, keep_tops=args.keep_top,
-                       fallbacks=args.fallback, pretrained=pretrained)
+                       fallbacks=args.fallback, pretrained=pretrained) if args.keep_top else []
         results["seeds"][bundle.name] = {"files": built, "curve": curve}
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -156,21 +157,23 @@ def main() -> None:
     best = min(within, key=lambda pt: pt["kept_rows"]) if within else None
     results |= {"mean_files": files, "mean_curves": curves, "recommended": best}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    _plot(curves, unpruned, args.budget, out / "f1_vs_kept_rows.png")
+    if curves:
+        _plot(curves, unpruned, args.budget, out / "f1_vs_kept_rows.png")
 
     lines = [f"{args.test}: entity F1 under ONNX Runtime, mean of {len(seeds)} seed(s) ({', '.join(results['seeds'])})", "",
-             "| file | entity F1 | per seed | Δ vs unpruned (pts) |", "|---|---:|---:|---:|"]
+             "| file | MB | entity F1 | per seed | Δ vs unpruned (pts) |", "|---|---:|---:|---:|---:|"]
     for name, f1 in files.items():
         per = " / ".join(f"{100 * s['files'][name]['f1']:.2f}" for s in seeds)
-        lines.append(f"| {name} | {100 * f1:.2f} | {per} | {100 * (f1 - unpruned):+.2f} |")
-    lines += ["", "| DEP counted on, fallback | --keep-top | kept rows | embedding MB (fp32) | test OOV % | entity F1 | per seed | "
+        lines.append(f"| {name} | {seeds[0]['files'][name]['onnx_bytes'] / 1e6:.2f} | {100 * f1:.2f} | {per} | "
+                     f"{100 * (f1 - unpruned):+.2f} |")
+    lines += [] if not curves else ["", "| DEP counted on, fallback | --keep-top | kept rows | embedding MB (fp32) | test OOV % | entity F1 | per seed | "
               "Δ vs unpruned (pts) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, pts in curves.items():
         for pt in pts:
             lines.append(f"| {name} | {pt['keep_top']:,} | {pt['kept_rows']:,} | {pt['embedding_bytes'] / 1e6:.2f} | "
                          f"{100 * pt['test_oov_rate']:.2f} | {100 * pt['f1']:.2f} | "
                          f"{' / '.join(f'{100 * x:.2f}' for x in pt['f1_per_seed'])} | {100 * (pt['f1'] - unpruned):+.2f} |")
-    lines += ["", f"recommended (fewest rows within {100 * args.budget:.1f} pt of unpruned): "
+    lines += [] if not curves else ["", f"recommended (fewest rows within {100 * args.budget:.1f} pt of unpruned): "
               + (f"counted on {best['text']}, --fallback {best['fallback']}, --keep-top {best['keep_top']} ({best['kept_rows']:,} rows, "
                  f"F1 {100 * best['f1']:.2f})" if best else "none within the budget")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
