@@ -29,7 +29,7 @@ from tokenizers import Encoding, Tokenizer
 
 from .errors import BundleError, InputError
 from .manifest import TASK_TYPES, read_manifest, select_model_artifact, task_type, verify_artifact
-from .session import check_token_ids, graph_inputs, open_session
+from .session import check_token_ids, graph_inputs, graph_outputs, open_session
 from .texts import DEFAULT_MAX_CHARS, as_list, check_max_chars, check_strings, clean
 from .tokens import load_tokenizer, pad_batch
 
@@ -183,6 +183,24 @@ class BundleModel:
     def _check_output(self, session: ort.InferenceSession) -> None:
         """Raise `BundleError` unless the graph declares `_output` as the class needs it."""
         raise NotImplementedError
+
+    def _require_output(self, session: ort.InferenceSession, *, axes: tuple[str, ...], width: int, width_axis: str,
+                        width_detail: str, bundle_kind: str = "") -> None:
+        """Raise `BundleError` unless the graph declares `_output` as [*axes, width] (a symbolic
+        width passes here; `_check_probe` sees it). `width_axis` names the last axis in the
+        message ("labels", "dim"), `width_detail` where the width comes from ("3 labels"),
+        `bundle_kind` the bundle ("an embedding bundle's") when the message should say what
+        its graph outputs."""
+        outputs = graph_outputs(session)
+        name = self._output
+        if name not in outputs:
+            says = f"{bundle_kind} graph outputs '{name}' [{', '.join((*axes, width_axis))}]: " if bundle_kind else ""
+            raise BundleError(f"{self.model_path.name}: the graph has no '{name}' output (it has "
+                              f"{', '.join(outputs)}); {says}re-export the bundle")
+        shape = outputs[name].shape
+        if len(shape) != len(axes) + 1 or (isinstance(shape[-1], int) and shape[-1] != width):
+            raise BundleError(f"{self.model_path.name}: output '{name}' has shape {shape}, expected "
+                              f"[{', '.join((*axes, str(width)))}] for the manifest's {width_detail}; re-export the bundle")
 
     def _check_probe(self, output: np.ndarray) -> None:
         """Check `_output` of a one-token run (e.g. its width); nothing by default."""

@@ -19,7 +19,6 @@ from tokenizers import Tokenizer
 
 from .bundle_model import BundleModel
 from .errors import BundleError, InputError, InputTypeError
-from .session import graph_outputs
 
 # Re-exported: code written before the runtime had more than one class imports these from
 # here (embslim.pipeline.probe and embslim.exporters.compare take session_options).
@@ -149,19 +148,8 @@ class Classifier(BundleModel):
     # -- what BundleModel asks of a subclass ---------------------------------------------
 
     def _check_output(self, session: ort.InferenceSession) -> None:
-        outputs = graph_outputs(session)
-        n_labels = len(self.labels)
-        if _OUTPUT not in outputs:
-            raise BundleError(
-                f"{self.model_path.name}: the graph has no 'logits' output (it has "
-                f"{', '.join(outputs)}); re-export the bundle"
-            )
-        shape = outputs[_OUTPUT].shape
-        if len(shape) != 2 or (isinstance(shape[-1], int) and shape[-1] != n_labels):
-            raise BundleError(
-                f"{self.model_path.name}: output 'logits' has shape {shape}, expected "
-                f"[batch, {n_labels}] for the manifest's {n_labels} labels; re-export the bundle"
-            )
+        n = len(self.labels)
+        self._require_output(session, axes=("batch",), width=n, width_axis="labels", width_detail=f"{n} labels")
 
     def _describe(self) -> list[str]:
         return [f"labels={list(self.labels)!r}", "pair" if self.is_pair else "single"]

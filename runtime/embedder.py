@@ -16,7 +16,6 @@ import onnxruntime as ort
 
 from .bundle_model import BundleModel
 from .errors import BundleError
-from .session import graph_outputs
 from .texts import check_batch_size
 
 __all__ = ["Embedder"]
@@ -86,20 +85,8 @@ class Embedder(BundleModel):
     # -- what BundleModel asks of a subclass ---------------------------------------------
 
     def _check_output(self, session: ort.InferenceSession) -> None:
-        outputs = graph_outputs(session)
-        if _OUTPUT not in outputs:
-            raise BundleError(
-                f"{self.model_path.name}: the graph has no '{_OUTPUT}' output (it has "
-                f"{', '.join(outputs)}); an embedding bundle's graph outputs "
-                f"'{_OUTPUT}' [batch, dim]: re-export the bundle"
-            )
-        shape = outputs[_OUTPUT].shape
-        if len(shape) != 2 or (isinstance(shape[-1], int) and shape[-1] != self.dim):
-            raise BundleError(
-                f"{self.model_path.name}: output '{_OUTPUT}' has shape {shape}, expected "
-                f"[batch, {self.dim}] for the manifest's task.embedding.dim {self.dim}; "
-                "re-export the bundle"
-            )
+        self._require_output(session, axes=("batch",), width=self.dim, width_axis="dim",
+                             width_detail=f"task.embedding.dim {self.dim}", bundle_kind="an embedding bundle's")
 
     def _check_probe(self, output: np.ndarray) -> None:
         """A symbolic width is only known by running: check it, and the norm, on the probe."""

@@ -23,7 +23,6 @@ from tokenizers import Encoding, Tokenizer
 
 from .bundle_model import BundleModel
 from .errors import BundleError, InputError, InputTypeError
-from .session import graph_outputs
 from .spans import AGGREGATION_STRATEGIES, entities, softmax32
 from .texts import DEFAULT_MAX_CHARS, as_list, check_batch_size, describe
 
@@ -210,21 +209,9 @@ class Tagger(BundleModel):
     # -- what BundleModel asks of a subclass -----------------------------------------------
 
     def _check_output(self, session: ort.InferenceSession) -> None:
-        outputs = graph_outputs(session)
-        n_labels = len(self.labels)
-        if _OUTPUT not in outputs:
-            raise BundleError(
-                f"{self.model_path.name}: the graph has no '{_OUTPUT}' output (it has "
-                f"{', '.join(outputs)}); a token-classification bundle's graph outputs "
-                f"'{_OUTPUT}' [batch, sequence, labels]: re-export the bundle"
-            )
-        shape = outputs[_OUTPUT].shape
-        if len(shape) != 3 or (isinstance(shape[-1], int) and shape[-1] != n_labels):
-            raise BundleError(
-                f"{self.model_path.name}: output '{_OUTPUT}' has shape {shape}, expected "
-                f"[batch, sequence, {n_labels}] for the manifest's {n_labels} labels; "
-                "re-export the bundle"
-            )
+        n = len(self.labels)
+        self._require_output(session, axes=("batch", "sequence"), width=n, width_axis="labels",
+                             width_detail=f"{n} labels", bundle_kind="a token-classification bundle's")
 
     def _check_probe(self, output: np.ndarray) -> None:
         """A symbolic label axis is only known by running: check it on the probe."""
