@@ -33,9 +33,8 @@ import json
 import logging
 import random
 import re
-from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
