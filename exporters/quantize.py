@@ -438,7 +438,7 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
         raise QuantizationAccuracyError(
             f"{file}: accuracy {100 * got['accuracy']:.2f}% is {100 * drop:.2f} points below {fp32_file} "
             f"({100 * ref['accuracy']:.2f}%) on {got['n_eval']} examples; at most {100 * max_drop:.2f} allowed. "
-            "Try per_channel=True, include_embeddings=False or bits=8, or pass allow_drop=True to keep it flagged")
+            "Try per_channel=True, include_embeddings=False or bits=8, or pass allow_drop=True (--allow-drop) to keep it flagged")
     return report
 
 

@@ -234,8 +234,8 @@ def match_labels(task: TaskData, model_labels: Sequence[str], *, model: str, tra
         problem = (f"data label(s) {unknown} are not among the model's" if unknown
                    else f"model label(s) {missing} never occur in the training data")
         raise DataError(f"{problem}: model {model!r} has labels {model_labels}, the data has {sorted(used)}; "
-                        "rename the data's labels to the model's, or pass --new-head to train a fresh head for the "
-                        "data's labels")
+                        "rename the data's labels to the model's" + (", or pass --new-head to train a fresh head for the "
+                                                                      "data's labels" if training else ""))
     order = [index[name] for name in task.label_names]
 
     def move(split: Split) -> Split:

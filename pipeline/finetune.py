@@ -163,7 +163,7 @@ def _accuracy(eval_pred) -> dict:
 
 def _entity_f1(names: Sequence[str]):
     """compute_metrics for a tagger: seqeval's entity F1 over each word's first sub-token (the
-    tokens whose label is not -100), reported as "accuracy" so the best epoch is kept by it."""
+    tokens whose label is not -100), as "f1"; the best epoch is kept by it."""
     from embslim.pipeline.tagged import IGNORE, entity_scores
 
     def compute(eval_pred) -> dict:
@@ -171,7 +171,7 @@ def _entity_f1(names: Sequence[str]):
         pred = np.argmax(logits, axis=-1)
         gold = [[int(t) for t in row if t != IGNORE] for row in labels]
         got = [[int(p) for p, t in zip(prow, row) if t != IGNORE] for prow, row in zip(pred, labels)]
-        return {"accuracy": entity_scores(gold, got, names)["f1"]}
+        return {"f1": entity_scores(gold, got, names)["f1"]}
 
     return compute
 
@@ -332,7 +332,7 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
             save_strategy="epoch" if evaluate else "no",
             save_total_limit=1,
             load_best_model_at_end=evaluate,
-            metric_for_best_model="accuracy",
+            metric_for_best_model="f1" if tagged else "accuracy",
             save_safetensors=True,
             logging_strategy="steps",
             logging_steps=max(1, math.ceil(len(train) / cfg.batch_size / 10)),
@@ -370,10 +370,12 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
                 p.requires_grad_(True)
         seconds = time.perf_counter() - t0
     model.eval()
-    epochs = [{"epoch": h["epoch"], "accuracy": h["eval_accuracy"]} for h in trainer.state.log_history if "eval_accuracy" in h]
+    metric = "f1" if tagged else "accuracy"   # a tagger's epochs are judged by entity F1
+    epochs = [{"epoch": h["epoch"], metric: h[f"eval_{metric}"]} for h in trainer.state.log_history if f"eval_{metric}" in h]
     log.info("fine-tune %s: %.0f s (%.1f examples/s), train loss %.4f%s", name, seconds,
              result.metrics.get("train_samples_per_second", 0.0), result.training_loss,
-             "".join(f", epoch {e['epoch']:g}: {100 * e['accuracy']:.2f}%" for e in epochs))
+             "".join(f", epoch {e['epoch']:g}: {'entity F1 ' if tagged else ''}{100 * e[metric]:.2f}"
+                     f"{'' if tagged else '%'}" for e in epochs))
     return {"config": asdict(cfg), "train_examples": len(train), "steps": result.global_step,
             "seconds": round(seconds, 1), "train_loss": result.training_loss, "eval_per_epoch": epochs}
 

@@ -250,7 +250,7 @@ class EmbeddingScorer:
         log.info("%s: %s", file, self.summary(row))
         if bad and not allow_drop:
             raise QualityDropError(f"{file}: {why}; at most {100 * max_drop:.2f} allowed. Try per_channel=True, "
-                                   "include_embeddings=False or bits=8, or pass allow_drop=True to keep it flagged")
+                                   "include_embeddings=False or bits=8, or pass allow_drop=True (--allow-drop) to keep it flagged")
         return row
 
     def first_rows(self, n: int) -> "EmbeddingScorer":
@@ -451,7 +451,7 @@ class TokenClassificationScorer:
             raise QualityDropError(f"{file}: entity F1 {100 * row['f1']:.2f} is {100 * row['f1_drop_vs_fp32']:.2f} points "
                                    f"below model.onnx ({100 * fp32_metrics['f1']:.2f}); at most {100 * max_drop:.2f} "
                                    "allowed. Try per_channel=True, include_embeddings=False or bits=8, or pass "
-                                   "allow_drop=True to keep it flagged")
+                                   "allow_drop=True (--allow-drop) to keep it flagged")
         return row
 
     def first_rows(self, n: int) -> "TokenClassificationScorer":

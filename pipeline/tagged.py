@@ -264,8 +264,10 @@ def load_tagged(train: Path | None, eval_path: Path | None, *, fmt: str = "auto"
         for i, x in enumerate(tg):
             m = _TAG.match(x)
             if m and m["type"] not in types:
+                split = "" if eval_path is not None else f" (the eval split is a seeded {eval_fraction:.0%} of it)"
                 raise DataError(f"{_line(where, i)}: eval tag {x!r}: entity type {m['type']!r} never occurs in the "
-                                f"training data {train} (types: {', '.join(types)}); fix the tag or add training examples")
+                                f"training data {train}{split} (types: {', '.join(types)}); fix the tag, add training "
+                                f"examples{' or pass --eval' if split else ''}")
     train_split = tagged_split(train_rows, index, scheme=schemes.get(train, "bio"))
     eval_split = tagged_split(eval_rows, index, scheme=schemes.get(eval_path, schemes.get(train, "bio")))
     for split, which, src in ((train_split, "train", train), (eval_split, "eval", eval_path or f"{train} (seeded split)")):
