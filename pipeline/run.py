@@ -348,6 +348,9 @@ def load_inputs(cfg: RunConfig, *, task: TaskData | None = None, data_root: str 
                         "pass --task token-classification")
     if requested is not None and not get_task(requested).has_labels:   # a sentence encoder: no head, no labels to match
         return task, load_sentence_model(cfg.model, pooling=cfg.pooling, normalize=cfg.normalize)
+    from transformers import set_seed
+
+    set_seed(cfg.finetune.seed)   # a fresh head's initial weights follow the run's seed, so a rerun is the same run
     loaded = load_classifier(cfg.model, labels=task.label_names, task=requested, new_head=cfg.new_head)
     if get_task(loaded.task).token_level and not tagged:
         raise DataError(f"{'--task token-classification' if cfg.task else f'model {cfg.model!r} is a token classifier, which'} "

@@ -152,3 +152,18 @@ def test_quantized_tagger_files_are_scored_and_load(data, tmp_path):
         if entry["file"].endswith((".onnx", ".ort")) and entry["variant"] != "fp32":
             tagger = Tagger.from_bundle(out, file=entry["file"])
             assert len(tagger.token_outputs(["paris is good"])[0].logits) == 5
+
+
+def test_a_fresh_head_follows_the_run_seed(tiny_model_dir, data):
+    """Two loads with one seed give one initial head (a rerun is the same run); another seed, another."""
+    from embslim.pipeline.data import DataConfig
+    from embslim.pipeline.finetune import FinetuneConfig
+    from embslim.pipeline.run import RunConfig, load_inputs
+
+    def head(seed: int):
+        cfg = RunConfig(model=str(tiny_model_dir), data=DataConfig(train=str(data[0]), eval=str(data[1])),
+                        finetune=FinetuneConfig(seed=seed))
+        return load_inputs(cfg)[1].model.classifier.weight.detach().clone()
+
+    first = head(3)
+    assert (head(3) == first).all() and not (head(4) == first).all()
