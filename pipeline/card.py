@@ -305,19 +305,21 @@ def _tagger_usage(manifest: dict[str, Any], report: dict[str, Any], task: "CardT
     runtime = ["```python", f"from embslim.runtime import {task.runtime_class}", "",
                f'tagger = {task.runtime_class}.from_bundle("path/to/bundle")   # model.onnx; variant="auto" picks the '
                "file built for this CPU",
-               f'entities = tagger.{task.runtime_call}([{text}], aggregation_strategy="simple")[0]   # one list per text',
+               f'entities = tagger.{task.runtime_call}([{text}], aggregation_strategy="first")[0]   # one list per text',
                "for e in entities:   # the names and meaning of transformers' token-classification pipeline",
                '    print(e["entity_group"], round(e["score"], 3), e["word"], e["start"], e["end"])', "```"]
     optimum = ["```python", f"from optimum.onnxruntime import {task.optimum_class}",
                "from transformers import AutoTokenizer, pipeline", "",
                'tokenizer = AutoTokenizer.from_pretrained("path/to/bundle")',
                f'model = {task.optimum_class}.from_pretrained("path/to/bundle", file_name="model.onnx")',
-               f'ner = pipeline("{task.pipeline_tag}", model=model, tokenizer=tokenizer, aggregation_strategy="simple")',
+               f'ner = pipeline("{task.pipeline_tag}", model=model, tokenizer=tokenizer, aggregation_strategy="first")',
                f"print(ner({text}))   # [{{'entity_group': ..., 'score': ..., 'word': ..., 'start': ..., 'end': ...}}, ...]",
                "```"]
     return ["### embslim runtime (onnxruntime, numpy and tokenizers only)", "", *runtime, "",
             "`aggregation_strategy` and the entity fields follow transformers' token-classification pipeline "
-            "(`simple`, `first`, `average`, `max`), so the two snippets' entities compare one to one.", "",
+            "(`simple`, `first`, `average`, `max`), so the two snippets' entities compare one to one. The model "
+            "learnt each word's tag on its first sub-token, so `first` (a word's tag is its first sub-token's) reads "
+            "it as trained; `simple` groups every sub-token's own tag.", "",
             "### Optimum and transformers `pipeline()`", "", *optimum, "", _ANY_FILE, ""]
 
 

@@ -449,10 +449,10 @@ def test_tagger_card_usage_blocks() -> None:
     blocks = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
     assert len(blocks) == 2
     assert "from embslim.runtime import Tagger" in blocks[0] and "Tagger.from_bundle(\"path/to/bundle\")" in blocks[0]
-    assert 'tagger.tag(["Jeff Bezos flew from Seattle to London"], aggregation_strategy="simple")' in blocks[0]
+    assert 'tagger.tag(["Jeff Bezos flew from Seattle to London"], aggregation_strategy="first")' in blocks[0]
     assert all(f'e["{k}"]' in blocks[0] for k in ("entity_group", "score", "word", "start", "end"))
     assert 'ORTModelForTokenClassification.from_pretrained("path/to/bundle", file_name="model.onnx")' in blocks[1]
-    assert 'pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")' in blocks[1]
+    assert 'pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="first")' in blocks[1]
 
 
 def test_tagger_card_without_report_or_vocab() -> None:
