@@ -39,13 +39,13 @@ from typing import Literal, Sequence
 import numpy as np
 
 from embslim.pipeline.data import DataError, Split, TaskData
+from embslim.pipeline.texts import TAGGED_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 TAGGED_FORMATS = ("conll", "jsonl")
 SCHEMES = ("auto", "bio", "iob1", "iobes")
 IGNORE = -100   # the label torch's cross-entropy (and transformers' heads) ignore
-_EXTENSIONS = (".conll", ".conllu", ".bio", ".iob", ".iob2", ".iobes", ".bilou", ".ner")
 _TAG = re.compile(r"^(?P<prefix>[BIESUL])-(?P<type>\S+)$")
 
 # (words, tags as written, "file:line" of the sentence's first word)
@@ -54,7 +54,7 @@ Sentence = tuple[tuple[str, ...], tuple[str, ...], str]
 
 def is_tagged_file(path: Path) -> bool:
     """True for a CoNLL file (by extension) or a JSONL file whose first record has "tokens"."""
-    if path.suffix.lower() in _EXTENSIONS:
+    if path.suffix.lower() in TAGGED_EXTENSIONS:
         return True
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         with path.open("r", encoding="utf-8-sig", errors="replace") as f:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 log = logging.getLogger(__name__)
 # Word-tagged files (CoNLL, embslim.pipeline.tagged) given as --text: their sentences, words joined by spaces.
-_TAGGED = (".conll", ".conllu", ".bio", ".iob", ".iob2", ".iobes", ".bilou", ".ner")
+TAGGED_EXTENSIONS = (".conll", ".conllu", ".bio", ".iob", ".iob2", ".iobes", ".bilou", ".ner")
 
 
 class TextError(ValueError):
@@ -35,7 +35,7 @@ def read_texts(paths: Sequence[str | Path], *, option: str = "--text") -> list[s
         else:
             raise TextError(f"{option} {path} not found; pass a UTF-8 text file with one text per line, or a folder of them")
         for f in files:
-            if f.suffix.lower() in _TAGGED:   # a word-tagged file: its sentences as plain text, tags unused
+            if f.suffix.lower() in TAGGED_EXTENSIONS:   # a word-tagged file: its sentences as plain text, tags unused
                 from embslim.pipeline.data import DataError
                 from embslim.pipeline.tagged import read_tagged
 

@@ -72,6 +72,8 @@ class BundleModel:
         self.manifest: dict[str, Any] = dict(manifest)
         self.max_length: int = int(task["max_length"])
         self.task_name: str = str(task.get("name", ""))
+        # label / tag names in output order (() for an embedder); read by _check_output below
+        self.labels: tuple[str, ...] = tuple(task.get("labels") or ())
         self.artifact: dict[str, Any] = dict(artifact) if artifact is not None else {}
         self.max_chars: int | None = max_chars
         self._pad_id: int = int(manifest["tokenizer"]["pad_id"])

@@ -72,9 +72,7 @@ class Classifier(BundleModel):
         artifact: Mapping[str, Any] | None = None,
         max_chars: int | None = DEFAULT_MAX_CHARS,
     ) -> None:
-        task = manifest["task"]
-        self.labels: tuple[str, ...] = tuple(task["labels"])
-        self.is_pair: bool = bool(task["pair"])
+        self.is_pair: bool = bool(manifest["task"]["pair"])
         super().__init__(
             session,
             tokenizer,

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding
 
 from .bundle_model import BundleModel
 from .errors import BundleError, InputError, InputTypeError
 from .spans import AGGREGATION_STRATEGIES, entities, softmax32
-from .texts import DEFAULT_MAX_CHARS, as_list, check_batch_size, describe
+from .texts import as_list, check_batch_size, describe
 
 __all__ = ["TokenOutput", "Tagger"]
 
@@ -79,25 +78,8 @@ class Tagger(BundleModel):
     _output = _OUTPUT
     _verb = "tags"
 
-    def __init__(
-        self,
-        session: ort.InferenceSession,
-        tokenizer: Tokenizer,
-        *,
-        manifest: Mapping[str, Any],
-        model_path: Path,
-        artifact: Mapping[str, Any] | None = None,
-        max_chars: int | None = DEFAULT_MAX_CHARS,
-    ) -> None:
-        self.labels: tuple[str, ...] = tuple(manifest["task"]["labels"])
-        super().__init__(
-            session,
-            tokenizer,
-            manifest=manifest,
-            model_path=model_path,
-            artifact=artifact,
-            max_chars=max_chars,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:   # BundleModel's arguments
+        super().__init__(*args, **kwargs)
         model = self._tokenizer.model
         # transformers: a "word aware" tokenizer has a continuing_subword_prefix (WordPiece's
         # "##"); others (byte-level BPE, Unigram) get its whitespace heuristic.
