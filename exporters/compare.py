@@ -68,7 +68,7 @@ def input_vocab_size(model: "onnx.ModelProto", *, default: int | None = None) ->
     return default
 
 
-def _session(path: Path, threads: int = 1, *, exact_int8: bool = True):
+def _session(path: Path, threads: int = 1, *, exact_int8: bool | None = None):
     import onnxruntime as ort
 
     from embslim.runtime.classifier import session_options
@@ -80,11 +80,12 @@ def _session(path: Path, threads: int = 1, *, exact_int8: bool = True):
 
 def compare_onnx(reference: str | Path, candidate: str | Path, *,
                  shapes: Sequence[tuple[int, int]] | None = None, vocab_size: int | None = None,
-                 seed: int = 1, exact_int8: bool = True) -> Comparison:
+                 seed: int = 1, exact_int8: bool | None = None) -> Comparison:
     """Run both files on the same random batches (ragged right padding, both token types).
-    exact_int8=False turns off the runtime's x86 u8 x u8 rewrite of s8-weight int8 layers
-    (embslim.runtime.classifier.SESSION_CONFIG) for both files, e.g. to compare a .onnx with its .ort,
-    where ORT cannot apply that graph rewrite. shapes=None: embslim.exporters.onnx.DEFAULT_SHAPES; callers
+    exact_int8: the runtime's x86 u8 x u8 rewrite of s8-weight int8 layers
+    (embslim.runtime.session.SESSION_CONFIG) for both files; None (default) applies it where the
+    runtime does (x86 without VNNI), False turns it off, e.g. to compare a .onnx with its .ort, where
+    ORT cannot apply that graph rewrite. shapes=None: embslim.exporters.onnx.DEFAULT_SHAPES; callers
     that know the bundle's max_length pass embslim.exporters.onnx.shapes_for(max_length)."""
     import onnx
 

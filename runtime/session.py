@@ -32,24 +32,32 @@ __all__ = [
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _INPUT_DTYPES = {"tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
 
-# ONNX Runtime session config every embslim session uses (app, validation, latency probe).
-# "session.x64quantprecision": on x86 CPUs WITHOUT VNNI (SSE4.1/AVX2/AVX512F), ORT's u8 x s8 int8
-# kernels use VPMADDUBSW, whose 16-bit pair sums saturate when weights leave [-64, 63]; with this
-# entry ORT converts such layers to u8 x u8, which is exact. It changes nothing on ARM, on VNNI
-# CPUs or for u8-weight (avx2 target) files. Without it an s8 (arm64 target) file's x86 labels
-# differed from emulated aarch64 ORT on 3.5% of 200 SST-2 sentences.
+# ONNX Runtime session config of embslim sessions (app, validation, latency probe).
+# "session.x64quantprecision": on x86 CPUs WITHOUT an int8 dot-product instruction (SSE4.1, AVX2,
+# AVX512F without VNNI), ORT's u8 x s8 int8 kernels use VPMADDUBSW, whose 16-bit pair sums saturate
+# when weights leave [-64, 63]; with this entry ORT converts such layers to u8 x u8, which is exact.
+# Without it an s8 (arm64 target) file's labels on such a CPU differed from emulated aarch64 ORT on
+# 3.5% of 200 SST-2 sentences. On VNNI CPUs the u8 x s8 kernel is exact and the rewrite only slows
+# int8 down (2.4x here), and on ARM there is nothing to rewrite, so it is set only where
+# embslim.runtime.cpu.needs_exact_int8_rewrite() says the CPU needs it.
 SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
 
 
 def session_options(
-    threads: int | None = None, *, exact_int8: bool = True, memory_arena: bool = True
+    threads: int | None = None, *, exact_int8: bool | None = None, memory_arena: bool = True
 ) -> ort.SessionOptions:
-    """ORT session options with SESSION_CONFIG and, when given, the intra-op thread count.
-    exact_int8=False leaves out the x86 u8 x u8 rewrite, e.g. to compare a .onnx with its .ort
-    file, to which ORT cannot apply it. memory_arena=False turns ORT's CPU arena off."""
+    """ORT session options with the intra-op thread count (when given) and SESSION_CONFIG's exact
+    int8 rewrite where this CPU needs it (exact_int8=None, the default: x86 without VNNI, decided by
+    embslim.runtime.cpu). exact_int8=True forces the rewrite on any x86 CPU; False leaves it out, e.g.
+    to compare a .onnx with its .ort file, to which ORT cannot apply it. memory_arena=False turns
+    ORT's CPU arena off."""
+    from .cpu import needs_exact_int8_rewrite
+
     options = ort.SessionOptions()
     if not memory_arena:
         options.enable_cpu_mem_arena = False
+    if exact_int8 is None:
+        exact_int8 = needs_exact_int8_rewrite()
     for key, value in SESSION_CONFIG.items():
         if exact_int8 or key != "session.x64quantprecision":
             options.add_session_config_entry(key, value)

@@ -157,6 +157,23 @@ def test_int8_per_target_keeps_remap_and_task_labels(tiny_bundle, fused_model, t
     assert result.snr_db > MIN_SNR_DB_INT8   # random ids, vs the fused fp32 graph
 
 
+def test_s8_weights_need_no_rewrite_where_the_cpu_has_an_int8_dot_product(tiny_bundle, fused_model, tmp_path):
+    """The runtime leaves ORT's u8 x u8 rewrite (session.x64quantprecision) out on VNNI CPUs because
+    their u8 x s8 kernel is exact: an s8-weight file gives the same outputs with and without it."""
+    from embslim.exporters.compare import compare_onnx
+    from embslim.runtime.cpu import has_int8_dot_product, is_x86
+
+    if not is_x86():
+        pytest.skip("the rewrite exists on x86 only")
+    if not has_int8_dot_product():
+        pytest.skip("this x86 CPU has no VNNI: its u8 x s8 kernel may saturate, so the outputs may differ")
+    result = quantize(fused_model.path, tmp_path / "model.int8-arm64.onnx", cfg=QuantizeConfig(target="arm64"))
+    assert compare_onnx(result.path, result.path, exact_int8=True, vocab_size=tiny_bundle.original_rows).max_abs_diff == 0.0
+    with_rewrite = compare_onnx(fused_model.path, result.path, exact_int8=True, vocab_size=tiny_bundle.original_rows)
+    without = compare_onnx(fused_model.path, result.path, exact_int8=False, vocab_size=tiny_bundle.original_rows)
+    assert with_rewrite.max_abs_diff == without.max_abs_diff > 0
+
+
 def test_int8_per_tensor_and_per_channel_both_work(tiny_bundle, fused_model):
     per_channel, task_pc = _quantize_and_check(tiny_bundle, fused_model, QuantizeConfig(target="arm64"),
                                                "model.int8-arm64-pc.onnx")

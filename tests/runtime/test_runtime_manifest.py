@@ -144,10 +144,18 @@ def test_file_overrides_variant():
     )
 
 
-def test_sessions_ask_for_exact_int8_on_x86():
-    """Without VNNI, x86's u8 x s8 kernel saturates; every runtime session asks ORT to use u8 x u8 there."""
+def test_sessions_ask_for_exact_int8_where_the_cpu_needs_it():
+    """Without VNNI, x86's u8 x s8 kernel saturates: sessions ask ORT for u8 x u8 there, and only there."""
     from embslim.runtime.classifier import session_options
+    from embslim.runtime.cpu import needs_exact_int8_rewrite
+
+    def rewrite(options) -> bool:
+        try:
+            return options.get_session_config_entry("session.x64quantprecision") == "1"
+        except RuntimeError:   # ORT: "SessionOptions does not have configuration with key"
+            return False
 
     options = session_options(threads=2)
-    assert options.get_session_config_entry("session.x64quantprecision") == "1"
+    assert rewrite(options) is needs_exact_int8_rewrite()
     assert options.intra_op_num_threads == 2
+    assert rewrite(session_options(exact_int8=True)) and not rewrite(session_options(exact_int8=False))
