@@ -701,8 +701,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
             out.append("|" + "|".join("---" if h in _TEXT_COLUMNS else "---:" for h in head) + "|")
             out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows] + [""]
-    out += ["## Plots", ""] + [f"![{caption}]({PLOT_FILES[k]})" for k, caption in _plot_captions(report).items()] + [""]
+    out += ["## Plots", ""]
+    for k, caption in _plot_captions(report).items():
+        out += [f"![{caption}]({PLOT_FILES[k]})", ""] + ([_md_cell(_frontier_text(report, k)), ""] if k != "size_plot" else [])
     return "\n".join(out)
+
+
+def _frontier_text(report: dict[str, Any], key: str) -> str:
+    """One line naming the Pareto-optimal files of plot `key`, smallest first."""
+    metric = _plot_metric(report, key)
+    pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get(metric.key))) for v in _check(report)]
+    pts = [(n, x, y) for n, x, y in pts if x is not None and y is not None]
+    front = pareto_front(pts)
+    named = [f"{n} ({x / 1e6:.2f} MB, {_fmt(y, metric.kind)}{metric.unit})" for n, x, y in sorted(pts, key=lambda p: p[1])
+             if n in front]
+    return (f"Pareto frontier of {metric.noun.split(' ', 1)[-1]} against size (no other file is both smaller and better): "
+            + ", ".join(named) + ".") if named else ""
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -848,8 +862,21 @@ def accuracy_figure(report: dict[str, Any]) -> Any:
     return metric_figure(report, "accuracy_plot")
 
 
-def metric_figure(report: dict[str, Any], key: str) -> Any:
-    """The figure of plot `key` of the report's view (a metric against ONNX size); the caller closes it."""
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> set[str]:
+    """Names of the Pareto-optimal points among (name, size, metric), where smaller size and higher
+    metric are better: those that no other point matches or beats on both with one strictly
+    better. Ties (same size and metric) are all kept."""
+    return {n for n, x, y in points
+            if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for _, x2, y2 in points)}
+
+
+def metric_figure(report: dict[str, Any], key: str,
+                  references: Sequence[tuple[str, float, float]] = ()) -> Any:
+    """The figure of plot `key` of the report's view (a metric against ONNX size); the caller closes it.
+    Every file built is a point; the Pareto-optimal ones (`pareto_front`) are ringed and joined by
+    the frontier's step line. `references`: (name, bytes, metric as the report stores it, e.g. a
+    share for accuracy) drawn as stars outside the frontier, e.g. Optimum's int8 file and a model2vec
+    classifier in a benchmark."""
     plt = _pyplot()
     variants, metric = _check(report), _plot_metric(report, key)
     pts = [(v["name"], _num(v.get("onnx_bytes")), _num(v.get(metric.key))) for v in variants]
@@ -874,6 +901,19 @@ def metric_figure(report: dict[str, Any], key: str) -> Any:
         ax.axhline(ref_value * metric.scale, ls="--", lw=1, color="#666", zorder=1,
                    label=f"reference ({variants[0]['name']}): {_fmt(ref_value, metric.kind)}{metric.unit}")
         # Below the axes, so it never covers a point or a label.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=9, frameon=False)
+    front = pareto_front(pts)
+    labelled |= front   # a quantized file on the frontier is named too
+    if len(front) > 1:
+        fx, fy = zip(*sorted((x, y) for n, x, y in pts if n in front))
+        ax.step(fx, fy, where="post", lw=1.2, color="#444", alpha=0.7, zorder=2,
+                label=f"Pareto frontier ({len(front)} of {len(pts)})")
+        ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="#222", lw=1.1, zorder=4, gid="pareto")
+    for name, x, y in references:
+        ax.scatter([x / 1e6], [y * metric.scale], marker="*", s=150, color="#111", zorder=5, gid="reference")
+        pts.append((name, x / 1e6, y * metric.scale))
+        labelled.add(name)
+    if front or references:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=9, frameon=False)
     ax.set_xlim(0, max(x for _, x, _ in pts) * 1.25)  # from 0, so the size gap reads honestly
     ax.margins(y=0.3)

@@ -691,8 +691,10 @@ def test_embedding_report_writes_its_plots(tmp_path: Path) -> None:
         try:
             ax = fig.axes[0]
             assert (ax.get_title(), ax.get_ylabel()) == (title, ylabel)
-            assert len(ax.collections) == 3   # fp32, int8, int4 points
-            assert ax.get_legend_handles_labels()[1][-1] == f"reference (unpruned): {ref_line}"
+            assert len([c for c in ax.collections if c.get_gid() is None]) == 3   # fp32, int8, int4 points
+            labels = ax.get_legend_handles_labels()[1]
+            assert f"reference (unpruned): {ref_line}" in labels and labels[:3] == ["fp32", "int8", "int4"]
+            assert any(label.startswith("Pareto frontier (") for label in labels)
         finally:
             _pyplot().close(fig)
 
@@ -890,8 +892,9 @@ def test_tagging_report_writes_its_plot_and_html(tmp_path: Path) -> None:
     try:
         ax = fig.axes[0]
         assert (ax.get_title(), ax.get_ylabel()) == ("Entity F1 vs ONNX size", "entity F1 (%)")
-        assert len(ax.collections) == 3   # fp32, int8, int4 points
-        assert ax.get_legend_handles_labels()[1][-1] == "reference (unpruned): 45.12%"
+        assert len([c for c in ax.collections if c.get_gid() is None]) == 3   # fp32, int8, int4 points
+        labels = ax.get_legend_handles_labels()[1]
+        assert "reference (unpruned): 45.12%" in labels and labels[:3] == ["fp32", "int8", "int4"]
     finally:
         _pyplot().close(fig)
 
@@ -950,3 +953,23 @@ def test_entity_types_of_a_tag_set() -> None:
     assert entity_types(["O", "B-person", "I-person", "B-creative-work", "I-creative-work"]) == ["person", "creative-work"]
     assert entity_types(["O", "S-LOC", "B-LOC", "E-LOC", "PER"]) == ["LOC", "PER"]
     assert entity_types(["O"]) == []
+
+
+def test_pareto_front_keeps_only_files_nothing_beats() -> None:
+    from embslim.pipeline.report import pareto_front
+
+    points = [("big-best", 90.0, 0.84), ("small", 15.0, 0.83), ("mid-worse", 60.0, 0.83),
+              ("tiny-bad", 8.0, 0.70), ("tie-a", 15.0, 0.83)]
+    assert pareto_front(points) == {"big-best", "small", "tie-a", "tiny-bad"}
+    assert pareto_front([]) == set()
+
+
+def test_markdown_names_the_pareto_frontier_under_each_metric_plot() -> None:
+    # unpruned 90.9 MB 83.83%, dep 61.8 MB 83.49%, dep-int8 15.6 MB 83.14%: each is smaller and worse than
+    # the one before, so all three are on the frontier; a fourth, bigger and worse than dep, is not.
+    report = _report(3)
+    report["variants"].append(_variant("dep-worse", onnx_bytes=70_000_000, accuracy=0.80))
+    md = render_markdown(report)
+    line = next(x for x in md.splitlines() if x.startswith("Pareto frontier of accuracy"))
+    assert line.endswith("dep-int8 (15.60 MB, 83.14%), dep (61.80 MB, 83.49%), unpruned (90.90 MB, 83.83%).")
+    assert "dep-worse" not in line
