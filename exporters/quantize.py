@@ -6,9 +6,22 @@ One verb, `quantize(model_in, model_out, cfg=QuantizeConfig(target="arm64"))`:
   weight type and range that Optimum's `AutoQuantizationConfig.<target>(is_static=False)` uses
   (`TARGETS` below). Float embedding tables (Gather) are quantized too unless
   `include_embeddings=False`.
-- bits=4: `MatMulNBitsQuantizer` turns MatMul weights into 4-bit blocks (MatMulNBits) and float
-  Gather tables into GatherBlockQuantized; what 4-bit cannot take (a fused Attention's weights, the
-  pooler and classifier Gemms) falls back to the int8 settings of `target`.
+- bits=4: ONNX Runtime's `MatMulNBitsQuantizer` turns MatMul weights into 4-bit blocks
+  (MatMulNBits) with the configured algorithm (`Int4Algorithm`: "rtn", "hqq" or "gptq"), block size,
+  symmetry and `accuracy_level`; float Gather tables always take RTN symmetric blocks
+  (GatherBlockQuantized: ORT's HQQ cannot quantize a Gather, and only symmetric tables pack into the
+  uint8 layout below). What 4-bit cannot take (a fused Attention's weights, the pooler and
+  classifier Gemms) falls back to the int8 settings of `target`.
+- mixed precision: with `int4_nodes` only those MatMul / Gather nodes take 4-bit and everything
+  else int8 (`embslim.exporters.sensitivity` picks them by measured sensitivity).
+
+What ORT 1.31.1 supports on CPU, read from its `matmul_nbits_quantizer.py` and measured on a tiny
+BERT (`SUPPORTED_INT4` below): RTN symmetric or asymmetric (uint8 zero points), any accuracy_level;
+HQQ is always asymmetric with FLOAT zero points, MatMul only, and writes no accuracy_level (set here
+on its nodes; ORT's CPU kernel runs it); GPTQ (numpy, no torch) needs calibration feeds. Measured on
+ORT 1.31.1: its GPTQ port propagates no rounding error (it reads a column of the upper-triangular
+inverse-Hessian factor, zero below the diagonal), so its weights equal RTN on INC's grid byte for
+byte (asymmetric: the same as "rtn" here): it is accepted for when ORT fixes it, not recommended.
 
 Integer index tables (the DEP remap, cluster ids, k-sub indices: any integer initializer that is
 a Gather's data) are NEVER quantized: their Gathers are excluded by name, and after quantization
@@ -29,7 +42,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
@@ -41,6 +54,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Target = Literal["arm64", "avx2", "avx512-vnni"]
+# 4-bit weight algorithms (ORT's MatMulNBitsQuantizer): round-to-nearest (DefaultWeightOnlyQuantConfig,
+# ORT's C++ block quantizer), Half-Quadratic Quantization (Badri & Shaji 2023; HQQWeightOnlyQuantConfig,
+# needs torch), GPTQ (Frantar et al. 2022; the neural-compressor port, needs calibration feeds).
+Int4Algorithm = Literal["rtn", "hqq", "gptq"]
+INT4_ALGORITHMS = ("rtn", "hqq", "gptq")
 
 
 class QuantizationError(ValueError):
@@ -94,6 +112,15 @@ class QuantizeConfig:
     # (batch, sequence) shapes of the random-input comparison with the float model; callers that know
     # the bundle's max_length pass embslim.exporters.onnx.shapes_for(max_length). None: DEFAULT_SHAPES.
     validation_shapes: tuple[tuple[int, int], ...] | None = None
+    # 4-bit MatMul algorithm. RTN: no data, seconds. HQQ: no data, optimises scales and zero points.
+    # GPTQ: calibration feeds (quantize(..., calibration=)); see the module docstring on ORT 1.31.1.
+    algorithm: Int4Algorithm = "rtn"
+    # Symmetric blocks (zero point 8, no zero-point tensor) vs asymmetric (a uint4 zero point per block).
+    # HQQ is always asymmetric. Gather tables are symmetric regardless (see the module docstring).
+    symmetric: bool = True
+    # Mixed precision: the MatMul / Gather node names that take 4-bit; every other weight takes int8.
+    # None: every node 4-bit can take (bits=4), or none (bits=8).
+    int4_nodes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -108,18 +135,42 @@ class QuantizeConfig:
         if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
             raise ValueError(f"block_size must be a power of two >= 16 (ORT's MatMulNBits and "
                              f"GatherBlockQuantized), got {b!r}; 32 is the default")
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
+        if isinstance(self.accuracy_level, bool) or self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {self.accuracy_level!r}")
+        if self.algorithm not in INT4_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(INT4_ALGORITHMS)}, got {self.algorithm!r}; "
+                             "rtn needs no data and is the default")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be True or False, got {self.symmetric!r}")
+        if self.algorithm == "hqq" and self.symmetric:
+            raise ValueError("algorithm 'hqq' always writes zero points (asymmetric blocks): set symmetric=False "
+                             "(int4_symmetric = false), or use algorithm 'rtn' for symmetric blocks")
+        if self.int4_nodes is not None:
+            if self.bits != 8:
+                raise ValueError(f"int4_nodes (mixed precision) needs bits=8 for the rest of the weights, got "
+                                 f"bits={self.bits}")
+            object.__setattr__(self, "int4_nodes", tuple(self.int4_nodes))
+
+    @property
+    def mixed(self) -> bool:
+        """True when only `int4_nodes` take 4-bit and the rest int8."""
+        return self.int4_nodes is not None
+
+    @property
+    def int4_settings(self) -> dict:
+        """The 4-bit settings that produced a file, for its report row."""
+        return {"algorithm": self.algorithm, "block_size": self.block_size, "symmetric": self.symmetric,
+                "accuracy_level": self.accuracy_level}
 
     @property
     def variant(self) -> str:
-        """The manifest's variant: "int8" or "int4" (the target goes in its own field)."""
-        return f"int{self.bits}"
+        """The manifest's variant: "int8", "int4" or "mixed" (the target goes in its own field)."""
+        return "mixed" if self.mixed else f"int{self.bits}"
 
     @property
     def file_name(self) -> str:
-        """The bundle's file for this config, e.g. model.int8-arm64.onnx."""
-        return f"model.int{self.bits}-{self.target}.onnx"
+        """The bundle's file for this config, e.g. model.int8-arm64.onnx, model.mixed-arm64.onnx."""
+        return f"model.{self.variant}-{self.target}.onnx"
 
 
 @dataclass(frozen=True)
@@ -138,13 +189,16 @@ class QuantizeResult:
     snr_db: float                      # logits vs model_in on random inputs (diagnostic)
     agreement: float                   # argmax agreement with model_in on random inputs
     seconds: float
+    int4_settings: dict | None = None  # algorithm, block_size, symmetric, accuracy_level (files with 4-bit nodes)
+    int4_node_names: tuple[str, ...] = ()   # the source graph's nodes that became 4-bit
 
     def to_json(self) -> dict:
         return {"file": self.path.name, "target": self.target, "bits": self.bits, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "quantized": dict(self.quantized), "int4_nodes": dict(self.int4_nodes),
                 "float_weights_left": dict(self.float_weights_left), "index_tables": dict(self.index_tables),
                 "excluded_nodes": list(self.excluded_nodes), "weight_bytes": dict(self.weight_bytes),
-                "snr_db": round(self.snr_db, 2), "agreement": self.agreement, "seconds": round(self.seconds, 2)}
+                "snr_db": round(self.snr_db, 2), "agreement": self.agreement, "seconds": round(self.seconds, 2),
+                **({"int4": dict(self.int4_settings)} if self.int4_settings else {})}
 
 
 # -- graph inspection -------------------------------------------------------------------------
@@ -266,28 +320,86 @@ def _quantize_int8(model: "onnx.ModelProto", out: Path, *, cfg: QuantizeConfig, 
                      nodes_to_exclude=exclude, extra_options=_int8_extra_options())
 
 
-def _quantize_int4(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str]) -> "onnx.ModelProto":
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+def _quantize_int4(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str],
+                   calibration: "Sequence[dict[str, np.ndarray]] | None" = None) -> "onnx.ModelProto":
+    """MatMul weights with `cfg.algorithm`, then float Gather tables with RTN symmetric blocks; with
+    `cfg.int4_nodes` only those nodes. Returns the new model (the input is modified too)."""
     opsets = {o.domain: o.version for o in model.opset_import}
     ir_version = model.ir_version
-    op_types = ("MatMul", "Gather") if cfg.include_embeddings else ("MatMul",)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=True,
-                                     accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(exclude),
-                                     op_types_to_quantize=op_types)
+    wanted = None if cfg.int4_nodes is None else set(cfg.int4_nodes)
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
+    skip = set(exclude) | ({m for m in matmuls + gathers if m not in wanted} if wanted is not None else set())
     with np.errstate(divide="ignore", invalid="ignore"):   # all-zero blocks (the [PAD] row) get scale 0
-        quantizer.process()
-    out = quantizer.model.model
-    _pack_int4_tables(out)
-    if not any(i.data_type in (21, 22) for i in out.graph.initializer):   # no UINT4 / INT4 tensors left
+        if any(m not in skip for m in matmuls):
+            model = _int4_matmuls(model, cfg=cfg, exclude=sorted(skip | set(gathers)), calibration=calibration)
+        if cfg.include_embeddings and any(g not in skip for g in gathers):
+            model = _int4_gathers(model, cfg=cfg, exclude=sorted(skip | set(matmuls)))
+    _pack_int4_tables(model)
+    if not any(i.data_type in (21, 22) for i in model.graph.initializer):   # no UINT4 / INT4 tensors left
         # The quantizer raised the opset to 21 and the IR to 10 for int4 tensors; with the tables
         # packed into uint8 neither is needed, and opset 21 would invalidate ops whose signature
         # changed since the export's opset (e.g. ReduceMean's axes). Restore what the export had.
-        for o in out.opset_import:
+        for o in model.opset_import:
             if o.domain in opsets:
                 o.version = opsets[o.domain]
-        out.ir_version = ir_version
+        model.ir_version = ir_version
+    return model
+
+
+def _int4_matmuls(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str],
+                  calibration: "Sequence[dict[str, np.ndarray]] | None") -> "onnx.ModelProto":
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    if cfg.algorithm == "gptq":
+        return _gptq_matmuls(model, cfg=cfg, exclude=exclude, calibration=calibration)
+    algo = (HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=4, op_types_to_quantize=("MatMul",))
+            if cfg.algorithm == "hqq" else None)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                     accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(exclude),
+                                     op_types_to_quantize=("MatMul",), algo_config=algo)
+    quantizer.process()
+    out = quantizer.model.model
+    if cfg.algorithm == "hqq" and cfg.accuracy_level:   # ORT's HQQ quantizer writes no accuracy_level
+        from onnx import helper
+
+        for node in out.graph.node:
+            if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+                node.attribute.append(helper.make_attribute("accuracy_level", cfg.accuracy_level))
     return out
+
+
+def _gptq_matmuls(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str],
+                  calibration: "Sequence[dict[str, np.ndarray]] | None") -> "onnx.ModelProto":
+    """GPTQ through ORT's neural-compressor port (`gptq_quantize`), called directly: ORT's
+    MatMulNBitsQuantizer ignores nodes_to_exclude for GPTQ, and mixed precision needs it."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.neural_compressor.weight_only import gptq_quantize
+
+    if not calibration:
+        raise QuantizationError("algorithm 'gptq' needs calibration feeds (quantize(..., calibration=[{input: "
+                                "array}, ...])); the targets stage makes them from the task's training text")
+    skip = set(exclude)
+    config = {n.name: ("fp32" if n.name in skip else
+                       {"bits": 4, "group_size": cfg.block_size, "scheme": "sym" if cfg.symmetric else "asym",
+                        "algorithm": "GPTQ"})
+              for n in model.graph.node if n.op_type == "MatMul"}
+    with contextlib.redirect_stdout(io.StringIO()):   # its progress bar prints to stdout
+        out = gptq_quantize(model, dataloader=[(feed, None) for feed in calibration], weight_config=config,
+                            num_bits=4, group_size=cfg.block_size, scheme="sym" if cfg.symmetric else "asym",
+                            n_samples=-1, accuracy_level=cfg.accuracy_level)
+    return out.model
+
+
+def _int4_gathers(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str]) -> "onnx.ModelProto":
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=True,
+                                     nodes_to_exclude=list(exclude), op_types_to_quantize=("Gather",))
+    quantizer.process()
+    return quantizer.model.model
 
 
 def _pack_int4_tables(model: "onnx.ModelProto") -> None:
@@ -325,8 +437,12 @@ def _load(path: Path) -> "onnx.ModelProto":
     return model
 
 
-def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig) -> QuantizeResult:
-    """Quantize `model_in` into `model_out` (weights inside the file); see the module docstring."""
+def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig,
+             calibration: "Sequence[dict[str, np.ndarray]] | None" = None) -> QuantizeResult:
+    """Quantize `model_in` into `model_out` (weights inside the file); see the module docstring.
+    `calibration`: feed dicts (graph input name -> int64 array [batch, sequence]) for
+    algorithm="gptq", e.g. the task's training text through the bundle's tokenizer; other
+    algorithms ignore it. Raises QuantizationError when quantization fails or breaks an index table."""
     import onnx
     import onnxruntime as ort
 
@@ -355,13 +471,19 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         try:
             work = onnx.ModelProto()
             work.CopyFrom(original)
-            if cfg.bits == 4:
-                work = _quantize_int4(work, cfg=cfg, exclude=excluded)
+            if cfg.bits == 4 or cfg.mixed:
+                unknown = sorted(set(cfg.int4_nodes or ()) - {n.name for n in work.graph.node})
+                if unknown:
+                    raise QuantizationError(f"int4_nodes not in {model_in.name}: {', '.join(unknown[:5])}; "
+                                            "pass node names of the graph being quantized")
+                work = _quantize_int4(work, cfg=cfg, exclude=excluded, calibration=calibration)
             # int8: everything; 4-bit: the fallback for what MatMulNBits cannot take (fused Attention,
             # Gemm, tables it skipped). Nodes already 4-bit are no longer MatMul/Gather, so untouched.
             _quantize_int8(work, tmp, cfg=cfg, exclude=excluded)
+        except QuantizationError:
+            raise
         except Exception as e:
-            raise QuantizationError(f"quantizing {model_in.name} ({cfg.bits}-bit, {cfg.target}) failed: "
+            raise QuantizationError(f"quantizing {model_in.name} ({cfg.variant}, {cfg.target}) failed: "
                                     f"{type(e).__name__}: {e}") from e
         result_model = onnx.load(str(tmp))
         problems = _check_index_tables(original, result_model, tables)
@@ -382,6 +504,9 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     left_weights = {w for _, ws in left.values() for w in ws}
     quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in left_weights for w in ws))
     int4 = Counter(n.op_type for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
+    int4_outputs = {n.output[0] for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    int4_names = tuple(n.name for n in original.graph.node
+                       if n.op_type in ("MatMul", "Gather") and n.output and n.output[0] in int4_outputs)
     try:
         comparison = compare_onnx(model_in, model_out, shapes=cfg.validation_shapes)
         snr, agreement = comparison.snr_db, comparison.agreement
@@ -394,7 +519,8 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         bytes_out=model_out.stat().st_size, quantized=dict(quantized), int4_nodes=dict(int4),
         float_weights_left=dict(Counter(op for op, _ in left.values())), index_tables=tables,
         excluded_nodes=tuple(excluded), weight_bytes=weight_bytes(result_model),
-        snr_db=snr, agreement=agreement, seconds=seconds)
+        snr_db=snr, agreement=agreement, seconds=seconds,
+        int4_settings=cfg.int4_settings if int4 else None, int4_node_names=int4_names)
     log.info("%s: %.2f MB -> %.2f MB (%.2fx) in %.1f s; quantized %s; output SNR vs input %.1f dB on random ids",
              model_out.name, result.bytes_in / 1e6, result.bytes_out / 1e6, result.bytes_out / result.bytes_in,
              seconds, dict(quantized), snr)

@@ -110,6 +110,21 @@ def _targets(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _bytes(text: str) -> int:
+    """'8MB' -> 8000000, '7.5MiB' -> 7864320, '900000' -> 900000 (MB = 10^6 bytes, MiB = 2^20)."""
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
+    unit = found.group(2).lower() if found else None
+    if not found or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give bytes or a number with a unit: "
+                                         "8MB, 7.5MiB, 900KB, 9000000")
+    return int(float(found.group(1)) * _UNITS[unit])
+
+
 def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("targets (quantization)")
     g.add_argument("--targets", type=_targets, metavar="T1,T2", help="int8 per CPU family: arm64, avx2, avx512-vnni "
@@ -119,6 +134,21 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None, help="ORT transformer fusion first (default on)")
     g.add_argument("--max-drop", type=float, help="accuracy share a quantized variant may lose vs fp32 (default 0.01)")
     g.add_argument("--allow-drop", action=argparse.BooleanOptionalAction, default=None, help="keep variants over max-drop, flagged")
+    g.add_argument("--int4-algorithm", choices=["rtn", "hqq", "gptq"],
+                   help="4-bit MatMul algorithm (default rtn; hqq needs --no-int4-symmetric; gptq calibrates on the "
+                        "training text)")
+    g.add_argument("--int4-block-size", type=int, help="4-bit block length, a power of two >= 16 (default 32)")
+    g.add_argument("--int4-symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetric 4-bit blocks (default on); off: a zero point per block")
+    g.add_argument("--int4-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
+                   help="MatMulNBits compute precision: 0 fp32 (default), 4 int8 activations")
+    g.add_argument("--calibration-texts", type=int, help="training texts for gptq and the sensitivity pass (default 128)")
+    g.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=None,
+                   help="also model.mixed-<target>.onnx: the least sensitive weight groups 4-bit, the rest int8, as "
+                        "many as keep the drop within --max-drop (or until the file fits --max-bytes)")
+    g.add_argument("--max-bytes", type=_bytes, metavar="SIZE",
+                   help="size budget of the mixed file: bytes, or with a unit (8MB, 7.5MiB, 900KB; MB = 10^6 bytes); "
+                        "implies --mixed")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -151,7 +181,9 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
                                   "max_train_samples", "seed", "distill_loss")} | {"enabled": "finetune_enabled"},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
-        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
+        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants",
+                                   "int4_algorithm", "int4_block_size", "int4_symmetric", "int4_accuracy_level",
+                                   "calibration_texts", "mixed", "max_bytes")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 
@@ -343,7 +375,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     # into a copy that replaces the bundle once every variant passed: a failure leaves it as it was
     with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
         copy_bundle(a.bundle, stage)
-        rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work)
+        rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work,
+                             calibration=task.train)
         write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  {scorer.summary(r)}"

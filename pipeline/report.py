@@ -594,7 +594,7 @@ def _table(columns: Sequence[Column], rows: list[dict[str, dict[str, Any]]],
     return [columns[i].head for i in keep], [[r[i] for i in keep] for r in cells]
 
 
-_TEXT_COLUMNS = {"variant", "precision", "key", "value"}  # left-aligned; the rest are numbers
+_TEXT_COLUMNS = {"variant", "precision", "key", "value", "weight group"}  # left-aligned; the rest are numbers
 
 
 def _detail_lines(variants: list[dict[str, Any]], view: ReportView) -> list[str]:
@@ -642,6 +642,29 @@ def _side_by_side(variants: list[dict[str, Any]], view: ReportView) -> tuple[lis
     return _table(view.side_columns, rows, variants[0])
 
 
+def _mixed_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """For each mixed-precision row: its 4-bit settings and budget, then one table row per weight
+    group (sensitivity SNR with the group alone at 4-bit, bytes it saves, the precision it got)."""
+    out: list[tuple[str, str, Any]] = []
+    for v in variants:
+        mixed = v.get("mixed")
+        if not isinstance(mixed, dict) or not isinstance(mixed.get("groups"), list):
+            continue
+        int4, budget = v.get("int4") or {}, mixed.get("budget") or {}
+        limit = (f"at most {_fmt(budget.get('max_bytes'), 'mb')} MB" if budget.get("kind") == "bytes"
+                 else f"a drop of at most {_fmt(budget.get('max_drop'), 'pct')} points on the eval split")
+        intro = (f"{v.get('name')}: {len(mixed.get('int4_groups') or [])} of {len(mixed['groups'])} weight groups "
+                 f"4-bit ({int4.get('algorithm', MISSING)}, block {int4.get('block_size', MISSING)}, "
+                 f"{'symmetric' if int4.get('symmetric') else 'asymmetric'}, accuracy_level "
+                 f"{int4.get('accuracy_level', MISSING)}), the rest int8; budget {limit}. Sensitivity: "
+                 f"{mixed.get('measure', 'SNR')} on {mixed.get('calibration_batches', MISSING)} calibration batches.")
+        rows = [[str(g.get("group")), _fmt(g.get("snr_db"), "adaptive"), _fmt(g.get("bytes_saved"), "mb"),
+                 str(g.get("precision"))] for g in mixed["groups"]]
+        out += [(f"Mixed precision ({v.get('name')})", "lines", [intro]),
+                ("", "table", (["weight group", "SNR dB", "4-bit saves MB", "precision"], rows))]
+    return out
+
+
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(data, dict):
         return [kv for k, v in data.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
@@ -667,6 +690,7 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
         out.append(("All files", "lines", []))
     out.append(("", "table", _table(view.columns, [{"fp32": v} for v in variants], ref)))
     out.append(("", "bullets", _detail_lines(variants, view)))
+    out += _mixed_sections(variants)
     out += view.sections(variants)
     if len(variants) > 1:
         out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants, view)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,6 +52,20 @@ class TargetsConfig:
     # first target (int8, plus 4-bit with int4) into its work folder, so the comparison report has
     # int8/4-bit bytes and accuracy for all of them. Their drops are flagged, never fatal.
     all_variants: bool = False
+    # 4-bit settings (the int4 variant and the 4-bit groups of a mixed file); embslim.exporters.quantize
+    # lists what ONNX Runtime 1.31 supports. rtn: no data, seconds. hqq: asymmetric only. gptq: uses
+    # `calibration_texts` of the training text (in ORT 1.31.1 it gives RTN's weights: see quantize.py).
+    int4_algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
+    int4_block_size: int = 32          # power of two >= 16; smaller blocks: better SNR, more scale bytes
+    int4_symmetric: bool = True        # False: a zero point per block (hqq needs False)
+    int4_accuracy_level: int = 0       # MatMulNBits compute: 0 fp32 (ORT's default), 4 int8 activations
+    calibration_texts: int = 128       # training texts for gptq and the sensitivity pass (first N, in order)
+    # A mixed file (model.mixed-<first target>.onnx, variant "mixed"): some weight groups 4-bit, the rest
+    # int8, chosen by per-group sensitivity (embslim.exporters.sensitivity). With max_bytes the least
+    # sensitive groups go 4-bit until the file fits; without it, as many as keep the eval-split drop
+    # within max_drop (the same budget every quantized file is held to).
+    mixed: bool = False
+    max_bytes: int | None = None       # bytes of the mixed ONNX file; implies mixed
 
     def __post_init__(self) -> None:
         from embslim.exporters.quantize import TARGETS
@@ -68,17 +82,40 @@ class TargetsConfig:
             raise TargetsError("int4 and mobile need at least one target (e.g. targets = [\"arm64\"])")
         if not 0 <= self.max_drop <= 1:
             raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
+        try:   # the 4-bit settings are checked where they are used, with the same words
+            from embslim.exporters.quantize import QuantizeConfig
+
+            QuantizeConfig(target="arm64", bits=4, **self.int4_settings)
+        except ValueError as e:
+            raise TargetsError(f"int4_{e}") from e
+        if self.calibration_texts < 1:
+            raise TargetsError(f"calibration_texts must be >= 1, got {self.calibration_texts}; 128 is the default")
+        if self.max_bytes is not None:
+            if self.max_bytes < 1:
+                raise TargetsError(f"max_bytes is the mixed file's size in bytes (> 0), got {self.max_bytes}; "
+                                   "e.g. 8000000 (--max-bytes 8MB)")
+            object.__setattr__(self, "mixed", True)
+        if self.mixed and not self.targets:
+            raise TargetsError("mixed and max_bytes need at least one target (e.g. targets = [\"arm64\"])")
+
+    @property
+    def int4_settings(self) -> dict:
+        """The 4-bit keyword arguments of `embslim.exporters.quantize.QuantizeConfig`."""
+        return {"algorithm": self.int4_algorithm, "block_size": self.int4_block_size,
+                "symmetric": self.int4_symmetric, "accuracy_level": self.int4_accuracy_level}
 
 
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
                   work: str | Path, scorer: Any, original_outputs: "np.ndarray | None" = None,
-                  fp32: "tuple[np.ndarray, dict] | None" = None) -> list[dict]:
+                  fp32: "tuple[np.ndarray, dict] | None" = None, calibration: Split | None = None) -> list[dict]:
     """Write the quantized (and mobile) artifacts into `bundle`, list them in its manifest, and
     return one metrics row per artifact for the report, judged by the task's `scorer`
     (`embslim.pipeline.scoring.scorer_for`). `original_outputs` (the user's model on `split`) adds
     each artifact's comparison with that model to its row. `fp32`: model.onnx's outputs on `split`
     and its task metrics when the caller has them already (`embslim run`'s validate stage), so they
-    are not computed twice."""
+    are not computed twice. `calibration`: the task's training split, whose first
+    `cfg.calibration_texts` texts (through the bundle's own tokenizer) calibrate GPTQ and the
+    mixed file's sensitivity pass; without it the eval split's texts are used (and said so)."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
@@ -95,7 +132,7 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     if cfg.fuse:
         log.info("fusing model.onnx (ORT transformer optimizer%s)", ", and once without Attention for 4-bit" if cfg.int4 else "")
     # bits -> the fused graph that precision is quantized from (unfused model.onnx without fusion)
-    fused = fuse_for_quantization(bundle / "model.onnx", work, int4=cfg.int4,
+    fused = fuse_for_quantization(bundle / "model.onnx", work, int4=cfg.int4 or cfg.mixed,
                                   cfg=OptimizeConfig(config_json=str(bundle / "config.json"), validation_shapes=shapes)
                                   ) if cfg.fuse else {}
     for bits, result in fused.items():
@@ -104,7 +141,14 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
                             validation_shapes=shapes) for t in cfg.targets]
     if cfg.int4:
         plans.append(QuantizeConfig(target=cfg.targets[0], bits=4, include_embeddings=cfg.include_embeddings,
-                                    validation_shapes=shapes))
+                                    validation_shapes=shapes, **cfg.int4_settings))
+    feeds = None
+    if (cfg.int4 and cfg.int4_algorithm == "gptq") or cfg.mixed:
+        if calibration is None or not len(calibration):
+            log.warning("no training text for calibration: using the eval split's texts (the sensitivity ranking "
+                        "then sees the data it is judged on)")
+        feeds = calibration_feeds(fp32_model, calibration if calibration is not None and len(calibration) else split,
+                                  n=cfg.calibration_texts)
 
     rows = []
     if fp32 is None:
@@ -119,7 +163,8 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
         source = fused.get(plan.bits)
         log.info("[%d/%d] %s: quantize, then accuracy on %d examples%s", i, len(plans), plan.file_name, len(split),
                  " and latency/memory" if ids is not None else "")
-        q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan)
+        q = quantize(source.path if source else bundle / "model.onnx", bundle / plan.file_name, cfg=plan,
+                     calibration=feeds)
         entries = [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)]
         if cfg.mobile and plan.bits == 8 and plan.target == cfg.targets[0]:
             ort_path, ops = to_ort_format(bundle / plan.file_name, work / "mobile",
@@ -136,6 +181,8 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
                "description": f"{'fused, ' if source else ''}{plan.variant} for {plan.target}"
                               + (f" (FLAGGED: {scorer.primary} drop above max_drop)" if check["flagged"] else ""),
                "onnx_bytes": q.bytes_out, **check, "quantized_ops": q.quantized}
+        if plan.bits == 4:
+            row["int4"] = q.int4_settings
         if ids is not None:
             row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
         rows.append(row)
@@ -149,4 +196,103 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
                    **{k: v for k, v in ort_check.items() if k not in ("accuracy_drop_vs_fp32", "flagged")}}
             rows.append(row | (measure(bundle / ort_file, ids, runs=validate.latency_runs, threads=validate.threads)
                                if ids is not None else {}))
+    if cfg.mixed:
+        source = fused.get(4)
+        rows.append(build_mixed(bundle, source.path if source else bundle / "model.onnx", split, feeds=feeds, cfg=cfg,
+                                shapes=shapes, scorer=scorer, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                                validate=validate, original_outputs=original_outputs, ids=ids, work=work))
     return rows
+
+
+def calibration_feeds(model: Any, split: Split, *, n: int, batch_size: int = 16) -> list[dict]:
+    """The first `n` texts (or pairs) of `split` as feed dicts through `model`'s own tokenizer
+    (an `embslim.runtime` class loaded from the bundle): graph input name -> int64 [batch, sequence],
+    `batch_size` texts per feed, each padded to its longest row as the runtime pads."""
+    texts = list(split.texts[:n])
+    pairs = list(split.pairs[:n]) if split.pairs is not None else None
+    return [model._encode(texts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size])
+            for i in range(0, len(texts), batch_size)]
+
+
+def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], cfg: TargetsConfig,
+                shapes: tuple, scorer: Any, fp32_outputs: "np.ndarray", fp32_metrics: dict, validate: ValidateConfig,
+                original_outputs: "np.ndarray | None", ids: Any, work: Path) -> dict:
+    """model.mixed-<first target>.onnx: measure each weight group's 4-bit sensitivity on `feeds`
+    (embslim.exporters.sensitivity), then take groups to 4-bit (least noise per byte saved first) until
+    the file is at most `cfg.max_bytes`, or, without max_bytes, the most groups whose file stays
+    within `cfg.max_drop` of fp32 on `split` (bisection over that order, each candidate built and
+    scored on the task). Returns the report row with the per-group table. Raises TargetsError when
+    even every group at 4-bit exceeds max_bytes."""
+    from embslim.exporters.quantize import QuantizeConfig, quantize
+    from embslim.exporters.sensitivity import choose_int4_groups, int4_order, measure_sensitivity
+    from embslim.pipeline.bundle import add_artifacts, artifact_entry
+    from embslim.pipeline.probe import measure
+
+    target = cfg.targets[0]
+    base_cfg = QuantizeConfig(target=target, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings,
+                              validation_shapes=shapes, int4_nodes=(), **cfg.int4_settings)
+    log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
+    sens = measure_sensitivity(source, feeds, cfg=base_cfg)
+    order = int4_order(sens)
+    by_name = {r.group.name: r for r in sens}
+    file = base_cfg.file_name
+
+    def build(names: list[str]) -> Any:
+        nodes = tuple(n for g in names for n in by_name[g].group.nodes)
+        q = quantize(source, bundle / file, cfg=replace(base_cfg, int4_nodes=nodes), calibration=feeds)
+        add_artifacts(bundle, [artifact_entry(bundle, file, variant="mixed", target=target)])
+        return q
+
+    def score(q: Any) -> dict:
+        return scorer.quantized(bundle, file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                                max_drop=cfg.max_drop, allow_drop=True, batch_size=validate.batch_size,
+                                original=original_outputs)
+
+    drop_key = f"{scorer.primary}_drop_vs_fp32"
+    if cfg.max_bytes is not None:
+        base = build([])
+        chosen = choose_int4_groups(sens, base_bytes=base.bytes_out, max_bytes=cfg.max_bytes)
+        q = build(chosen) if chosen else base
+        rest = [r.group.name for r in order if r.group.name not in chosen]
+        while q.bytes_out > cfg.max_bytes and rest:   # the estimate was short: one more group at a time
+            chosen.append(rest.pop(0))
+            q = build(chosen)
+        if q.bytes_out > cfg.max_bytes:
+            raise TargetsError(f"max_bytes {cfg.max_bytes / 1e6:.2f} MB is below the smallest mixed file "
+                               f"({q.bytes_out / 1e6:.2f} MB with every weight group at 4-bit); raise --max-bytes, "
+                               "or shrink the embedding first (a DEP / MESSI variant)")
+        check = score(q)
+        budget = {"kind": "bytes", "max_bytes": cfg.max_bytes}
+    else:   # accuracy budget: the longest prefix of `order` within max_drop (bisection: drops grow with the prefix)
+        lo, hi, best = 0, len(order), None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            q = build([r.group.name for r in order[:mid]])
+            check = score(q)
+            log.info("mixed: %d of %d groups at 4-bit -> %.2f MB, %s drop %.2f pts%s", mid, len(order),
+                     q.bytes_out / 1e6, scorer.primary, 100 * check.get(drop_key, float("nan")),
+                     " (over max_drop)" if check["flagged"] else "")
+            if not check["flagged"]:   # the scorer's own gate: drop <= max_drop
+                best, lo = (mid, q, check), mid + 1
+            else:
+                hi = mid - 1
+        mid, q, check = best if best is not None else (0, None, None)
+        chosen = [r.group.name for r in order[:mid]]
+        if best is None or q.int4_node_names != tuple(n for g in chosen for n in by_name[g].group.nodes):
+            q = build(chosen)   # the last file built was another candidate: rebuild the chosen one
+            check = score(q)
+        budget = {"kind": "drop", "max_drop": cfg.max_drop,
+                  "note": "groups chosen by the eval split's metric, which the row reports too"}
+    check = scorer.quantized(bundle, file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                             max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
+                             original=original_outputs) if check.get("flagged") else check
+    table = [r.to_json() | {"precision": "int4" if r.group.name in chosen else "int8"} for r in sens]
+    row = {"name": f"mixed-{target}", "precision": "mixed", "file": file,
+           "description": f"fused, {len(chosen)} of {len(sens)} weight groups 4-bit, the rest int8, for {target}"
+                          + (f" (FLAGGED: {scorer.primary} drop above max_drop)" if check.get("flagged") else ""),
+           "onnx_bytes": q.bytes_out, **check, "quantized_ops": q.quantized, "int4": q.int4_settings or base_cfg.int4_settings,
+           "mixed": {"budget": budget, "calibration_batches": len(feeds), "groups": table,
+                     "int4_groups": chosen, "measure": "SNR of the task output, the group alone at 4-bit, rest fp32"}}
+    if ids is not None:
+        row |= measure(bundle / file, ids, runs=validate.latency_runs, threads=validate.threads)
+    return row

@@ -1,0 +1,48 @@
+"""The targets stage's 4-bit and mixed-precision options: config file keys, CLI flags, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from embslim.pipeline.cli import _bytes, main
+from embslim.pipeline.run import config_from_dict
+from embslim.pipeline.targets import TargetsConfig, TargetsError
+
+
+def test_toml_keys_map_to_typed_fields():
+    cfg = config_from_dict({"data": {"dataset": "synthetic-sentiment"}, "targets": {"int4": True, "int4_algorithm": "hqq", "int4_symmetric": False,
+                                        "int4_block_size": 128, "int4_accuracy_level": 4, "max_bytes": 8_000_000}})
+    t = cfg.targets
+    assert t.int4_settings == {"algorithm": "hqq", "block_size": 128, "symmetric": False, "accuracy_level": 4}
+    assert t.mixed is True and t.max_bytes == 8_000_000     # a byte budget implies the mixed file
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"int4_algorithm": "hqq"}, r"^int4_algorithm 'hqq' always writes zero points .* set symmetric=False"),
+    ({"int4_algorithm": "awq"}, r"^int4_algorithm must be one of rtn, hqq, gptq, got 'awq'"),
+    ({"int4_block_size": 48}, r"^int4_block_size must be a power of two >= 16 .* got 48"),
+    ({"int4_accuracy_level": 5}, r"^int4_accuracy_level must be 0, 1, 2, 3 or 4, got 5"),
+    ({"max_bytes": 0}, r"^max_bytes is the mixed file's size in bytes \(> 0\), got 0"),
+    ({"calibration_texts": 0}, r"^calibration_texts must be >= 1, got 0"),
+    ({"mixed": True, "targets": ()}, r"^mixed and max_bytes need at least one target"),
+])
+def test_bad_values_are_one_line(kwargs, message):
+    with pytest.raises(TargetsError, match=message) as info:
+        TargetsConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_max_bytes_sizes():
+    assert _bytes("8MB") == 8_000_000 and _bytes("7.5MiB") == 7_864_320 and _bytes("900000") == 900_000
+    assert _bytes("900 kb") == 900_000
+
+
+def test_cli_flags_reach_the_config_and_bad_size_exits_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["quantize", str(tmp_path), "--max-bytes", "8XB"])
+    assert info.value.code == 2
+    assert "'8XB' is not a size; give bytes or a number with a unit: 8MB" in capsys.readouterr().err
+    # a wrong combination is one line and exit 2, before anything is read
+    code = main(["quantize", str(tmp_path), "--int4-algorithm", "hqq"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
