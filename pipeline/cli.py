@@ -119,6 +119,9 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None, help="ORT transformer fusion first (default on)")
     g.add_argument("--max-drop", type=float, help="accuracy share a quantized variant may lose vs fp32 (default 0.01)")
     g.add_argument("--allow-drop", action=argparse.BooleanOptionalAction, default=None, help="keep variants over max-drop, flagged")
+    g.add_argument("--static-int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="also static (calibrated, QDQ) int8 per target, calibrated on the training texts: labels "
+                        "that do not depend on the batch")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -151,7 +154,8 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "finetune": {k: k for k in ("epochs", "max_steps", "batch_size", "learning_rate", "embedding_lr_scale", "max_length",
                                   "max_train_samples", "seed", "distill_loss")} | {"enabled": "finetune_enabled"},
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
-        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants")},
+        "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants",
+                                    "static_int8")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 
@@ -343,7 +347,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     # into a copy that replaces the bundle once every variant passed: a failure leaves it as it was
     with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
         copy_bundle(a.bundle, stage)
-        rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work)
+        rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work,
+                             calibration=task.train)
         write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  {scorer.summary(r)}"

@@ -580,7 +580,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
             rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
                      build_targets(bundle, task.eval, scorer=scorer, cfg=cfg.targets,
                                    validate=cfg.validate, work=work, original_outputs=original_logits,
-                                   fp32=variants[cfg.chosen]["fp32"])]
+                                   fp32=variants[cfg.chosen]["fp32"], calibration=task.train)]
             if cfg.targets.all_variants and cfg.targets.targets:
                 others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
                 for name, v in variants.items():
@@ -588,7 +588,8 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                         rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
                                  build_targets(v["folder"], task.eval, scorer=scorer, cfg=others,
                                                validate=cfg.validate, work=work / f"targets-{_slug(name)}",
-                                               original_outputs=original_logits, fp32=v["fp32"])]
+                                               original_outputs=original_logits, fp32=v["fp32"],
+                                               calibration=task.train)]
 
         with stage(7, total, "write manifest and report"):
             artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added
