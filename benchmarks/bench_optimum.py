@@ -1,8 +1,16 @@
-"""Benchmark: our fused + quantized bundles against Optimum's export + int8, side by side, in one run.
+"""Benchmark: our fused + quantized bundles against Optimum's export + int8 and model2vec's static
+classifier, side by side, in one run.
 
-    .venv/bin/python benchmarks/bench_optimum.py --baseline /tmp/bench-src \\
-        --bundle /tmp/bench-src --bundle unpruned=/tmp/bench-src.work/unpruned \\
-        --data-root ../shared/data --out out/bench
+The full run (issue #16; the machine running nothing else; `pip install -c constraints.txt -e '.[bench]'`
+first for the model2vec rows), on the bundles of `embslim run --config configs/sst2-edge.toml
+--data-root ../shared/data --out out/sst2-edge`:
+
+    .venv/bin/python benchmarks/bench_optimum.py --baseline out/sst2-edge \\
+        --bundle messi-head1000=out/sst2-edge --bundle messi-head500=out/sst2-edge.work/dep+messi-head500 \\
+        --bundle dep=out/sst2-edge.work/dep --data-root ../shared/data --out out/bench-edge
+
+A quick check of the whole path (a few minutes; accuracy on 200 sentences, one short latency round):
+add `--max-eval 200 --rounds 1 --runs 5 --warmup 2 --threads 1 --no-model2vec-full`.
 
 --baseline is a fine-tuned checkpoint folder (embslim's `checkpoint-unpruned`) or a bundle from
 `embslim run`, whose `<bundle>.work/checkpoint-unpruned` is used. Its unpruned model is exported
@@ -10,18 +18,25 @@ with Optimum (`main_export`, task text-classification) and quantized with Optimu
 `ORTQuantizer` (`AutoQuantizationConfig.arm64` and `.avx512_vnni`, dynamic, per channel); the
 same fp32 export also goes through our 4-bit path ("ORT 4-bit of the baseline" in DESIGN.md).
 Each --bundle's model.onnx is fused (embslim.exporters.optimize) and quantized with embslim.exporters.quantize:
-int8 for arm64 and avx2, and 4-bit.
+int8 for arm64 and avx2, and 4-bit; with --static-int8 (default) also static int8 (QDQ, calibrated on the
+first 200 training texts) for arm64 and avx2, from the graph fused without Attention.
+With --model2vec (default) the bundled MiniLM is distilled with model2vec and its classifier trained on the
+same training sentences as the baseline (its embslim_meta.json's max_train_samples and seed), and with
+--model2vec-full on the whole --train split too; fp32 and ORT dynamic int8 rows each
+(benchmarks/bench_model2vec.py, which says how they are run).
 
 Measured for every model, on this machine:
 - bytes of the model file (each bundle also ships a ~0.5-0.7 MB tokenizer.json, Optimum's too);
 - accuracy on the eval split through embslim.runtime.Classifier (stock tokenizer, per-batch padding) at
-  batch 32 and batch 1, and label agreement with the fp32 model it came from;
+  batch 32 and batch 1, label agreement with the fp32 model it came from, and the labels that differ
+  between batch 1 and batch 32 ("flips": dynamic int8's per-batch activation scales; issue #16);
 - latency at batch 1 and --seq-len tokens with 1 and 2 intra-op threads: each round launches a
   fresh process per model (embslim.pipeline.probe: warm-up, then --runs timed runs), the model order
   rotating every round so drift hits all models alike; p50/p95 are the medians over rounds;
 - peak RSS (VmHWM) of those fresh processes at 1 thread (model load + inference).
 
-Ratios are against Optimum int8 (arm64). Writes bench.json and bench.md to --out. This is not a
+Ratios are against Optimum int8 (arm64). The table's header names the CPU and its int8-relevant flags
+(cpu_info: /proc/cpuinfo). Writes bench.json and bench.md to --out. This is not a
 test: it takes minutes, and on a shared machine its timings are noisy (say so when quoting them).
 """
 

@@ -334,7 +334,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.targets import TargetsConfig, build_targets
+    from embslim.pipeline.targets import TargetsConfig, build_targets, calibration_split
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
@@ -348,7 +348,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
         copy_bundle(a.bundle, stage)
         rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work,
-                             calibration=task.train)
+                             calibration=calibration_split(task))
         write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  {scorer.summary(r)}"

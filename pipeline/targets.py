@@ -183,6 +183,14 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     return rows
 
 
+def calibration_split(task: Any) -> Split:
+    """The texts static int8 calibrates on: the task's training split, or, in a run given only
+    unlabelled text (--text), that text (single-text tasks)."""
+    if len(task.train) or task.is_pair:
+        return task.train
+    return Split(tuple(task.corpus), None, None)
+
+
 def _static_rows(bundle: Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig, work: Path, scorer: Any,
                  shapes: tuple, calibration: Split, fp32_outputs: Any, fp32_metrics: dict,
                  original_outputs: Any, ids: Any, max_length: int) -> list[dict]:
