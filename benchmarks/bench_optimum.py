@@ -19,7 +19,7 @@ with Optimum (`main_export`, task text-classification) and quantized with Optimu
 same fp32 export also goes through our 4-bit path ("ORT 4-bit of the baseline" in DESIGN.md).
 Each --bundle's model.onnx is fused (embslim.exporters.optimize) and quantized with embslim.exporters.quantize:
 int8 for arm64 and avx2, and 4-bit; with --static-int8 (default) also static int8 (QDQ, calibrated on the
-first 200 training texts) for arm64 and avx2, from the graph fused without Attention.
+first 200 training texts, MinMax) for arm64 and avx2, from the unfused graph.
 With --model2vec (default) the bundled MiniLM is distilled with model2vec and its classifier trained on the
 same training sentences as the baseline (its embslim_meta.json's max_train_samples and seed), and with
 --model2vec-full on the whole --train split too; fp32 and ORT dynamic int8 rows each
@@ -173,8 +173,8 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
                  calibration_texts: Sequence[str] = ()) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit; with
-    `calibration_texts`, also static int8 (QDQ) for arm64 and avx2 from the graph fused without
-    Attention (what `embslim run --static-int8` writes)."""
+    `calibration_texts`, also static int8 (QDQ) for arm64 and avx2 from the unfused graph (what
+    `embslim run --static-int8` writes)."""
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
     from embslim.exporters.quantize import (QuantizeConfig, StaticQuantizeConfig, calibration_feeds, quantize,
@@ -199,21 +199,20 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
                             cfg.variant, f"fused ({fusions}); weight bytes {result.weight_bytes}"))
     if calibration_texts:
         manifest = json.loads((folder / "manifest.json").read_text())
-        source = fused[4]   # fused without Attention: ORT's QDQ quantizer has no rule for the Attention op
+        source = folder / "model.onnx"   # unfused: as fast as dynamic int8 here (pipeline.targets.STATIC_SOURCE)
         inputs = [i for i in ("input_ids", "attention_mask", "token_type_ids")
-                  if i in {x.name for x in _onnx_inputs(source.path)}]
+                  if i in {x.name for x in _onnx_inputs(source)}]
         for target in ("arm64", "avx2"):
             cfg = StaticQuantizeConfig(target=target, validation_shapes=shapes)
             feeds = calibration_feeds(folder / "tokenizer.json", list(calibration_texts)[:cfg.calibration_size],
                                       input_names=inputs, max_length=max_length,
                                       pad_id=int(manifest["tokenizer"]["pad_id"]),
                                       same_length=cfg.calibration_method != "minmax")
-            result = quantize_static_int8(source.path, folder / cfg.file_name, feeds, cfg=cfg)
+            result = quantize_static_int8(source, folder / cfg.file_name, feeds, cfg=cfg)
             _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)
-            fusions = ", ".join(f"{k} x{v}" for k, v in source.fused.items())
             models.append(Model(f"{name} {cfg.variant}-{cfg.target}", folder, cfg.file_name, "model.onnx", name,
-                                cfg.variant, f"fused without Attention ({fusions}); QDQ, {cfg.calibration_method} "
-                                             f"calibration on {len(feeds)} training texts; weight bytes {result.weight_bytes}"))
+                                cfg.variant, f"unfused; QDQ, {cfg.calibration_method} calibration on {len(feeds)} "
+                                             f"training texts; weight bytes {result.weight_bytes}"))
     return models
 
 

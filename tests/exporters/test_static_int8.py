@@ -32,10 +32,16 @@ MIN_AGREEMENT = 0.95     # 40 eval sentences: at most 2 flips
 
 @pytest.fixture(scope="module")
 def noattn_model(tiny_bundle, tmp_path_factory):
-    """The graph static int8 is quantized from: fused without the Attention op."""
+    """A graph fused without the Attention op (static int8 can start from it too)."""
     out = tmp_path_factory.mktemp("static") / "model.fused-noattn.onnx"
     return optimize(tiny_bundle.path / "model.onnx", out,
                     cfg=OptimizeConfig(validation_shapes=((4, 19), (1, 64)), attention=False)).path
+
+
+@pytest.fixture(params=["unfused", "fused-noattn"])
+def static_source(request, tiny_bundle, noattn_model):
+    """The graphs static int8 is quantized from: the unfused export (what the targets stage uses)."""
+    return tiny_bundle.path / "model.onnx" if request.param == "unfused" else noattn_model
 
 
 def _feeds(tiny_bundle, *, same_length: bool):
@@ -60,16 +66,20 @@ def test_calibration_feeds_one_text_each_unpadded_or_padded_alike(tiny_bundle):
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
-def test_static_int8_keeps_remap_and_labels_do_not_depend_on_the_batch(tiny_bundle, noattn_model, method):
+def test_static_int8_keeps_remap_and_labels_do_not_depend_on_the_batch(tiny_bundle, static_source, method):
     cfg = StaticQuantizeConfig(target="arm64", calibration_method=method, validation_shapes=((4, 19), (1, 64)))
-    file = f"model.int8-static-{method}.onnx"
-    result = quantize_static_int8(noattn_model, tiny_bundle.path / file,
+    file = f"model.int8-static-{method}-{static_source.stem}.onnx"
+    result = quantize_static_int8(static_source, tiny_bundle.path / file,
                                   _feeds(tiny_bundle, same_length=method != "minmax"), cfg=cfg)
     add_artifacts(tiny_bundle.path, [artifact_entry(tiny_bundle.path, file, variant=cfg.variant, target=cfg.target)])
     model = onnx.load(str(tiny_bundle.path / file))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
-    assert result.quantized.get("MatMul", 0) >= 4 * 2 and result.weight_bytes["8bit"] > 0   # 2 layers x (Q, K, V, out, FFN x2)
+    # embedding tables: int8, dequantized after the Gather (rows only), never a whole-table DequantizeLinear
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert not any(n.op_type == "Gather" and n.input[0] in dq_outputs for n in model.graph.node)
+    assert any(n.op_type == "Gather" and n.input[0].endswith("_quantized") for n in model.graph.node)
+    assert result.quantized.get("MatMul", 0) >= 2 * 6 and result.weight_bytes["8bit"] > 0   # 2 layers x (Q, K, V, out, FFN x2)
     # the remap (int16, original vocabulary size) stays one plain Gather's integer table
     remap = [i for i in model.graph.initializer if list(i.dims) == [tiny_bundle.original_rows] and i.name.endswith("remap")]
     assert len(remap) == 1 and remap[0].data_type == onnx.TensorProto.INT16
@@ -122,7 +132,8 @@ def test_static_config_errors(kwargs, message):
 
 def test_static_config_names_the_file_and_variant():
     cfg = StaticQuantizeConfig(target="avx2")
-    assert (cfg.file_name, cfg.variant, cfg.bits) == ("model.int8-static-avx2.onnx", "int8-static", 8)
+    assert (cfg.file_name, cfg.variant, cfg.bits, cfg.calibration_method) == (
+        "model.int8-static-avx2.onnx", "int8-static", 8, "minmax")
 
 
 def test_static_int8_bad_inputs(tiny_bundle, noattn_model, tmp_path):
