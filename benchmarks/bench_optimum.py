@@ -399,8 +399,8 @@ def markdown(models: Sequence[Model], info: dict) -> str:
             _fmt(100 * r["accuracy_b32"], ".2f"), _fmt(100 * r["accuracy_b1"], ".2f"),
             _fmt(r.get("accuracy_b1_vs_ref_pts"), "+.2f"), _fmt(100 * r["agreement_b1"], ".1f"),
             f"{r['batch_flips']} / {info['n_eval']}",
-            _fmt(r.get("p50_ms_t1"), ".2f"), _fmt(r.get("p95_ms_t1"), ".2f"), _fmt(r.get("p50_ms_t1_vs_ref"), ".2f"),
-            _fmt(r.get("p50_ms_t2"), ".2f"), _fmt(r.get("p50_ms_t2_vs_ref"), ".2f"),
+            _fmt(r.get("p50_ms_t1"), ".3g"), _fmt(r.get("p95_ms_t1"), ".3g"), _fmt(r.get("p50_ms_t1_vs_ref"), ".3g"),
+            _fmt(r.get("p50_ms_t2"), ".3g"), _fmt(r.get("p50_ms_t2_vs_ref"), ".3g"),
             _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r.get("peak_rss_mb_vs_ref"), ".2f")]) + " |")
     lines += ["", ("Agreement is with the fp32 model each file came from. Flips: eval labels that differ between "
                    "batch 1 and batch 32 (dynamic int8 computes activation scales per batch; static int8 and fp32 "
@@ -414,28 +414,31 @@ def markdown(models: Sequence[Model], info: dict) -> str:
 
 
 def model2vec_summary(models: Sequence[Model]) -> list[str]:
-    """Plain sentences: each model2vec int8 row against the reference and against the most accurate
-    embslim int8 file (batch 32), on bytes (model + tokenizer), accuracy, p50 at 1 thread and peak RSS."""
+    """Plain sentences: where each model2vec int8 row wins and loses against the reference and
+    against the most accurate embslim int8 file (batch 32): bytes with the tokenizer, accuracy,
+    p50 latency at 1 thread, peak RSS."""
     ref = next((m for m in models if m.name == REFERENCE), None)
     ours = [m for m in models if m.runner == "embslim" and m.family != "optimum" and m.precision.startswith("int8")]
     best = max(ours, key=lambda m: m.metrics["accuracy_b32"], default=None)
     out = []
     for m in (m for m in models if m.runner == "model2vec" and m.precision == "int8"):
         r = m.metrics
-        parts = []
         for other in (ref, best):
             if other is None:
                 continue
             o = other.metrics
-            total = (r["bytes"] + r.get("tokenizer_bytes", 0)) / (o["bytes"] + o.get("tokenizer_bytes", 0))
-            lat = _ratio(r.get("p50_ms_t1"), o.get("p50_ms_t1"))
-            rss = _ratio(r.get("peak_rss_mb"), o.get("peak_rss_mb"))
-            parts.append(f"vs {other.name}: {total:.2f}x the bytes with tokenizer, "
-                         f"{100 * (r['accuracy_b32'] - o['accuracy_b32']):+.2f} pts accuracy (b32), "
-                         + (f"{lat:.2f}x p50 latency, " if lat is not None else "")
-                         + (f"{rss:.2f}x peak RSS" if rss is not None else "peak RSS not measured"))
-        if parts:
-            out.append(f"- **Where {m.name} stands**: " + "; ".join(parts) + ".")
+            wins, loses = [], []
+            for label, mine, theirs in (
+                    ("bytes with tokenizer", r["bytes"] + r.get("tokenizer_bytes", 0), o["bytes"] + o.get("tokenizer_bytes", 0)),
+                    ("p50 latency", r.get("p50_ms_t1"), o.get("p50_ms_t1")),
+                    ("peak RSS", r.get("peak_rss_mb"), o.get("peak_rss_mb"))):
+                ratio = _ratio(mine, theirs)
+                if ratio is not None:
+                    (wins if ratio < 1 else loses).append(f"{label} {ratio:.3g}x")
+            pts = 100 * (r["accuracy_b32"] - o["accuracy_b32"])
+            (wins if pts > 0 else loses).append(f"accuracy {pts:+.2f} pts (b32)")
+            out.append(f"- **{m.name} against {other.name}**: wins on {', '.join(wins) or 'nothing measured'}; "
+                       f"loses on {', '.join(loses) or 'nothing measured'}.")
     return out + ([""] if out else [])
 
 
