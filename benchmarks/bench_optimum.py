@@ -1,8 +1,16 @@
-"""Benchmark: our fused + quantized bundles against Optimum's export + int8, side by side, in one run.
+"""Benchmark: our fused + quantized bundles against Optimum's export + int8 and model2vec's static
+classifier, side by side, in one run.
 
-    .venv/bin/python benchmarks/bench_optimum.py --baseline /tmp/bench-src \\
-        --bundle /tmp/bench-src --bundle unpruned=/tmp/bench-src.work/unpruned \\
-        --data-root ../shared/data --out out/bench
+The full run (issue #16; the machine running nothing else; `pip install -c constraints.txt -e '.[bench]'`
+first for the model2vec rows), on the bundles of `embslim run --config configs/sst2-edge.toml
+--data-root ../shared/data --out out/sst2-edge`:
+
+    .venv/bin/python benchmarks/bench_optimum.py --baseline out/sst2-edge \\
+        --bundle messi-head1000=out/sst2-edge --bundle messi-head500=out/sst2-edge.work/dep+messi-head500 \\
+        --bundle dep=out/sst2-edge.work/dep --data-root ../shared/data --out out/bench-edge
+
+A quick check of the whole path (a few minutes; accuracy on 200 sentences, one short latency round):
+add `--max-eval 200 --rounds 1 --runs 5 --warmup 2 --threads 1 --no-model2vec-full`.
 
 --baseline is a fine-tuned checkpoint folder (embslim's `checkpoint-unpruned`) or a bundle from
 `embslim run`, whose `<bundle>.work/checkpoint-unpruned` is used. Its unpruned model is exported
@@ -10,18 +18,25 @@ with Optimum (`main_export`, task text-classification) and quantized with Optimu
 `ORTQuantizer` (`AutoQuantizationConfig.arm64` and `.avx512_vnni`, dynamic, per channel); the
 same fp32 export also goes through our 4-bit path ("ORT 4-bit of the baseline" in DESIGN.md).
 Each --bundle's model.onnx is fused (embslim.exporters.optimize) and quantized with embslim.exporters.quantize:
-int8 for arm64 and avx2, and 4-bit.
+int8 for arm64 and avx2, and 4-bit; with --static-int8 (default) also static int8 (QDQ, calibrated on the
+first 200 training texts, MinMax) for arm64 and avx2, from the unfused graph.
+With --model2vec (default) the bundled MiniLM is distilled with model2vec and its classifier trained on the
+same training sentences as the baseline (its embslim_meta.json's max_train_samples and seed), and with
+--model2vec-full on the whole --train split too; fp32 and ORT dynamic int8 rows each
+(benchmarks/bench_model2vec.py, which says how they are run).
 
 Measured for every model, on this machine:
 - bytes of the model file (each bundle also ships a ~0.5-0.7 MB tokenizer.json, Optimum's too);
 - accuracy on the eval split through embslim.runtime.Classifier (stock tokenizer, per-batch padding) at
-  batch 32 and batch 1, and label agreement with the fp32 model it came from;
+  batch 32 and batch 1, label agreement with the fp32 model it came from, and the labels that differ
+  between batch 1 and batch 32 ("flips": dynamic int8's per-batch activation scales; issue #16);
 - latency at batch 1 and --seq-len tokens with 1 and 2 intra-op threads: each round launches a
   fresh process per model (embslim.pipeline.probe: warm-up, then --runs timed runs), the model order
   rotating every round so drift hits all models alike; p50/p95 are the medians over rounds;
 - peak RSS (VmHWM) of those fresh processes at 1 thread (model load + inference).
 
-Ratios are against Optimum int8 (arm64). Writes bench.json and bench.md to --out. This is not a
+Ratios are against Optimum int8 (arm64). The table's header names the CPU and its int8-relevant flags
+(cpu_info: /proc/cpuinfo). Writes bench.json and bench.md to --out. This is not a
 test: it takes minutes, and on a shared machine its timings are noisy (say so when quoting them).
 """
 
@@ -43,6 +58,8 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if str(REPO / "benchmarks") not in sys.path:   # bench_model2vec beside this file
+    sys.path.insert(0, str(REPO / "benchmarks"))
 
 log = logging.getLogger("bench_optimum")
 
@@ -61,6 +78,11 @@ class Model:
     precision: str
     notes: str = ""
     metrics: dict = field(default_factory=dict)
+    # "embslim": run through embslim.runtime.Classifier; "model2vec": bench_model2vec.M2VRunner (its own
+    # tokenizer), with its own latency ids for the same text
+    runner: str = "embslim"
+    latency_ids: list[int] | None = None
+    extra_bytes: int = 0     # what else the model needs to run that other rows do not count (none so far)
 
     @property
     def path(self) -> Path:
@@ -148,11 +170,15 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
     return models
 
 
-def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> list[Model]:
-    """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit."""
+def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
+                 calibration_texts: Sequence[str] = ()) -> list[Model]:
+    """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit; with
+    `calibration_texts`, also static int8 (QDQ) for arm64 and avx2 from the unfused graph (what
+    `embslim run --static-int8` writes)."""
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
-    from embslim.exporters.quantize import QuantizeConfig, quantize
+    from embslim.exporters.quantize import (QuantizeConfig, StaticQuantizeConfig, calibration_feeds, quantize,
+                                            quantize_static_int8)
 
     shapes = shapes_for(max_length)   # never past max_length: a trimmed position table has no rows beyond
     folder = work / f"ours-{name}"
@@ -171,35 +197,99 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int) -> lis
         fusions = ", ".join(f"{k} x{v}" for k, v in source.fused.items())
         models.append(Model(f"{name} {cfg.variant}-{cfg.target}", folder, cfg.file_name, "model.onnx", name,
                             cfg.variant, f"fused ({fusions}); weight bytes {result.weight_bytes}"))
+    if calibration_texts:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        source = folder / "model.onnx"   # unfused: as fast as dynamic int8 here (pipeline.targets.STATIC_SOURCE)
+        inputs = [i for i in ("input_ids", "attention_mask", "token_type_ids")
+                  if i in {x.name for x in _onnx_inputs(source)}]
+        for target in ("arm64", "avx2"):
+            cfg = StaticQuantizeConfig(target=target, validation_shapes=shapes)
+            feeds = calibration_feeds(folder / "tokenizer.json", list(calibration_texts)[:cfg.calibration_size],
+                                      input_names=inputs, max_length=max_length,
+                                      pad_id=int(manifest["tokenizer"]["pad_id"]),
+                                      same_length=cfg.calibration_method != "minmax")
+            result = quantize_static_int8(source, folder / cfg.file_name, feeds, cfg=cfg)
+            _register(folder, cfg.file_name, variant=cfg.variant, target=cfg.target)
+            models.append(Model(f"{name} {cfg.variant}-{cfg.target}", folder, cfg.file_name, "model.onnx", name,
+                                cfg.variant, f"unfused; QDQ, {cfg.calibration_method} calibration on {len(feeds)} "
+                                             f"training texts; weight bytes {result.weight_bytes}"))
+    return models
+
+
+def _onnx_inputs(path: Path):
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def prepare_model2vec(work: Path, task, *, train_samples: int | None, seed: int, full: bool) -> list[Model]:
+    """model2vec's classifier on the bundles' training sentences (and on all of them with `full`);
+    fp32 and int8 rows each (benchmarks/bench_model2vec.py). [] with one warning when model2vec is
+    not installed."""
+    import bench_model2vec as m2v
+
+    from embslim.pipeline.data import subsample
+
+    try:
+        version = m2v.require_model2vec()
+    except m2v.Model2VecMissing as e:
+        log.warning("%s", e)
+        return []
+    train = subsample(task.train, train_samples, seed=seed)
+    rows = [(f"m2v-{len(train)}", train.texts, train.labels)]
+    if full and len(task.train) > len(train):
+        rows.append((f"m2v-{len(task.train)}", task.train.texts, task.train.labels))
+    models = []
+    for name, folder, info in m2v.prepare(work, rows, task.label_names):
+        n = info["train_sentences"]
+        tok = (folder / "tokenizer.json").stat().st_size
+        for file, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8")):
+            models.append(Model(f"model2vec {n:,} {precision}", folder, file, "model.onnx", name, precision,
+                                f"model2vec {version}: distilled from the bundled MiniLM (PCA {m2v.PCA_DIMS}), "
+                                f"StaticModelForClassification trained on {n:,} sentences"
+                                + (", ORT dynamic int8 (arm64 settings)" if precision == "int8" else "")
+                                + f"; its tokenizer.json {tok / 1e6:.2f} MB", runner="model2vec"))
     return models
 
 
 # -- measuring --------------------------------------------------------------------------------
 
 def measure_accuracy(models: Sequence[Model], split, *, n_labels: int) -> None:
-    from embslim.pipeline.validate import task_metrics
+    from embslim.pipeline.validate import label_flips, task_metrics
     from embslim.runtime import Classifier
 
     texts = list(split.texts)
     pairs = list(split.pairs) if split.pairs is not None else None
     cache: dict[tuple[Path, str, int], object] = {}
 
-    def logits(folder: Path, file: str, batch: int):
-        key = (folder, file, batch)
+    def logits(m: Model, file: str, batch: int):
+        key = (m.folder, file, batch)
         if key not in cache:
-            clf = Classifier.from_bundle(folder, file=file, threads=None)
-            cache[key] = clf.logits(texts, pairs, batch_size=batch)
+            if m.runner == "model2vec":
+                from bench_model2vec import M2VRunner
+
+                if pairs is not None:
+                    raise SystemExit("the model2vec rows classify single texts; run with --no-model2vec on a pair task")
+                cache[key] = M2VRunner(m.folder, file).logits(texts, batch_size=batch)
+            else:
+                clf = Classifier.from_bundle(m.folder, file=file, threads=None)
+                cache[key] = clf.logits(texts, pairs, batch_size=batch)
         return cache[key]
 
     for m in models:
         t0 = time.perf_counter()
         for batch in (32, 1):
-            got = logits(m.folder, m.file, batch)
-            ref = logits(m.folder, m.fp32_file, batch)
+            got = logits(m, m.file, batch)
+            ref = logits(m, m.fp32_file, batch)
             m.metrics[f"accuracy_b{batch}"] = task_metrics(got, split.labels, n_labels=n_labels)["accuracy"]
             m.metrics[f"agreement_b{batch}"] = float((got.argmax(-1) == ref.argmax(-1)).mean())
-        log.info("%-28s accuracy %.2f%% (batch 32) / %.2f%% (batch 1) in %.0f s", m.name,
-                 100 * m.metrics["accuracy_b32"], 100 * m.metrics["accuracy_b1"], time.perf_counter() - t0)
+        # labels that change between batch 1 and batch 32 (dynamic int8's per-batch activation scales)
+        m.metrics["batch_flips"] = label_flips(logits(m, m.file, 1), logits(m, m.file, 32))
+        log.info("%-28s accuracy %.2f%% (batch 32) / %.2f%% (batch 1), %d batch flips in %.0f s", m.name,
+                 100 * m.metrics["accuracy_b32"], 100 * m.metrics["accuracy_b1"], m.metrics["batch_flips"],
+                 time.perf_counter() - t0)
 
 
 def measure_speed(models: Sequence[Model], ids: Sequence[int], *, threads: Sequence[int], rounds: int, runs: int,
@@ -220,7 +310,8 @@ def measure_speed(models: Sequence[Model], ids: Sequence[int], *, threads: Seque
                     continue
                 # fp32 models that are not timed still get a short probe for their peak RSS
                 n = runs if m in timed else 5
-                samples.setdefault((m.name, t), []).append(measure(m.path, ids, runs=n, warmup=min(warmup, n), threads=t))
+                samples.setdefault((m.name, t), []).append(measure(m.path, m.latency_ids or ids, runs=n,
+                                                                   warmup=min(warmup, n), threads=t))
         log.info("latency round %d/%d done", r + 1, rounds)
     for m in models:
         for t in threads:
@@ -234,6 +325,32 @@ def measure_speed(models: Sequence[Model], ids: Sequence[int], *, threads: Seque
                 m.metrics[f"p50_ms_t{t}_spread"] = [min(p50s), max(p50s)]
             if t == 1:
                 m.metrics["peak_rss_mb"] = statistics.median(s["peak_rss_mb"] for s in got)
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+# /proc/cpuinfo flags that decide which int8 kernels ONNX Runtime runs on x86 (u8 x s8 VPMADDUBSW on
+# AVX2, VNNI dot products, AMX tiles); "asimddp"/"i8mm" are their ARM counterparts.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimddp", "i8mm")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """{"model": CPU model name, "flags": the CPU_FLAGS this CPU has} from /proc/cpuinfo (or its
+    text); {"model": platform.processor() or "unknown", "flags": []} where there is none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+        elif key in ("flags", "features"):
+            flags |= set(value.split())
+    return {"model": model or platform.processor() or "unknown", "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -264,30 +381,80 @@ def markdown(models: Sequence[Model], info: dict) -> str:
         "# embslim vs Optimum: size, accuracy, latency, memory",
         "",
         f"{info['created']} on {info['machine']} ({info['cpu_count']} CPUs; {info['note']}).  ",
+        (f"CPU: {info['cpu']['model']}; int8-relevant flags: {', '.join(info['cpu']['flags']) or 'none of '}"
+         + ("" if info['cpu']['flags'] else ", ".join(CPU_FLAGS)) + f". onnxruntime {info['onnxruntime']}.  "),
         (f"Eval: {info['task']} ({info['n_eval']} examples), through embslim.runtime.Classifier. Latency: batch 1, "
          f"{info['seq_len']} tokens, median over {info['rounds']} interleaved rounds of {info['runs']} runs, "
          f"each in a fresh process. MB = 10^6 bytes. Ratios vs **{REFERENCE}**."),
         "",
-        ("| model | MB | × ref | acc % b32 | acc % b1 | Δ pts b1 | agree % b1 | p50 ms 1t | p95 ms 1t | × ref | "
-         "p50 ms 2t | × ref | peak RSS MB | × ref |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| model | MB | × ref | tokenizer MB | acc % b32 | acc % b1 | Δ pts b1 | agree % b1 | flips b1/b32 | "
+         "p50 ms 1t | p95 ms 1t | × ref | p50 ms 2t | × ref | peak RSS MB | × ref |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in models:
         r = m.metrics
         lines.append(" | ".join([
             f"| {m.name}", _fmt(r["bytes"] / 1e6, ".2f"), _fmt(r.get("bytes_vs_ref"), ".2f"),
+            _fmt(r.get("tokenizer_bytes", 0) / 1e6, ".2f"),
             _fmt(100 * r["accuracy_b32"], ".2f"), _fmt(100 * r["accuracy_b1"], ".2f"),
             _fmt(r.get("accuracy_b1_vs_ref_pts"), "+.2f"), _fmt(100 * r["agreement_b1"], ".1f"),
-            _fmt(r.get("p50_ms_t1"), ".2f"), _fmt(r.get("p95_ms_t1"), ".2f"), _fmt(r.get("p50_ms_t1_vs_ref"), ".2f"),
-            _fmt(r.get("p50_ms_t2"), ".2f"), _fmt(r.get("p50_ms_t2_vs_ref"), ".2f"),
+            f"{r['batch_flips']} / {info['n_eval']}",
+            _fmt(r.get("p50_ms_t1"), ".3g"), _fmt(r.get("p95_ms_t1"), ".3g"), _fmt(r.get("p50_ms_t1_vs_ref"), ".3g"),
+            _fmt(r.get("p50_ms_t2"), ".3g"), _fmt(r.get("p50_ms_t2_vs_ref"), ".3g"),
             _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r.get("peak_rss_mb_vs_ref"), ".2f")]) + " |")
-    lines += ["", ("Agreement is with the fp32 model each file came from. fp32 rows are references; their latency "
-                   "is measured only with --latency-fp32."), ""]
+    lines += ["", ("Agreement is with the fp32 model each file came from. Flips: eval labels that differ between "
+                   "batch 1 and batch 32 (dynamic int8 computes activation scales per batch; static int8 and fp32 "
+                   "should show 0). MB is the model file; the tokenizer.json it also ships is the next column "
+                   "(model2vec's is its own). fp32 rows are references; their latency is measured only with "
+                   "--latency-fp32. model2vec rows run through their own runner (benchmarks/bench_model2vec.py) "
+                   "with the same protocol; their latency ids are model2vec's tokens of the same text."), ""]
+    lines += model2vec_summary(models)
     lines += [f"- **{m.name}**: `{m.path}`" + (f"; {m.notes}" if m.notes else "") for m in models]
     return "\n".join(lines) + "\n"
 
 
+def model2vec_summary(models: Sequence[Model]) -> list[str]:
+    """Plain sentences: where each model2vec int8 row wins and loses against the reference and
+    against the most accurate embslim int8 file (batch 32): bytes with the tokenizer, accuracy,
+    p50 latency at 1 thread, peak RSS."""
+    ref = next((m for m in models if m.name == REFERENCE), None)
+    ours = [m for m in models if m.runner == "embslim" and m.family != "optimum" and m.precision.startswith("int8")]
+    best = max(ours, key=lambda m: m.metrics["accuracy_b32"], default=None)
+    out = []
+    for m in (m for m in models if m.runner == "model2vec" and m.precision == "int8"):
+        r = m.metrics
+        for other in (ref, best):
+            if other is None:
+                continue
+            o = other.metrics
+            wins, loses = [], []
+            for label, mine, theirs in (
+                    ("bytes with tokenizer", r["bytes"] + r.get("tokenizer_bytes", 0), o["bytes"] + o.get("tokenizer_bytes", 0)),
+                    ("p50 latency", r.get("p50_ms_t1"), o.get("p50_ms_t1")),
+                    ("peak RSS", r.get("peak_rss_mb"), o.get("peak_rss_mb"))):
+                ratio = _ratio(mine, theirs)
+                if ratio is not None:
+                    (wins if ratio < 1 else loses).append(f"{label} {ratio:.3g}x")
+            pts = 100 * (r["accuracy_b32"] - o["accuracy_b32"])
+            (wins if pts > 0 else loses).append(f"accuracy {pts:+.2f} pts (b32)")
+            out.append(f"- **{m.name} against {other.name}**: wins on {', '.join(wins) or 'nothing measured'}; "
+                       f"loses on {', '.join(loses) or 'nothing measured'}.")
+    return out + ([""] if out else [])
+
+
 # -- main -------------------------------------------------------------------------------------
+
+def _training_subsample(args: argparse.Namespace) -> tuple[int | None, int]:
+    """(max_train_samples, seed) the baseline was fine-tuned with (its embslim_meta.json), so model2vec
+    trains on the same sentences (embslim.pipeline.data.subsample); flags override."""
+    meta_file = _checkpoint_dir(args.baseline) / "embslim_meta.json"
+    config = {}
+    if meta_file.is_file():
+        config = (json.loads(meta_file.read_text()).get("finetune") or {}).get("config") or {}
+    samples = args.train_samples if args.train_samples is not None else config.get("max_train_samples")
+    seed = args.train_seed if args.train_seed is not None else int(config.get("seed", 42))
+    return samples, seed
+
 
 def _parse_bundle(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
@@ -316,6 +483,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-eval", type=int, default=None, help="first N eval examples only (quick checks)")
     p.add_argument("--latency-fp32", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the fp32 references (slow)")
+    p.add_argument("--static-int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="also static (QDQ, calibrated) int8 of each --bundle, arm64 and avx2 (default on)")
+    p.add_argument("--model2vec", action=argparse.BooleanOptionalAction, default=True,
+                   help="also model2vec's static classifier on the same training sentences (needs .[bench])")
+    p.add_argument("--model2vec-full", action=argparse.BooleanOptionalAction, default=True,
+                   help="and a second model2vec row trained on the whole --train split")
+    p.add_argument("--train-samples", type=int, default=None,
+                   help="training sentences of the model2vec row (default: the baseline's max_train_samples)")
+    p.add_argument("--train-seed", type=int, default=None, help="their subsample seed (default: the baseline's seed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("root", "onnxruntime", "optimum", "embslim.exporters.compare", "transformers"):
@@ -340,11 +516,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     models = prepare_optimum(args.baseline, work)
     max_length = int(json.loads((models[0].folder / "manifest.json").read_text())["task"]["max_length"])
+    calibration = list(task.train.texts) if args.static_int8 else []
     for text in args.bundle:
         name, path = _parse_bundle(text)
-        models += prepare_ours(name, path, work, max_length=max_length)
+        models += prepare_ours(name, path, work, max_length=max_length, calibration_texts=calibration)
+    if args.model2vec:
+        samples, seed = _training_subsample(args)
+        models += prepare_model2vec(work / "model2vec", task, train_samples=samples, seed=seed, full=args.model2vec_full)
     for m in models:
         m.metrics["bytes"] = m.path.stat().st_size
+        m.metrics["tokenizer_bytes"] = (m.folder / "tokenizer.json").stat().st_size
+        if m.runner == "model2vec":
+            from bench_model2vec import M2VRunner
+
+            m.latency_ids = M2VRunner(m.folder, m.file).latency_ids(task.eval.texts, seq_len=args.seq_len)
 
     measure_accuracy(models, task.eval, n_labels=len(task.label_names))
     ids = latency_ids(models[0].folder / "tokenizer.json", task.eval.texts, seq_len=args.seq_len)
@@ -358,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "task": task.name,
             "n_eval": len(task.eval), "seq_len": args.seq_len, "rounds": args.rounds, "runs": args.runs,
             "threads": args.threads, "baseline": str(args.baseline), "seconds": round(time.perf_counter() - t_start),
+            "cpu": cpu_info(),
             "note": "shared machine, timings are noisy"}
     args.out.mkdir(parents=True, exist_ok=True)
     data = {"info": info, "reference": REFERENCE,

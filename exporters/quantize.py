@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import onnx
 
     from embslim.pipeline.data import Split
@@ -532,12 +534,14 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
 def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labels: int,
                     fp32_file: str = "model.onnx", max_drop: float = 0.01, allow_drop: bool = False,
                     batch_size: int = 32, fp32_logits: np.ndarray | None = None,
-                    original_logits: np.ndarray | None = None) -> dict:
+                    original_logits: np.ndarray | None = None, batch_flips: bool = False) -> dict:
     """Accuracy of `file` vs `fp32_file` on `split`, both through `embslim.runtime.Classifier` with the same
     batching; both must be listed in the bundle's manifest. Raises QuantizationAccuracyError when
     accuracy drops more than `max_drop` (a share: 0.01 = 1 point) unless `allow_drop`, in which
     case the returned dict says "flagged": True. With `original_logits` (the user's own trained
-    model on the same texts) it also reports `original_agreement` and `original_max_logit_diff`."""
+    model on the same texts) it also reports `original_agreement` and `original_max_logit_diff`. With
+    `batch_flips` it also runs `file` at batch 1 and reports `batch_flips`: labels that differ from
+    `batch_size` (`embslim.pipeline.validate.batch_flips`)."""
     from embslim.pipeline.validate import eval_logits, task_metrics
     from embslim.runtime import Classifier
 
@@ -558,6 +562,11 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
     if original_logits is not None:
         report |= {"original_agreement": float((logits[file].argmax(-1) == original_logits.argmax(-1)).mean()),
                    "original_max_logit_diff": float(np.abs(logits[file] - original_logits).max())}
+    if batch_flips:
+        from embslim.pipeline.validate import batch_flips as count_flips
+
+        clf = Classifier.from_bundle(bundle_dir, file=file, threads=None, staging=True)
+        report |= count_flips(clf, split, batch_size=batch_size, logits=logits[file])
     log.info("%s: accuracy %.2f%% vs fp32 %.2f%% (%+.2f pts), agreement %.2f%%", file, 100 * got["accuracy"],
              100 * ref["accuracy"], -100 * drop, 100 * agreement)
     if drop > max_drop and not allow_drop:
@@ -572,3 +581,237 @@ def _snr(reference: np.ndarray, other: np.ndarray) -> float:
     from embslim.exporters.compare import snr_db
 
     return snr_db(reference, other)
+
+
+# -- static (calibrated) int8, QDQ format -----------------------------------------------------
+#
+# Dynamic int8 (above) computes one activation scale per MatMul input from the batch it runs on,
+# so a text's label can move with the texts batched beside it (issue #16: 9-15 of 872 SST-2 dev
+# labels differ between batch 1 and batch 32). Static int8 fixes every activation scale once,
+# from calibration texts, so a text's output does not depend on its batch.
+
+CalibrationMethod = Literal["minmax", "percentile", "entropy"]
+_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class StaticQuantizeConfig:
+    """Static int8 per target: ONNX Runtime `quantize_static` in the QDQ format (QuantizeLinear /
+    DequantizeLinear pairs that ORT's CPU provider fuses into integer kernels), u8 activations with
+    scales calibrated on task text, weights as `TARGETS[target]` sets them (symmetric, per channel)."""
+
+    target: Target
+    # How activation ranges are read from the calibration run (ORT's CalibrationMethod): "minmax"
+    # takes the extremes; "percentile" clips at `percentile` of a histogram; "entropy" picks the clip
+    # that keeps the KL divergence lowest. The histogram methods need equal-length (padded) feeds.
+    # Measured on an SST-2 DEP bundle from the unfused graph (872 dev sentences, fp32 82.57%):
+    # minmax 82.45%, entropy 82.34%, percentile 81.88%; minmax also calibrates on unpadded texts.
+    calibration_method: CalibrationMethod = "minmax"
+    percentile: float = 99.999          # ORT's default for CalibPercentile
+    # Texts (one per calibration run, unpadded) read from the start of the calibration set: ~100-300
+    # is what ORT's examples use; more costs calibration time and memory, not accuracy here.
+    calibration_size: int = 200
+    per_channel: bool = True
+    include_embeddings: bool = True
+    validation_shapes: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}; "
+                             "pick the CPU the bundle will run on (arm64 for phones and ARM boards)")
+        if self.calibration_method not in _CALIBRATION_METHODS:
+            raise ValueError(f"calibration_method must be one of {', '.join(_CALIBRATION_METHODS)}, "
+                             f"got {self.calibration_method!r}")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}; 99.999 is ORT's default")
+        n = self.calibration_size
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"calibration_size must be a positive int (texts), got {n!r}; ~200 is enough")
+        for name in ("per_channel", "include_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    bits = 8
+
+    @property
+    def variant(self) -> str:
+        """The manifest's variant: "int8-static" (the target goes in its own field)."""
+        return "int8-static"
+
+    @property
+    def file_name(self) -> str:
+        """The bundle's file for this config, e.g. model.int8-static-arm64.onnx."""
+        return f"model.int8-static-{self.target}.onnx"
+
+
+def calibration_feeds(tokenizer_file: str | Path, texts: "Sequence[str]", *, input_names: "Sequence[str]",
+                      max_length: int, pad_id: int = 0, pairs: "Sequence[str] | None" = None,
+                      same_length: bool = False) -> list[dict[str, np.ndarray]]:
+    """One feed per text (`[1, tokens]` int64 arrays for each name in `input_names`), tokenized as
+    `embslim.runtime` does it (the bundle's tokenizer.json, truncation at `max_length`). Unpadded,
+    so calibration sees real tokens only, unless `same_length`: then every feed is right-padded
+    (`pad_id`, mask 0) to the longest, which ORT's histogram calibrators ("percentile",
+    "entropy") need, as they stack every run's outputs into one array. Raises ValueError for an
+    empty `texts`."""
+    from embslim.runtime.tokens import load_tokenizer, pad_batch
+
+    if not texts:
+        raise ValueError("calibration needs at least one text; pass the task's training texts")
+    tokenizer = load_tokenizer(tokenizer_file, max_length=max_length)
+    dtypes = {name: np.dtype(np.int64) for name in input_names}
+    encodings = [tokenizer.encode(text) if pairs is None else tokenizer.encode(text, pairs[i])
+                 for i, text in enumerate(texts)]
+    if not same_length:
+        return [pad_batch([e], pad_id=pad_id, dtypes=dtypes) for e in encodings]
+    padded = pad_batch(encodings, pad_id=pad_id, dtypes=dtypes)   # [n, longest] each
+    return [{name: array[i:i + 1] for name, array in padded.items()} for i in range(len(encodings))]
+
+
+def _static_reader(feeds: "Sequence[dict[str, np.ndarray]]"):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Feeds(CalibrationDataReader):
+        """ORT's calibration reader over prepared feeds (one text each)."""
+
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(feeds)
+
+    return _Feeds()
+
+
+def _quantize_gathers(model: "onnx.ModelProto", out: Path, *, cfg: "StaticQuantizeConfig", exclude: list[str]) -> None:
+    """quantize_dynamic restricted to Gather (weight-only: table to int8, DequantizeLinear after the
+    Gather); integer index tables stay excluded."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = TARGETS[cfg.target]
+    quantize_dynamic(model, out, op_types_to_quantize=["Gather"], per_channel=cfg.per_channel,
+                     reduce_range=settings.reduce_range, weight_type=QuantType[settings.weight_type],
+                     nodes_to_exclude=exclude, extra_options=_int8_extra_options())
+
+
+def quantize_static_int8(model_in: str | Path, model_out: str | Path,
+                         calibration: "Sequence[dict[str, np.ndarray]]", *,
+                         cfg: StaticQuantizeConfig) -> QuantizeResult:
+    """Static int8 of `model_in` into `model_out`: ONNX Runtime `quantize_static` (QDQ format) with
+    activation ranges from running `model_in` on `calibration` (feeds from `calibration_feeds`,
+    the first `cfg.calibration_size` used). MatMul and Gemm weights become int8 (QDQ); with
+    `include_embeddings` the float Gather tables are stored as int8 the way `quantize_dynamic` does
+    it (weight-only, dequantized after the Gather); integer index tables are excluded and checked
+    afterwards as in `quantize`. ORT's QDQ quantizer has no rule for the fused Attention op, whose weights stay
+    float: quantize the unfused model.onnx (what `embslim run --static-int8` does: measured as fast
+    as dynamic int8 on the fused graph) or a graph fused without Attention (slower here). Raises
+    QuantizationError like `quantize`."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from embslim.exporters.compare import compare_onnx
+
+    model_in, model_out = Path(model_in), Path(model_out)
+    if not model_in.is_file():
+        raise QuantizationError(f"{model_in} not found; pass an exported (or fused) model.onnx")
+    if model_in.resolve() == model_out.resolve():
+        raise QuantizationError(f"model_out must differ from model_in ({model_in}); e.g. {cfg.file_name}")
+    feeds = list(calibration)[:cfg.calibration_size]
+    if not feeds:
+        raise QuantizationError("no calibration feeds; build them with calibration_feeds(tokenizer.json, train texts)")
+    if cfg.calibration_method != "minmax" and len({tuple(a.shape for a in f.values()) for f in feeds}) > 1:
+        raise QuantizationError(f"{cfg.calibration_method} calibration stacks every run's outputs, so its feeds must "
+                                "have one shape; build them with calibration_feeds(..., same_length=True)")
+    t0 = time.perf_counter()
+    original = _load(model_in)
+    tables = index_tables(original)
+    excluded = sorted(tables)
+    gathers = [n.name for n in original.graph.node if n.op_type in _GATHERS and n.name not in tables]
+    if not cfg.include_embeddings:
+        excluded += sorted(gathers)
+    candidates = _float_weight_nodes(original)
+    settings = TARGETS[cfg.target]
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[cfg.calibration_method]
+    extra = _int8_extra_options() | {
+        "CalibPercentile": cfg.percentile,
+        # QDQ's default per-channel axis for MatMul is the reduction axis; weights [in, out] are
+        # quantized per output column, as quantize_dynamic does.
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        # Percentile/Entropy symmetrise activation ranges unless told not to; u8 activations with a
+        # zero point use the full range of post-GELU/LayerNorm outputs better.
+        "CalibTensorRangeSymmetric": False,
+        # Biases stay float (Add after the integer MatMul): int32 bias needs the input's scale, which
+        # the calibrator does not record for the pooler's Gemm (its input is a Gather of one token).
+        "QuantizeBias": False,
+    }
+    log.info("static int8 of %s for %s: %d calibration texts, %s; index tables kept as they are: %s", model_in.name,
+             cfg.target, len(feeds), cfg.calibration_method, ", ".join(f"{t} ({n})" for n, t in tables.items()) or "none")
+    model_out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=model_out.parent, prefix=f".{model_out.name}.", suffix=".onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    # ORT writes the float model with its calibration outputs beside a temporary file; give it one
+    # path it can own (a model already inside `original` would be saved without our node names).
+    src = tmp.with_name(tmp.name + ".src.onnx")
+    try:
+        onnx.save(original, str(src))
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                quantize_static(str(src), str(tmp), _static_reader(feeds), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=["MatMul", "Gemm"], per_channel=cfg.per_channel,
+                                reduce_range=settings.reduce_range, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType[settings.weight_type], nodes_to_exclude=excluded,
+                                calibrate_method=method, extra_options=extra)
+                if cfg.include_embeddings:
+                    # Embedding tables as quantize_dynamic stores them: an int8 table, Gather, then
+                    # DequantizeLinear of the gathered rows only. That involves no activation scale, so
+                    # it is as batch-invariant as the rest; QDQ's own Gather rule puts the
+                    # DequantizeLinear BEFORE the Gather, which ORT neither folds nor fuses: it
+                    # dequantized the whole table on every run (measured 17 ms against 9.8 ms p50).
+                    gathered = _load(tmp)
+                    _quantize_gathers(gathered, tmp, cfg=cfg, exclude=excluded)
+        except Exception as e:
+            raise QuantizationError(f"static int8 of {model_in.name} ({cfg.target}, {cfg.calibration_method}) failed: "
+                                    f"{type(e).__name__}: {e}") from e
+        result_model = onnx.load(str(tmp))
+        problems = _check_index_tables(original, result_model, tables)
+        if problems:
+            raise QuantizationError(f"quantized {model_in.name} broke an integer index table: {'; '.join(problems)}; "
+                                    "this is a bug in the exclusion list, please report it with the model")
+        try:
+            ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise QuantizationError(f"ONNX Runtime {ort.__version__} cannot load the static int8 {model_in.name}: {e}; "
+                                    "try the dynamic int8 target instead") from e
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, model_out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        src.unlink(missing_ok=True)
+
+    # QDQ keeps a weight as an int8 initializer read by DequantizeLinear: a node whose float weight
+    # initializer is gone was quantized.
+    left = _float_weight_nodes(result_model)
+    floats_left = {w for _, ws in left.values() for w in ws}
+    quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in floats_left for w in ws))
+    try:
+        comparison = compare_onnx(model_in, model_out, shapes=cfg.validation_shapes)
+        snr, agreement = comparison.snr_db, comparison.agreement
+    except ValueError as e:
+        log.warning("no random-input comparison for %s: %s", model_out.name, e)
+        snr, agreement = float("nan"), float("nan")
+    seconds = time.perf_counter() - t0
+    result = QuantizeResult(
+        path=model_out, target=cfg.target, bits=8, bytes_in=model_in.stat().st_size,
+        bytes_out=model_out.stat().st_size, quantized=dict(quantized), int4_nodes={},
+        float_weights_left=dict(Counter(op for op, _ in left.values())), index_tables=tables,
+        excluded_nodes=tuple(excluded), weight_bytes=weight_bytes(result_model),
+        snr_db=snr, agreement=agreement, seconds=seconds)
+    log.info("%s: %.2f MB -> %.2f MB (%.2fx) in %.1f s; quantized %s; output SNR vs input %.1f dB on random ids",
+             model_out.name, result.bytes_in / 1e6, result.bytes_out / 1e6, result.bytes_out / result.bytes_in,
+             seconds, dict(quantized), snr)
+    return result

@@ -149,6 +149,9 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-bytes", type=_bytes, metavar="SIZE",
                    help="size budget of the mixed file: bytes, or with a unit (8MB, 7.5MiB, 900KB; MB = 10^6 bytes); "
                         "implies --mixed")
+    g.add_argument("--static-int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="also static (calibrated, QDQ) int8 per target, calibrated on the training texts: labels "
+                        "that do not depend on the batch")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -183,7 +186,7 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants",
                                    "int4_algorithm", "int4_block_size", "int4_symmetric", "int4_accuracy_level",
-                                   "calibration_texts", "mixed", "max_bytes")},
+                                   "calibration_texts", "mixed", "max_bytes", "static_int8")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 
@@ -362,7 +365,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.targets import TargetsConfig, build_targets
+    from embslim.pipeline.targets import TargetsConfig, build_targets, calibration_split
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
@@ -376,7 +379,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     with staged_bundle(a.bundle, force=True) as stage, tempfile.TemporaryDirectory() as work:
         copy_bundle(a.bundle, stage)
         rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work,
-                             calibration=task.train)
+                             calibration=calibration_split(task))
         write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  {scorer.summary(r)}"

@@ -337,6 +337,8 @@ _CLASSIFICATION = ReportView(
              # label agreement with the model the user gave: only runs that kept a trained model (--no-finetune) have it
              Column("agrees with given model %", "original_agreement", "pct", show="if_key"),
              Column("max |Δlogit| vs given model", "original_max_logit_diff", "sci", show="if_key"),
+             # labels that change between batch 1 and batch 32 (dynamic int8: issue #16); quantized rows only
+             Column("batch flips (b1 vs b32)", "batch_flips", "int", show="if_key"),
              *_SPEED_COLUMNS),
     side_columns=(Column("variant", "name", "text"), Column("embedding params (M)", "embedding_params", "params"),
                   Column("reconstruction error", "reconstruction_error"), Column("token-weighted error", "token_weighted_error"),

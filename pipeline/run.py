@@ -464,7 +464,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     from embslim.pipeline.model import get_word_embeddings
     from embslim.pipeline.report import write_report
     from embslim.pipeline.scoring import load_probes, scorer_for
-    from embslim.pipeline.targets import build_targets
+    from embslim.pipeline.targets import build_targets, calibration_split
     from embslim.pipeline.tasks import get_task
     from embslim.pipeline.validate import check_parity, validate_artifact
     from embslim.pipeline.vocab import fingerprint_dict, oov_stats, prune
@@ -580,7 +580,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
             rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
                      build_targets(bundle, task.eval, scorer=scorer, cfg=cfg.targets,
                                    validate=cfg.validate, work=work, original_outputs=original_logits,
-                                   fp32=variants[cfg.chosen]["fp32"], calibration=task.train)]
+                                   fp32=variants[cfg.chosen]["fp32"], calibration=calibration_split(task))]
             if cfg.targets.all_variants and cfg.targets.targets:
                 others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
                 for name, v in variants.items():
@@ -589,7 +589,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                                  build_targets(v["folder"], task.eval, scorer=scorer, cfg=others,
                                                validate=cfg.validate, work=work / f"targets-{_slug(name)}",
                                                original_outputs=original_logits, fp32=v["fp32"],
-                                               calibration=task.train)]
+                                               calibration=calibration_split(task))]
 
         with stage(7, total, "write manifest and report"):
             artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added

@@ -101,10 +101,12 @@ class ClassificationScorer:
         from embslim.exporters.quantize import check_quantized
 
         check = check_quantized(bundle, file, split, n_labels=self.n_labels, max_drop=max_drop, allow_drop=allow_drop,
-                                batch_size=batch_size, fp32_logits=fp32_outputs, original_logits=original)
+                                batch_size=batch_size, fp32_logits=fp32_outputs, original_logits=original,
+                                batch_flips=True)
         return {"accuracy": check["accuracy"], "agreement_fp32": check["agreement"],
                 "accuracy_drop_vs_fp32": check["drop"], "flagged": check["flagged"],
-                **{k: check[k] for k in ("original_agreement", "original_max_logit_diff") if k in check}}
+                **{k: check[k] for k in ("original_agreement", "original_max_logit_diff", "batch_flips",
+                                         "batch_flips_batch_size") if k in check}}
 
     def first_rows(self, n: int) -> "ClassificationScorer":
         """The scorer for the eval split's first `n` rows alone (what arm64 validation runs): this one."""

@@ -31,6 +31,14 @@ class TargetsError(ValueError):
     """A target option is wrong."""
 
 
+# The graph static int8 is quantized from. ORT's QDQ quantizer has no rule for the fused Attention
+# op (its weights would stay fp32), so the choice is the unfused model.onnx or the graph fused
+# without Attention (SkipLayerNorm, BiasGelu). Measured on an SST-2 DEP bundle (batch 1, 32 tokens,
+# 1 thread, median of 5 fresh-process probes, a busy 2-core machine): unfused 9.2 ms, fused without
+# Attention 12.8-13.1 ms, dynamic int8 of the fully fused graph 9.7 ms, fp32 12.0 ms.
+STATIC_SOURCE: Literal["unfused", "fused-noattn"] = "unfused"
+
+
 @dataclass(frozen=True)
 class TargetsConfig:
     # int8 per CPU family: arm64 for phones and ARM boards; avx2 / avx512-vnni for x86 servers.
@@ -66,6 +74,13 @@ class TargetsConfig:
     # within max_drop (the same budget every quantized file is held to).
     mixed: bool = False
     max_bytes: int | None = None       # bytes of the mixed ONNX file; implies mixed
+    # Static (calibrated, QDQ) int8 for every target too: model.int8-static-<target>.onnx, manifest
+    # variant "int8-static". Its activation scales are fixed from `calibration_size` training texts,
+    # so a text's label does not depend on the texts batched with it (dynamic int8's do: issue #16).
+    # Off by default: calibration adds ~1 min per target, and variant="auto" keeps loading dynamic int8.
+    static_int8: bool = False
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"   # measured: StaticQuantizeConfig
+    calibration_size: int = 200
 
     def __post_init__(self) -> None:
         from embslim.exporters.quantize import TARGETS
@@ -103,6 +118,16 @@ class TargetsConfig:
         """The 4-bit keyword arguments of `embslim.exporters.quantize.QuantizeConfig`."""
         return {"algorithm": self.int4_algorithm, "block_size": self.int4_block_size,
                 "symmetric": self.int4_symmetric, "accuracy_level": self.int4_accuracy_level}
+        if self.static_int8:
+            from embslim.exporters.quantize import StaticQuantizeConfig
+
+            try:
+                StaticQuantizeConfig(target=self.targets[0] if self.targets else "arm64",
+                                     calibration_method=self.calibration_method, calibration_size=self.calibration_size)
+            except ValueError as e:
+                raise TargetsError(str(e)) from e
+            if not self.targets:
+                raise TargetsError("static_int8 needs at least one target (e.g. targets = [\"arm64\"])")
 
 
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
@@ -113,9 +138,11 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     (`embslim.pipeline.scoring.scorer_for`). `original_outputs` (the user's model on `split`) adds
     each artifact's comparison with that model to its row. `fp32`: model.onnx's outputs on `split`
     and its task metrics when the caller has them already (`embslim run`'s validate stage), so they
-    are not computed twice. `calibration`: the task's training split, whose first
-    `cfg.calibration_texts` texts (through the bundle's own tokenizer) calibrate GPTQ and the
-    mixed file's sensitivity pass; without it the eval split's texts are used (and said so)."""
+    are not computed twice. `calibration`: the task's training split (or, in a text-only run, its
+    corpus: `calibration_split`); its first `cfg.calibration_texts` texts (through the bundle's own
+    tokenizer) calibrate GPTQ and the mixed file's sensitivity pass (without it the eval split's texts
+    are used, and said so), and its texts calibrate the static int8 files (`cfg.static_int8`;
+    TargetsError without it)."""
     from embslim.exporters.mobile import to_ort_format
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
@@ -127,6 +154,9 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
+    if cfg.static_int8 and (calibration is None or not len(calibration)):
+        raise TargetsError("static_int8 calibrates on the task's training texts, and this run has none: pass "
+                           "--train (labels are not needed), or drop --static-int8")
     fp32_model = scorer.load(bundle, "model.onnx")   # maybe the bundle being written
     shapes = shapes_for(fp32_model.max_length)   # every check stays within the inputs the bundle accepts
     if cfg.fuse:
@@ -147,7 +177,7 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
         if calibration is None or not len(calibration):
             log.warning("no training text for calibration: using the eval split's texts (the sensitivity ranking "
                         "then sees the data it is judged on)")
-        feeds = calibration_feeds(fp32_model, calibration if calibration is not None and len(calibration) else split,
+        feeds = model_feeds(fp32_model, calibration if calibration is not None and len(calibration) else split,
                                   n=cfg.calibration_texts)
 
     rows = []
@@ -201,10 +231,14 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
         rows.append(build_mixed(bundle, source.path if source else bundle / "model.onnx", split, feeds=feeds, cfg=cfg,
                                 shapes=shapes, scorer=scorer, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
                                 validate=validate, original_outputs=original_outputs, ids=ids, work=work))
+    if cfg.static_int8:
+        rows += _static_rows(bundle, split, cfg=cfg, validate=validate, work=work, scorer=scorer, shapes=shapes,
+                             calibration=calibration, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                             original_outputs=original_outputs, ids=ids, max_length=fp32_model.max_length)
     return rows
 
 
-def calibration_feeds(model: Any, split: Split, *, n: int, batch_size: int = 16) -> list[dict]:
+def model_feeds(model: Any, split: Split, *, n: int, batch_size: int = 16) -> list[dict]:
     """The first `n` texts (or pairs) of `split` as feed dicts through `model`'s own tokenizer
     (an `embslim.runtime` class loaded from the bundle): graph input name -> int64 [batch, sequence],
     `batch_size` texts per feed, each padded to its longest row as the runtime pads."""
@@ -296,3 +330,66 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
     if ids is not None:
         row |= measure(bundle / file, ids, runs=validate.latency_runs, threads=validate.threads)
     return row
+
+
+def calibration_split(task: Any) -> Split:
+    """The texts static int8 calibrates on: the task's training split, or, in a run given only
+    unlabelled text (--text), that text (single-text tasks)."""
+    if len(task.train) or task.is_pair:
+        return task.train
+    return Split(tuple(task.corpus), None, None)
+
+
+def _static_rows(bundle: Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig, work: Path, scorer: Any,
+                 shapes: tuple, calibration: Split, fp32_outputs: Any, fp32_metrics: dict,
+                 original_outputs: Any, ids: Any, max_length: int) -> list[dict]:
+    """Static int8 per target (`cfg.static_int8`), one row each like the dynamic files', plus
+    `batch_flips` from the scorer. Quantized from STATIC_SOURCE (see there)."""
+    import json
+
+    from embslim.exporters.optimize import OptimizeConfig, optimize
+    from embslim.exporters.quantize import StaticQuantizeConfig, calibration_feeds, quantize_static_int8
+    from embslim.pipeline.bundle import add_artifacts, artifact_entry
+    from embslim.pipeline.probe import measure
+
+    source = bundle / "model.onnx"
+    if STATIC_SOURCE == "fused-noattn" and cfg.fuse:
+        source = work / "model.fused-noattn.onnx"
+        if not source.is_file():   # fuse_for_quantization wrote it only with int4
+            optimize(bundle / "model.onnx", source, cfg=OptimizeConfig(config_json=str(bundle / "config.json"),
+                                                                       validation_shapes=shapes, attention=False))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    inputs = _graph_inputs(source)
+    feeds = calibration_feeds(bundle / manifest["tokenizer"]["file"], list(calibration.texts)[:cfg.calibration_size],
+                              pairs=list(calibration.pairs)[:cfg.calibration_size] if calibration.pairs is not None else None,
+                              input_names=inputs, max_length=max_length, pad_id=int(manifest["tokenizer"]["pad_id"]),
+                              same_length=cfg.calibration_method != "minmax")
+    rows = []
+    for target in cfg.targets:
+        plan = StaticQuantizeConfig(target=target, calibration_method=cfg.calibration_method,
+                                    calibration_size=cfg.calibration_size, per_channel=cfg.per_channel,
+                                    include_embeddings=cfg.include_embeddings, validation_shapes=shapes)
+        log.info("%s: static int8 (%s, %d calibration texts), then accuracy on %d examples", plan.file_name,
+                 plan.calibration_method, len(feeds), len(split))
+        q = quantize_static_int8(source, bundle / plan.file_name, feeds, cfg=plan)
+        add_artifacts(bundle, [artifact_entry(bundle, plan.file_name, variant=plan.variant, target=plan.target)])
+        check = scorer.quantized(bundle, plan.file_name, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                                 max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
+                                 original=original_outputs)
+        row = {"name": f"{plan.variant}-{plan.target}", "precision": plan.variant, "file": plan.file_name,
+               "description": f"{'fused without Attention, ' if source != bundle / 'model.onnx' else ''}static int8 "
+                              f"(QDQ, {plan.calibration_method} calibration) for {plan.target}"
+                              + (f" (FLAGGED: {scorer.primary} drop above max_drop)" if check["flagged"] else ""),
+               "onnx_bytes": q.bytes_out, **check, "quantized_ops": q.quantized}
+        if ids is not None:
+            row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
+        rows.append(row)
+    return rows
+
+
+def _graph_inputs(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]

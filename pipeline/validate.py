@@ -146,3 +146,29 @@ def check_parity(name: str, metrics: dict, *, cfg: ValidateConfig, scorer: Any) 
     problems = scorer.parity_problems(metrics, cfg)
     if problems:
         raise ValidationFailed(f"{name} failed validation: " + "; ".join(problems))
+
+
+# Batch size a label must not depend on: the benchmark's and validation's default batch.
+FLIP_BATCH_SIZE = 32
+
+
+def label_flips(logits_a: np.ndarray, logits_b: np.ndarray) -> int:
+    """How many examples get a different argmax label in two float `[n, labels]` logits of the same
+    texts (e.g. one file run at batch 1 and at batch 32). ValueError when the shapes differ."""
+    a, b = np.asarray(logits_a), np.asarray(logits_b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"label_flips needs two [n, labels] arrays of one shape, got {a.shape} and {b.shape}")
+    return int((a.argmax(-1) != b.argmax(-1)).sum())
+
+
+def batch_flips(clf: "Classifier", split: Split, *, batch_size: int = FLIP_BATCH_SIZE,
+                logits: np.ndarray | None = None) -> dict:
+    """Labels of `split` that change between batch 1 and `batch_size` through `clf` (the runtime
+    `Classifier`, per-batch padding): 0 for fp32 and static int8 files; dynamic int8 (ONNX Runtime's
+    `quantize_dynamic`) computes each activation scale from the batch it runs on, so a few labels
+    move with the texts batched beside them. `logits`: `clf`'s logits at `batch_size` when the
+    caller has them already. Returns {"batch_flips": int, "batch_flips_batch_size": int}."""
+    pairs = list(split.pairs) if split.pairs is not None else None
+    at_batch = logits if logits is not None else clf.logits(list(split.texts), pairs, batch_size=batch_size)
+    one = clf.logits(list(split.texts), pairs, batch_size=1)
+    return {"batch_flips": label_flips(one, at_batch), "batch_flips_batch_size": batch_size}

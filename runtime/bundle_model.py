@@ -33,7 +33,7 @@ from .session import check_token_ids, graph_inputs, graph_outputs, open_session
 from .texts import DEFAULT_MAX_CHARS, as_list, check_max_chars, check_strings, clean
 from .tokens import load_tokenizer, pad_batch
 
-__all__ = ["BundleModel"]
+__all__ = ["BundleModel", "batch_dependent"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class BundleModel:
     task_type: ClassVar[str] = ""
     _output: ClassVar[str] = ""
     _verb: ClassVar[str] = "takes"
+    # True: every session run takes one text (from_bundle(..., batch_invariant=True) on a file
+    # whose activations are quantized per batch); set once at load, read-only afterwards.
+    batch_invariant: bool = False
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class BundleModel:
         max_chars: int | None = DEFAULT_MAX_CHARS,
         memory_arena: bool = True,
         staging: bool = False,
+        batch_invariant: bool = False,
     ) -> Model:
         """Load a bundle directory.
 
@@ -123,16 +127,28 @@ class BundleModel:
             with `malloc_trim`; see sample_apps/service/memory.py).
         staging: also load a folder embslim is still writing (its own validation stages);
             otherwise such a folder is refused with a BundleError.
+        batch_invariant: run a file whose activations are quantized per batch one text at a
+            time, whatever `batch_size` a call passes, so a text's output never depends on the
+            texts sent with it. Dynamic int8 (variant "int8", ONNX Runtime's
+            `quantize_dynamic`, also inside "int4" files and their ".ort" forms) computes each
+            activation scale from the whole batch it runs on: on an SST-2 bundle 9-15 of 872
+            dev labels differ between batch 1 and batch 32. One run per text also pads
+            nothing: on those 872 sentences (2 cores) batch 1 took 8.4 s and batch 32 13.1 s.
+            fp32 and static int8 ("int8-static", scales fixed at calibration) are
+            batch-invariant already and keep their batching. The instance's
+            `batch_invariant` says whether it is in effect.
 
         Raises `BundleError` (one line) for a missing, damaged, tampered or incompatible
         bundle, and for a bundle of another task (naming the class that loads it);
-        `ValueError` for a bad `threads` or `max_chars`.
+        `ValueError` for a bad `threads`, `max_chars` or `batch_invariant`.
         """
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         check_max_chars(max_chars)
+        if not isinstance(batch_invariant, bool):
+            raise ValueError(f"batch_invariant must be True or False, got {batch_invariant!r}")
         bundle = Path(path)
         manifest = read_manifest(bundle, staging=staging)
         cls._check_task(manifest, where=str(bundle))  # before hashing anything
@@ -159,7 +175,7 @@ class BundleModel:
         tokenizer = load_tokenizer(tok_path, max_length=int(manifest["task"]["max_length"]))
         session = open_session(model_path, threads=threads, memory_arena=memory_arena)
         logger.debug("loaded %s (variant %s) from %s", entry["file"], entry["variant"], bundle)
-        return cls(
+        model = cls(
             session,
             tokenizer,
             manifest=manifest,
@@ -167,6 +183,8 @@ class BundleModel:
             artifact=entry,
             max_chars=max_chars,
         )
+        model.batch_invariant = batch_invariant and batch_dependent(entry)
+        return model
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -286,6 +304,8 @@ class BundleModel:
     ) -> Iterator[tuple[list[Encoding], np.ndarray]]:
         """(encodings, `_output`) for each run of `batch_size` texts, in input order; each batch
         is padded to its own longest row, so output rows past a text's tokens are padding."""
+        if self.batch_invariant:
+            batch_size = 1
         for start in range(0, len(firsts), batch_size):
             stop = start + batch_size
             second = None if seconds is None else seconds[start:stop]
@@ -299,6 +319,16 @@ class BundleModel:
         its own longest row), concatenated in input order."""
         chunks = [out for _, out in self._batches(firsts, seconds, batch_size=batch_size)]
         return np.concatenate(chunks, axis=0)
+
+
+def batch_dependent(entry: Mapping[str, Any]) -> bool:
+    """Whether an artifact's outputs can depend on the batch it runs in beyond float rounding:
+    every quantized variant except static int8 ("int8-static..."), whose activation scales are
+    fixed at calibration. Dynamic int8 ("int8", "int8-ort") computes activation scales per batch;
+    "int4" files fall back to dynamic int8 for what 4-bit cannot take. fp32 and non-model
+    entries are not."""
+    variant = str(entry.get("variant", "")).lower()
+    return variant.startswith("int") and not variant.startswith("int8-static")
 
 
 def _tokenizer_entry(manifest: Mapping[str, Any]) -> dict[str, Any] | None:

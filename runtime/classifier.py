@@ -56,6 +56,15 @@ class Classifier(BundleModel):
     options and errors); the constructor takes an already-open session and configured
     tokenizer and is meant for tests and tools. A feature-extraction bundle is refused with
     a `BundleError` naming `Embedder`.
+
+    Labels and batches: a dynamic int8 file (variant "int8", what `variant="auto"` loads;
+    ONNX Runtime's `quantize_dynamic`) computes its activation scales from the whole batch
+    a call runs, so a borderline text's label can change with the texts sent beside it (on
+    SST-2 dev, 9-15 of 872 labels differ between batch 1 and batch 32). A service that
+    must give a text the same label whatever else a client sends loads the bundle with
+    `from_bundle(..., batch_invariant=True)` (each text then runs alone), or loads the
+    static int8 file (`variant="int8-static"`, from `embslim run --static-int8`), whose
+    scales are fixed. fp32 files do not depend on the batch.
     """
 
     task_type = "text-classification"

@@ -358,6 +358,9 @@ def select_model_artifact(
             if str(e.get("variant", "")).lower().startswith("int8")
             and str(e.get("file", "")).endswith(".onnx")
         ]
+        # per target, dynamic int8 ("int8") before other int8 kinds ("int8-static"), whatever
+        # order the manifest lists them in: "auto" loads what it always loaded
+        int8.sort(key=lambda e: str(e.get("variant", "")).lower() != "int8")
         for t in preferred:
             for e in int8:
                 if _norm_target(e.get("target")) == t:

@@ -44,10 +44,10 @@ def noattn(tiny_bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def feeds(tiny_bundle):
     """The eval texts through the bundle's own tokenizer, 16 per feed."""
-    from embslim.pipeline.targets import calibration_feeds
+    from embslim.pipeline.targets import model_feeds
     from embslim.runtime import Classifier
 
-    return calibration_feeds(Classifier.from_bundle(tiny_bundle.path), tiny_bundle.task.eval, n=40)
+    return model_feeds(Classifier.from_bundle(tiny_bundle.path), tiny_bundle.task.eval, n=40)
 
 
 @pytest.mark.parametrize("settings", [

@@ -27,7 +27,7 @@ def tiny_run(tmp_path_factory, tiny_model_dir, tiny_task):
     train, dev = write_task_tsv(root / "data", tiny_task)
     out = root / "bundle"
     code = main(["run", "--model", str(tiny_model_dir), "--train", str(train), "--eval", str(dev), "--out", str(out),
-                 "--targets", "arm64,avx2", "--int4", "--mobile", "--allow-drop", *FAST])
+                 "--targets", "arm64,avx2", "--int4", "--mobile", "--static-int8", "--allow-drop", *FAST])
     assert code == 0
     return out, train, dev
 
@@ -41,7 +41,8 @@ def test_run_writes_a_complete_verified_bundle(tiny_run):
         assert sha256_file(out / entry["file"]) == entry["sha256"]
         assert (out / entry["file"]).stat().st_size == entry["bytes"]
     assert manifest["task"]["labels"] == ["negative", "positive"] and manifest["task"]["max_length"] == 32
-    assert set(manifest["metrics"]) == {"dep", "unpruned", "dep int8-arm64", "dep int8-arm64-ort", "dep int8-avx2", "dep int4-arm64"}
+    assert set(manifest["metrics"]) == {"dep", "unpruned", "dep int8-arm64", "dep int8-arm64-ort", "dep int8-avx2",
+                                        "dep int4-arm64", "dep int8-static-arm64", "dep int8-static-avx2"}
     files = {e["file"]: e for e in manifest["artifacts"]}
     assert files["model.int8-avx2.onnx"]["target"] == "avx2" and files["model.int8-arm64.ort"]["variant"] == "int8-ort"
     assert "required_operators.config" in files and "model.int4-arm64.onnx" in files
@@ -56,8 +57,16 @@ def test_run_writes_a_complete_verified_bundle(tiny_run):
     vocab = report["vocab"]
     assert vocab["kept_rows"] < vocab["original_rows"] and 0 <= vocab["eval_oov_rate"] < 1
     assert report["variants"][1]["onnx_bytes"] < report["variants"][0]["onnx_bytes"]
-    # on this x86 machine "auto" picks the avx2 int8 artifact
+    # on this x86 machine "auto" picks the avx2 int8 artifact (the dynamic one, also with static files listed)
     assert Classifier.from_bundle(out, variant="auto").model_path.name == "model.int8-avx2.onnx"
+    # static int8 (--static-int8): QDQ, calibrated on the training texts; its labels do not depend on the batch
+    static = manifest["metrics"]["dep int8-static-avx2"]
+    assert files["model.int8-static-avx2.onnx"]["variant"] == "int8-static" and static["file"] == "model.int8-static-avx2.onnx"
+    assert static["batch_flips"] == 0 and static["batch_flips_batch_size"] == 32 and static["agreement_fp32"] >= 0.9
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out / "model.int8-static-arm64.onnx")).graph.node}
+    assert all("batch_flips" in manifest["metrics"][k] for k in ("dep int8-arm64", "dep int8-avx2", "dep int4-arm64"))
+    assert Classifier.from_bundle(out, variant="int8-static").model_path.name == "model.int8-static-avx2.onnx"
+    assert "batch flips (b1 vs b32)" in (out / "report.md").read_text()
     assert "Kept rows" in (out / "report.md").read_text()
     assert not list(out.parent.glob(".bundle.partial-*")), "no staging folder left behind"
 

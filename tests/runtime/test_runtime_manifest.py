@@ -116,6 +116,19 @@ def test_auto_without_a_matching_int8_falls_back_to_fp32():
     assert select_model_artifact(fp32_only, variant="auto", machine="aarch64")["variant"] == "fp32"
 
 
+def test_auto_prefers_dynamic_int8_over_static_int8_listed_first():
+    static_first = {"artifacts": [entry("model.onnx", "fp32"),
+                                  entry("model.int8-static-arm64.onnx", "int8-static", "arm64"),
+                                  entry("model.int8-arm64.onnx", "int8", "arm64")]}
+    assert select_model_artifact(static_first, variant="auto", machine="aarch64")["file"] == "model.int8-arm64.onnx"
+    assert select_model_artifact(static_first, variant="int8-static", machine="aarch64")["file"] == (
+        "model.int8-static-arm64.onnx"
+    )
+    # a target with only a static file still gets it (int8 for this machine beats fp32)
+    static_only = {"artifacts": [entry("model.onnx", "fp32"), entry("model.int8-static-avx2.onnx", "int8-static", "avx2")]}
+    assert select_model_artifact(static_only, variant="auto", machine="x86_64")["file"] == "model.int8-static-avx2.onnx"
+
+
 def test_auto_takes_an_int8_model_built_for_any_target():
     generic = {"artifacts": [entry("model.onnx", "fp32"), entry("model.int8.onnx", "int8", "any")]}
     assert select_model_artifact(generic, variant="auto", machine="riscv64")["file"] == (
