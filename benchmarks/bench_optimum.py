@@ -18,7 +18,8 @@ with Optimum (`main_export`, task text-classification) and quantized with Optimu
 `ORTQuantizer` (`AutoQuantizationConfig.arm64` and `.avx512_vnni`, dynamic, per channel); the
 same fp32 export also goes through our 4-bit path ("ORT 4-bit of the baseline" in DESIGN.md).
 Each --bundle's model.onnx is fused (embslim.exporters.optimize) and quantized with embslim.exporters.quantize:
-int8 for arm64 and avx2, and 4-bit; with --static-int8 (default) also static int8 (QDQ, calibrated on the
+int8 for arm64 and avx2, and 4-bit; with --bundle-files (default) the quantized files the bundle ships are
+measured too, as they are (its run's targets, 4-bit settings and mixed file); with --static-int8 (default) also static int8 (QDQ, calibrated on the
 first 200 training texts, MinMax) for arm64 and avx2, from the unfused graph.
 With --model2vec (default) the bundled MiniLM is distilled with model2vec and its classifier trained on the
 same training sentences as the baseline (its embslim_meta.json's max_train_samples and seed), and with
@@ -36,7 +37,8 @@ Measured for every model, on this machine:
 - peak RSS (VmHWM) of those fresh processes at 1 thread (model load + inference).
 
 Ratios are against Optimum int8 (arm64). The table's header names the CPU and its int8-relevant flags
-(cpu_info: /proc/cpuinfo). Writes bench.json and bench.md to --out. This is not a
+(cpu_info: /proc/cpuinfo). Writes bench.json, bench.md and frontier.png (accuracy against bytes, the
+Pareto-optimal embslim files marked, Optimum and model2vec as reference stars) to --out. This is not a
 test: it takes minutes, and on a shared machine its timings are noisy (say so when quoting them).
 """
 
@@ -170,11 +172,29 @@ def prepare_optimum(baseline: Path, work: Path) -> list[Model]:
     return models
 
 
+def bundle_files(name: str, bundle: Path, folder: Path) -> list[Model]:
+    """The quantized files `embslim run` wrote into `bundle` (every model artifact of its manifest
+    but model.onnx: int8 per target, 4-bit with the run's settings, the mixed file, static int8, .ort),
+    measured as shipped, linked into `folder` (which holds the bundle's manifest.json already)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    models = []
+    for a in manifest["artifacts"]:
+        file = a["file"]
+        if file == "model.onnx" or not file.endswith((".onnx", ".ort")):
+            continue
+        if not (folder / file).exists():
+            _link(bundle / file, folder / file)
+        models.append(Model(f"{name} {a['variant']}-{a['target']} (bundle)", folder, file, "model.onnx", name,
+                            str(a["variant"]), "as `embslim run` wrote it into the bundle"))
+    return models
+
+
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
-                 calibration_texts: Sequence[str] = ()) -> list[Model]:
+                 calibration_texts: Sequence[str] = (), own_files: bool = True) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit; with
     `calibration_texts`, also static int8 (QDQ) for arm64 and avx2 from the unfused graph (what
-    `embslim run --static-int8` writes)."""
+    `embslim run --static-int8` writes); with `own_files`, also the quantized files the bundle
+    itself ships (`bundle_files`: e.g. its mixed int8/4-bit file and 4-bit with the run's settings)."""
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
     from embslim.exporters.quantize import (QuantizeConfig, StaticQuantizeConfig, calibration_feeds, quantize,
@@ -187,6 +207,7 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
     for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
         _link(bundle / f, folder / f)
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
+    own = bundle_files(name, bundle, folder) if own_files else []
     fused = fuse_for_quantization(folder / "model.onnx", folder, int4=True,
                                   cfg=OptimizeConfig(validation_shapes=shapes))
     for target, bits in (("arm64", 8), ("avx2", 8), ("arm64", 4)):
@@ -213,7 +234,7 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
             models.append(Model(f"{name} {cfg.variant}-{cfg.target}", folder, cfg.file_name, "model.onnx", name,
                                 cfg.variant, f"unfused; QDQ, {cfg.calibration_method} calibration on {len(feeds)} "
                                              f"training texts; weight bytes {result.weight_bytes}"))
-    return models
+    return models + own
 
 
 def _onnx_inputs(path: Path):
@@ -413,6 +434,48 @@ def markdown(models: Sequence[Model], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def frontier_plot(models: Sequence[Model], path: Path, info: dict) -> Path:
+    """Accuracy (batch 32) against model-file bytes for every file measured: embslim's files coloured
+    by precision, the Pareto-optimal ones ringed and joined (embslim.pipeline.report.pareto_front),
+    Optimum's and model2vec's files as labelled stars (references, outside the frontier)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from embslim.pipeline.report import pareto_front
+
+    ours = [(m.name, m.metrics["bytes"] / 1e6, 100 * m.metrics["accuracy_b32"], m.precision) for m in models
+            if m.runner == "embslim" and m.family != "optimum"]
+    refs = [(m.name, m.metrics["bytes"] / 1e6, 100 * m.metrics["accuracy_b32"]) for m in models
+            if m.family == "optimum" or m.runner == "model2vec"]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colors = {"fp32": "#7570b3", "int8": "#d95f02", "int4": "#1b9e77", "mixed": "#e7298a", "int8-static": "#66a61e"}
+    for prec in dict.fromkeys(p for *_, p in ours):
+        sel = [(x, y) for _, x, y, p in ours if p == prec]
+        ax.scatter(*zip(*sel), s=40, zorder=3, color=colors.get(prec, "#999"), label=prec)
+    front = pareto_front([(n, x, y) for n, x, y, _ in ours])
+    pts = sorted((x, y, n) for n, x, y, _ in ours if n in front)
+    if pts:
+        ax.step([x for x, _, _ in pts], [y for _, y, _ in pts], where="post", color="#444", lw=1.1, zorder=2,
+                label=f"Pareto frontier of embslim's files ({len(pts)})")
+        ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], s=110, facecolors="none", edgecolors="#222", zorder=4)
+        for x, y, n in pts:
+            ax.annotate(n, (x, y), xytext=(6, -10), textcoords="offset points", fontsize=7)
+    for n, x, y in refs:
+        ax.scatter([x], [y], marker="*", s=160, color="#111", zorder=5)
+        ax.annotate(n, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=7)
+    ax.set_xlim(0, max([x for _, x, _, _ in ours] + [x for _, x, _ in refs]) * 1.15)
+    ax.set_xlabel("model file (MB)")
+    ax.set_ylabel(f"accuracy, batch 32 (%), {info['n_eval']} eval examples")
+    ax.set_title("Accuracy vs size: every file measured (stars: Optimum and model2vec)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def model2vec_summary(models: Sequence[Model]) -> list[str]:
     """Plain sentences: where each model2vec int8 row wins and loses against the reference and
     against the most accurate embslim int8 file (batch 32): bytes with the tokenizer, accuracy,
@@ -483,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-eval", type=int, default=None, help="first N eval examples only (quick checks)")
     p.add_argument("--latency-fp32", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the fp32 references (slow)")
+    p.add_argument("--bundle-files", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the quantized files each --bundle ships (its run's int8 targets, 4-bit "
+                        "settings, mixed file), as they are")
     p.add_argument("--static-int8", action=argparse.BooleanOptionalAction, default=True,
                    help="also static (QDQ, calibrated) int8 of each --bundle, arm64 and avx2 (default on)")
     p.add_argument("--model2vec", action=argparse.BooleanOptionalAction, default=True,
@@ -519,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     calibration = list(task.train.texts) if args.static_int8 else []
     for text in args.bundle:
         name, path = _parse_bundle(text)
-        models += prepare_ours(name, path, work, max_length=max_length, calibration_texts=calibration)
+        models += prepare_ours(name, path, work, max_length=max_length, calibration_texts=calibration,
+                               own_files=args.bundle_files)
     if args.model2vec:
         samples, seed = _training_subsample(args)
         models += prepare_model2vec(work / "model2vec", task, train_samples=samples, seed=seed, full=args.model2vec_full)
@@ -552,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "bench.json").write_text(json.dumps(data, indent=2))
     table = markdown(models, info)
     (args.out / "bench.md").write_text(table)
+    frontier_plot(models, args.out / "frontier.png", info)
     print(table)
     log.info("wrote %s and %s in %.0f s", args.out / "bench.json", args.out / "bench.md", time.perf_counter() - t_start)
     return 0

@@ -325,10 +325,10 @@ def batch_dependent(entry: Mapping[str, Any]) -> bool:
     """Whether an artifact's outputs can depend on the batch it runs in beyond float rounding:
     every quantized variant except static int8 ("int8-static..."), whose activation scales are
     fixed at calibration. Dynamic int8 ("int8", "int8-ort") computes activation scales per batch;
-    "int4" files fall back to dynamic int8 for what 4-bit cannot take. fp32 and non-model
-    entries are not."""
+    "int4" and "mixed" (int8 / 4-bit by layer) files use dynamic int8 for what is not 4-bit. fp32
+    and non-model entries are not."""
     variant = str(entry.get("variant", "")).lower()
-    return variant.startswith("int") and not variant.startswith("int8-static")
+    return variant.startswith(("int", "mixed")) and not variant.startswith("int8-static")
 
 
 def _tokenizer_entry(manifest: Mapping[str, Any]) -> dict[str, Any] | None:

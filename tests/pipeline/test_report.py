@@ -433,7 +433,7 @@ def _manifest(bundle: Path) -> dict[str, Any]:
 
 def test_compare_two_real_bundles_shows_every_quantized_cell(two_bundles, capsys) -> None:
     from embslim.pipeline.cli import main
-    from embslim.pipeline.report import _fmt, _pyplot, accuracy_figure
+    from embslim.pipeline.report import _fmt, _pyplot, accuracy_figure, pareto_front
 
     root, _ = two_bundles
     assert main(["compare", str(root / "seed0"), str(root / "seed1"), "--out", str(root / "cmp")]) == 0
@@ -463,10 +463,16 @@ def test_compare_two_real_bundles_shows_every_quantized_cell(two_bundles, capsys
     every = md.split("## All files")[1]
     for name in ("seed0/dep int8-arm64", "seed0/dep int4-arm64", "seed1/dep int8-arm64", "seed1/dep int4-arm64"):
         assert _table_row(every, name)[1] in ("int8", "int4")
-    fig = accuracy_figure(json.loads((root / "cmp" / "report.json").read_text(encoding="utf-8")))
+    cmp_report = json.loads((root / "cmp" / "report.json").read_text(encoding="utf-8"))
+    fig = accuracy_figure(cmp_report)
     try:
         boxes = _label_boxes(fig)
-        assert len(boxes) == 3 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[:i])
+        # the three models are named, and so is each quantized file on the Pareto frontier
+        points = [(v["name"], v["onnx_bytes"], v["accuracy"]) for v in cmp_report["variants"]
+                  if v.get("onnx_bytes") is not None and v.get("accuracy") is not None]
+        on_front = {n for n in pareto_front(points) if any(v["name"] == n and v.get("base") for v in cmp_report["variants"])}
+        assert len(boxes) == 3 + len(on_front)
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[:i])
     finally:
         _pyplot().close(fig)
 

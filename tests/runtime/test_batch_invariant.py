@@ -67,7 +67,7 @@ def test_batch_invariant_keeps_batching_for_fp32_and_static_files(dynamic_bundle
 
 @pytest.mark.parametrize("variant, expected", [
     ("fp32", False), ("int8", True), ("int8-ort", True), ("int4", True), ("int8-static", False),
-    ("int8-static-ort", False), ("tokenizer", False),
+    ("int8-static-ort", False), ("tokenizer", False), ("mixed", True),
 ])
 def test_batch_dependent_by_variant(variant, expected):
     assert batch_dependent({"variant": variant}) is expected
