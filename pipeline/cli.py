@@ -320,6 +320,9 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.validate import ValidateConfig, check_parity, validate_artifact
 
+    if a.eval_file is None:
+        log.warning("no --eval: scoring on a seeded split of --train. That split is held out only if the bundle's "
+                    "run had no --eval either; otherwise the model trained on it: pass the run's --eval file")
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     if task.eval.tags is not None:   # word tags: their ids in the bundle's tag order, matched by name
         from embslim.pipeline.data import match_labels

@@ -161,6 +161,9 @@ class TaskData:
         return self.train.texts + self.texts
 
 
+# A BIO / IOBES tag or "O", as a CoNLL file's last column holds it (hints for files read the wrong way).
+_TAG = re.compile(r"^(O|[BIESL]-\S+)$")
+
 # A raw row before labels are indexed: (text, pair or None, label string, "file:line" for messages).
 _Row = tuple[str, str | None, str, str]
 
@@ -268,6 +271,10 @@ def _load_labelled(cfg: DataConfig, *, data_root: str | None) -> TaskData:
         train_rows = _read_rows(train_path, train_fmt, cfg)
         if cfg.eval is not None:
             eval_path = _resolve(cfg.eval, data_root)
+            if _is_tagged(eval_path, cfg.format):
+                raise DataError(f"{eval_path} is word-tagged data (CoNLL, or JSONL with \"tokens\"/\"tags\") but the "
+                                f"training data {train_path} is not; a tagger needs a tagged --train file too "
+                                "(or --format conll), a classifier a labelled --eval file")
             eval_fmt = _detect(eval_path, cfg.format)
             if eval_fmt == "clinc150":
                 raise DataError(f"{eval_path} is a CLINC150 file; pass it as --train, not --eval")
@@ -455,7 +462,10 @@ def _to_row(rec: Any, where: str, cfg: DataConfig) -> _Row:
              ("--label-column", cfg.label_column))
     for flag, column in flags:
         if column is not None and column not in rec:
-            raise DataError(f"{where}: no column {column!r}; columns are {list(rec)}; set {flag}")
+            hint = ""
+            if any(_TAG.match(str(c)) for c in list(rec)[-1:]):   # a header row that ends in a tag: word-tagged lines
+                hint = " (for word-tagged CoNLL lines, 'word<TAB>tag', pass --format conll)"
+            raise DataError(f"{where}: no column {column!r}; columns are {list(rec)}; set {flag}{hint}")
     text = _text(rec[cfg.text_column], where, cfg.text_column)
     pair = None if cfg.text_pair_column is None else _text(rec[cfg.text_pair_column], where, cfg.text_pair_column)
     label = rec[cfg.label_column]

@@ -879,7 +879,7 @@ def make_server(
                 raise RequestError(
                     HTTPStatus.BAD_REQUEST,
                     f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                    'send e.g. {"texts": ["a great movie"]}',
+                    'send e.g. {"texts": ["some text"]}',
                 ) from e
             except RecursionError as e:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "the JSON is nested too deeply") from e
@@ -1076,9 +1076,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory_arena=False,
         )
         server = make_server(model, host=args.host, port=args.port, config=config)
-    except (BundleError, ValueError, OSError) as e:
+    except OSError as e:
+        import errno
+
+        hint = (f"; another process listens on port {args.port}: pick another --port (0 = any free port)"
+                if e.errno == errno.EADDRINUSE else "")
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 2
+    except (BundleError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     host, port = server.server_address[:2]
     print(f"serving http://{host}:{port}/ ({model!r})", flush=True)
 

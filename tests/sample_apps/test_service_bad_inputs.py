@@ -375,8 +375,21 @@ def test_lone_surrogates_in_pairs(tiny_pair_bundle):
 
 def test_the_service_refuses_a_bundle_whose_tokenizer_ids_exceed_the_graph(tiny_bundle, tmp_path, capsys):
     bundle = with_token_ids(tiny_bundle, tmp_path / "bundle", {"great": 30600})
-    assert main([str(bundle), "--port", "0"]) == 1
+    assert main([str(bundle), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: tokenizer.json (model.vocab): the largest token id is 30600 "
                           "('great'; 1 id(s) >= 34), but model.onnx accepts input_ids 0..33")  # fmt: skip
+
+
+def test_a_port_in_use_is_one_line_naming_the_fix(tiny_bundle, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main([str(tiny_bundle), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"another process listens on port {port}: pick another --port" in err
