@@ -47,8 +47,6 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import onnx
 
     from embslim.pipeline.data import Split
@@ -428,6 +426,28 @@ def _pack_int4_tables(model: "onnx.ModelProto") -> None:
                               + [helper.make_attribute("bits", 4)])
 
 
+def _check_output(original: "onnx.ModelProto", tmp: Path, tables: dict[str, str], *, what: str,
+                  hint: str) -> "onnx.ModelProto":
+    """The quantized file `tmp`, after the checks every quantizer's output passes: each integer index
+    table byte-for-byte as in `original`, and loadable by ONNX Runtime (QuantizationError naming
+    `what` otherwise, with `hint` for the latter). Made world-readable like the bundle's other files
+    (mkstemp created it 0600)."""
+    import onnx
+    import onnxruntime as ort
+
+    result = onnx.load(str(tmp))
+    problems = _check_index_tables(original, result, tables)
+    if problems:
+        raise QuantizationError(f"{what} broke an integer index table: {'; '.join(problems)}; "
+                                "this is a bug in the exclusion list, please report it with the model")
+    try:
+        ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise QuantizationError(f"ONNX Runtime {ort.__version__} cannot load the {what}: {e}; {hint}") from e
+    os.chmod(tmp, 0o644)
+    return result
+
+
 def _load(path: Path) -> "onnx.ModelProto":
     import onnx
 
@@ -446,7 +466,6 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     algorithm="gptq", e.g. the task's training text through the bundle's tokenizer; other
     algorithms ignore it. Raises QuantizationError when quantization fails or breaks an index table."""
     import onnx
-    import onnxruntime as ort
 
     from embslim.exporters.compare import compare_onnx
 
@@ -487,17 +506,8 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         except Exception as e:
             raise QuantizationError(f"quantizing {model_in.name} ({cfg.variant}, {cfg.target}) failed: "
                                     f"{type(e).__name__}: {e}") from e
-        result_model = onnx.load(str(tmp))
-        problems = _check_index_tables(original, result_model, tables)
-        if problems:
-            raise QuantizationError(f"quantized {model_in.name} broke an integer index table: {'; '.join(problems)}; "
-                                    "this is a bug in the exclusion list, please report it with the model")
-        try:
-            ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise QuantizationError(f"ONNX Runtime {ort.__version__} cannot load the quantized {model_in.name}: {e}; "
-                                    "try bits=8, or include_embeddings=False") from e
-        os.chmod(tmp, 0o644)   # mkstemp made it 0600; a bundle file is as readable as the others
+        result_model = _check_output(original, tmp, tables, what=f"quantized {model_in.name}",
+                                     hint="try bits=8, or include_embeddings=False")
         os.replace(tmp, model_out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -709,7 +719,6 @@ def quantize_static_int8(model_in: str | Path, model_out: str | Path,
     as dynamic int8 on the fused graph) or a graph fused without Attention (slower here). Raises
     QuantizationError like `quantize`."""
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from embslim.exporters.compare import compare_onnx
@@ -777,17 +786,8 @@ def quantize_static_int8(model_in: str | Path, model_out: str | Path,
         except Exception as e:
             raise QuantizationError(f"static int8 of {model_in.name} ({cfg.target}, {cfg.calibration_method}) failed: "
                                     f"{type(e).__name__}: {e}") from e
-        result_model = onnx.load(str(tmp))
-        problems = _check_index_tables(original, result_model, tables)
-        if problems:
-            raise QuantizationError(f"quantized {model_in.name} broke an integer index table: {'; '.join(problems)}; "
-                                    "this is a bug in the exclusion list, please report it with the model")
-        try:
-            ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise QuantizationError(f"ONNX Runtime {ort.__version__} cannot load the static int8 {model_in.name}: {e}; "
-                                    "try the dynamic int8 target instead") from e
-        os.chmod(tmp, 0o644)
+        result_model = _check_output(original, tmp, tables, what=f"static int8 {model_in.name}",
+                                     hint="try the dynamic int8 target instead")
         os.replace(tmp, model_out)
     finally:
         tmp.unlink(missing_ok=True)
