@@ -434,16 +434,17 @@ def markdown(models: Sequence[Model], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def frontier_plot(models: Sequence[Model], path: Path, info: dict) -> Path:
+def frontier_plot(models: Sequence[Model], path: Path, info: dict) -> list[str]:
     """Accuracy (batch 32) against model-file bytes for every file measured: embslim's files coloured
     by precision, the Pareto-optimal ones ringed and joined (embslim.pipeline.report.pareto_front),
-    Optimum's and model2vec's files as labelled stars (references, outside the frontier)."""
+    Optimum's and model2vec's files as labelled stars (references, outside the frontier). Returns
+    the numbered frontier lines ("1. 7.66 MB, 79.47%: name, ...") that bench.md lists under the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from embslim.pipeline.report import pareto_front
+    from embslim.pipeline.report import _place_labels, pareto_front
 
     ours = [(m.name, m.metrics["bytes"] / 1e6, 100 * m.metrics["accuracy_b32"], m.precision) for m in models
             if m.runner == "embslim" and m.family != "optimum"]
@@ -458,14 +459,20 @@ def frontier_plot(models: Sequence[Model], path: Path, info: dict) -> Path:
     pts = sorted((x, y, n) for n, x, y, _ in ours if n in front)
     if pts:
         ax.step([x for x, _, _ in pts], [y for _, y, _ in pts], where="post", color="#444", lw=1.1, zorder=2,
-                label=f"Pareto frontier of embslim's files ({len(pts)})")
+                label=f"Pareto frontier of embslim's files ({len(pts)} files)")
         ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], s=110, facecolors="none", edgecolors="#222", zorder=4)
-        for x, y, n in pts:
-            ax.annotate(n, (x, y), xytext=(6, -10), textcoords="offset points", fontsize=7)
     for n, x, y in refs:
         ax.scatter([x], [y], marker="*", s=160, color="#111", zorder=5)
-        ax.annotate(n, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=7)
     ax.set_xlim(0, max([x for _, x, _, _ in ours] + [x for _, x, _ in refs]) * 1.15)
+    # names of the frontier's files and of the references, placed so that no two overlap
+    # Frontier points get numbers (bench.md lists them: files at one point share a number, e.g. a
+    # bundle's own int8 file and the benchmark's identical one); references get their names.
+    named: dict[tuple[float, float], list[str]] = {}
+    for x, y, n in pts:
+        named.setdefault((round(x, 2), round(y, 2)), []).append(n)
+    for i, (x, y) in enumerate(named, start=1):
+        ax.annotate(str(i), (x, y), xytext=(-12, 0), textcoords="offset points", fontsize=8, va="center", ha="right")
+    _place_labels(fig, ax, refs, fontsize=7)
     ax.set_xlabel("model file (MB)")
     ax.set_ylabel(f"accuracy, batch 32 (%), {info['n_eval']} eval examples")
     ax.set_title("Accuracy vs size: every file measured (stars: Optimum and model2vec)")
@@ -473,7 +480,7 @@ def frontier_plot(models: Sequence[Model], path: Path, info: dict) -> Path:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8, frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return [f"{i}. {x:.2f} MB, {y:.2f}%: " + ", ".join(ns) for i, ((x, y), ns) in enumerate(named.items(), start=1)]
 
 
 def model2vec_summary(models: Sequence[Model]) -> list[str]:
@@ -618,8 +625,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "notes": m.notes, **m.metrics} for m in models]}
     (args.out / "bench.json").write_text(json.dumps(data, indent=2))
     table = markdown(models, info)
+    front = frontier_plot(models, args.out / "frontier.png", info)
+    table += "\n## Accuracy against size\n\n![accuracy vs size, Pareto frontier](frontier.png)\n\n" + \
+        "Pareto frontier of embslim's files (no other embslim file is both smaller and more accurate at batch 32), " \
+        "numbered as in the plot:\n\n" + "\n".join(front) + "\n"
     (args.out / "bench.md").write_text(table)
-    frontier_plot(models, args.out / "frontier.png", info)
     print(table)
     log.info("wrote %s and %s in %.0f s", args.out / "bench.json", args.out / "bench.md", time.perf_counter() - t_start)
     return 0

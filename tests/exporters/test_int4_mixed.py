@@ -251,3 +251,27 @@ def test_targets_stage_writes_a_mixed_file_the_runtime_loads(tiny_bundle, tmp_pa
     assert Classifier.from_bundle(bundle, variant="auto", staging=True).artifact["variant"] in ("int8", "fp32")
     md = render_markdown({"title": "t", "variants": [{"name": "fp32", "precision": "fp32"}, row]})
     assert "## Mixed precision (mixed-arm64)" in md and "| layer0.attention.qkv |" in md
+
+
+def test_avx512_vnni_int8_is_quantized_unfused_and_arm64_fused(tiny_bundle, tmp_path):
+    """Fusion per target (pipeline.targets.UNFUSED_INT8_TARGETS): the VNNI file keeps plain MatMuls."""
+    import onnx
+
+    from embslim.pipeline.scoring import scorer_for
+    from embslim.pipeline.targets import TargetsConfig, build_targets
+    from embslim.pipeline.validate import ValidateConfig
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.path, bundle)
+    for f in bundle.glob("model.*.onnx"):
+        f.unlink()
+    cfg = TargetsConfig(targets=("arm64", "avx512-vnni"), allow_drop=True)
+    rows = build_targets(bundle, tiny_bundle.task.eval, cfg=cfg, validate=ValidateConfig(measure=False),
+                         work=tmp_path / "work", scorer=scorer_for("text-classification", n_labels=tiny_bundle.n_labels))
+    ops = {r["file"]: {n.op_type for n in onnx.load(str(bundle / r["file"])).graph.node} for r in rows}
+    assert "QAttention" in ops["model.int8-arm64.onnx"]
+    assert not {"QAttention", "Attention", "SkipLayerNormalization"} & ops["model.int8-avx512-vnni.onnx"]
+    assert "DynamicQuantizeLinear" in ops["model.int8-avx512-vnni.onnx"]
+    by_file = {r["file"]: r for r in rows}
+    assert by_file["model.int8-arm64.onnx"]["description"].startswith("fused, ")
+    assert not by_file["model.int8-avx512-vnni.onnx"]["description"].startswith("fused")
