@@ -317,7 +317,8 @@ def _tagger_usage(manifest: dict[str, Any], report: dict[str, Any], task: "CardT
                "```"]
     return ["### embslim runtime (onnxruntime, numpy and tokenizers only)", "", *runtime, "",
             "`aggregation_strategy` and the entity fields follow transformers' token-classification pipeline "
-            "(`simple`, `first`, `average`, `max`), so the two snippets' entities compare one to one. The model "
+            "(`none` for one entry per sub-token, `simple`, `first`, `average`, `max`), so the two snippets' "
+            "entities compare one to one. The model "
             "learnt each word's tag on its first sub-token, so `first` (a word's tag is its first sub-token's) reads "
             "it as trained; `simple` groups every sub-token's own tag.", "",
             "### Optimum and transformers `pipeline()`", "", *optimum, "", _ANY_FILE, ""]

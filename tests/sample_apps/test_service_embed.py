@@ -236,7 +236,7 @@ def test_main_refuses_a_bundle_no_runtime_class_loads(tiny_bundle, tmp_path, cap
     manifest = read_manifest_json(odd)
     manifest["task"]["type"] = "question-answering"
     write_manifest(odd, manifest)
-    assert main([str(odd), "--port", "0"]) == 1
+    assert main([str(odd), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"error: {str(odd)!r} is a bundle of task 'question-answering', which "

@@ -164,7 +164,7 @@ def test_parse_tag_request():
 
 
 def test_main_refuses_a_bad_variant_of_a_tagger_bundle_in_one_line(tiny_tagger_bundle, capsys):
-    assert main([str(tiny_tagger_bundle), "--port", "0", "--variant", "int3"]) == 1
+    assert main([str(tiny_tagger_bundle), "--port", "0", "--variant", "int3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: the bundle has no artifact with variant 'int3'")
 
