@@ -318,14 +318,17 @@ def machine_targets(
     """Quantization targets that suit this machine, best first (normalised spelling).
 
     `machine` defaults to `platform.machine()`; `cpu_flags` to the flags in /proc/cpuinfo
-    (used only to put avx512-vnni ahead of avx2 on CPUs that have VNNI).
+    (embslim.runtime.cpu; used only to put avx512-vnni ahead of avx2 on CPUs with an int8 dot
+    product: AVX512-VNNI, AVX-VNNI or AMX-INT8).
     """
     m = (machine if machine is not None else platform.machine()).lower()
     if m in _ARM_MACHINES:
         return ("arm64",)
     if m in _X86_MACHINES:
-        flags = _cpu_flags() if cpu_flags is None else cpu_flags
-        if "avx512_vnni" in flags or "avx512vnni" in flags:
+        from .cpu import cpu_flags as read_cpu_flags, has_int8_dot_product
+
+        flags = read_cpu_flags() if cpu_flags is None else cpu_flags
+        if has_int8_dot_product(flags, m):   # AVX512-VNNI, AVX-VNNI or AMX: the s8-weight files are exact and fast
             return _X86_TARGETS
         rest = tuple(t for t in _X86_TARGETS if t != "avx2")
         return ("avx2", *rest)
@@ -421,14 +424,3 @@ def _is_positive_int(value: object) -> bool:
 
 def _kind(value: object) -> str:
     return "nothing (missing)" if value is None else type(value).__name__
-
-
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()

@@ -81,6 +81,7 @@ def test_artifact_by_file_and_variant():
         ("arm64", frozenset(), ("arm64",)),
         ("x86_64", frozenset({"avx2"}), ("avx2", "avx512-vnni", "avx512", *X86_GENERIC)),
         ("AMD64", frozenset({"avx512_vnni"}), ("avx512-vnni", "avx512", "avx2", *X86_GENERIC)),
+        ("x86_64", frozenset({"avx2", "avx_vnni"}), ("avx512-vnni", "avx512", "avx2", *X86_GENERIC)),
         ("riscv64", frozenset(), ()),
     ],
 )
