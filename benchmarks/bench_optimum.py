@@ -357,20 +357,11 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_i
 
 def cpu_info(cpuinfo: str | None = None) -> dict:
     """{"model": CPU model name, "flags": the CPU_FLAGS this CPU has} from /proc/cpuinfo (or its
-    text); {"model": platform.processor() or "unknown", "flags": []} where there is none."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    model, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "cpu model", "hardware") and not model:
-            model = value.strip()
-        elif key in ("flags", "features"):
-            flags |= set(value.split())
+    text), parsed by embslim.runtime.cpu; {"model": platform.processor() or "unknown", "flags": []}
+    where there is none."""
+    from embslim.runtime.cpu import parse_cpuinfo, read_cpuinfo
+
+    model, flags = parse_cpuinfo(read_cpuinfo() if cpuinfo is None else cpuinfo)
     return {"model": model or platform.processor() or "unknown", "flags": [f for f in CPU_FLAGS if f in flags]}
 
 

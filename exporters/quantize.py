@@ -558,10 +558,11 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
     if not 0.0 <= max_drop <= 1.0:
         raise ValueError(f"max_drop is a share of examples in [0, 1] (0.01 = 1 point), got {max_drop}")
     logits = {} if fp32_logits is None else {fp32_file: fp32_logits}   # callers checking many files pass it once
+    loaded = {}
     for name in (fp32_file, file):
         if name not in logits:
-            clf = Classifier.from_bundle(bundle_dir, file=name, threads=None, staging=True)   # maybe being written
-            logits[name] = eval_logits(clf, split, batch_size=batch_size, desc=f"{name}: eval")
+            loaded[name] = Classifier.from_bundle(bundle_dir, file=name, threads=None, staging=True)   # maybe being written
+            logits[name] = eval_logits(loaded[name], split, batch_size=batch_size, desc=f"{name}: eval")
     ref = task_metrics(logits[fp32_file], split.labels, n_labels=n_labels)
     got = task_metrics(logits[file], split.labels, n_labels=n_labels)
     drop = ref["accuracy"] - got["accuracy"]
@@ -575,7 +576,7 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
     if batch_flips:
         from embslim.pipeline.validate import batch_flips as count_flips
 
-        clf = Classifier.from_bundle(bundle_dir, file=file, threads=None, staging=True)
+        clf = loaded.get(file) or Classifier.from_bundle(bundle_dir, file=file, threads=None, staging=True)
         report |= count_flips(clf, split, batch_size=batch_size, logits=logits[file])
     log.info("%s: accuracy %.2f%% vs fp32 %.2f%% (%+.2f pts), agreement %.2f%%", file, 100 * got["accuracy"],
              100 * ref["accuracy"], -100 * drop, 100 * agreement)

@@ -25,7 +25,8 @@ import functools
 import platform
 import subprocess
 
-__all__ = ["cpu_flags", "cpu_line", "cpu_summary", "has_int8_dot_product", "is_x86", "needs_exact_int8_rewrite"]
+__all__ = ["cpu_flags", "cpu_line", "cpu_summary", "has_int8_dot_product", "is_x86", "needs_exact_int8_rewrite",
+           "parse_cpuinfo", "read_cpuinfo"]
 
 # Linux /proc/cpuinfo names (macOS sysctl names are mapped onto them in _macos_flags).
 INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -39,12 +40,37 @@ def is_x86(machine: str | None = None) -> bool:
     return (machine or platform.machine()).lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
 
 
-def _linux_flags(cpuinfo: str) -> frozenset[str]:
+# /proc/cpuinfo keys naming the CPU: x86 "model name"; ARM boards "Model" / "Hardware"; MIPS "cpu model".
+# (x86's lower-case "model" is a number, so the match is case-sensitive.)
+_MODEL_KEYS = ("model name", "Model", "Hardware", "cpu model")
+
+
+@functools.lru_cache(maxsize=1)
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo's text, read once per process ("" where there is none, e.g. macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def parse_cpuinfo(cpuinfo: str) -> tuple[str, frozenset[str]]:
+    """(CPU model name or "", feature flags) of /proc/cpuinfo text: x86 "flags", ARM "Features";
+    the first processor's entry of each."""
+    model, flags = "", None
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):   # x86, ARM
-            return frozenset(value.split())
-    return frozenset()
+        key = key.strip()
+        if key in _MODEL_KEYS and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:
+            flags = frozenset(value.split())
+    return model, flags or frozenset()
+
+
+def _linux_flags(cpuinfo: str) -> frozenset[str]:
+    return parse_cpuinfo(cpuinfo)[1]
 
 
 def _macos_flags() -> frozenset[str]:
@@ -62,11 +88,9 @@ def _macos_flags() -> frozenset[str]:
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux names them (e.g. {"avx2", "avx512_vnni", ...}); empty when the
     operating system does not say (then callers assume the least capable CPU)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return _linux_flags(f.read())
-    except OSError:
-        pass
+    text = read_cpuinfo()
+    if text:
+        return _linux_flags(text)
     if platform.system() == "Darwin":
         return _macos_flags()
     return frozenset()
@@ -92,16 +116,7 @@ def cpu_summary() -> dict:
     """{"model": CPU model name or "", "machine": e.g. "x86_64", "int8_flags": [the present flags among
     X86_INT8_FLAGS / ARM_INT8_FLAGS], "int8_dot_product": bool, "x64quantprecision": "0" or "1"} for
     benchmark tables and reports."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    model = value.strip()
-                    break
-    except OSError:
-        model = platform.processor()
+    model = parse_cpuinfo(read_cpuinfo())[0] or platform.processor()
     flags = cpu_flags()
     wanted = X86_INT8_FLAGS if is_x86() else ARM_INT8_FLAGS
     return {"model": model, "machine": platform.machine(), "int8_flags": [f for f in wanted if f in flags],
