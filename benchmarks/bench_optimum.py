@@ -197,8 +197,8 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
     itself ships (`bundle_files`: e.g. its mixed int8/4-bit file and 4-bit with the run's settings)."""
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
-    from embslim.exporters.quantize import (QuantizeConfig, StaticQuantizeConfig, calibration_feeds, quantize,
-                                            quantize_static_int8)
+    from embslim.exporters.quantize import (QuantizeConfig, StaticQuantizeConfig, calibration_feeds,
+                                            graph_input_names, quantize, quantize_static_int8)
 
     shapes = shapes_for(max_length)   # never past max_length: a trimmed position table has no rows beyond
     folder = work / f"ours-{name}"
@@ -221,8 +221,8 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
     if calibration_texts:
         manifest = json.loads((folder / "manifest.json").read_text())
         source = folder / "model.onnx"   # unfused: as fast as dynamic int8 here (pipeline.targets.STATIC_SOURCE)
-        inputs = [i for i in ("input_ids", "attention_mask", "token_type_ids")
-                  if i in {x.name for x in _onnx_inputs(source)}]
+        fed = set(graph_input_names(source))
+        inputs = [i for i in ("input_ids", "attention_mask", "token_type_ids") if i in fed]
         for target in ("arm64", "avx2"):
             cfg = StaticQuantizeConfig(target=target, validation_shapes=shapes)
             feeds = calibration_feeds(folder / "tokenizer.json", list(calibration_texts)[:cfg.calibration_size],
@@ -235,14 +235,6 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
                                 cfg.variant, f"unfused; QDQ, {cfg.calibration_method} calibration on {len(feeds)} "
                                              f"training texts; weight bytes {result.weight_bytes}"))
     return models + own
-
-
-def _onnx_inputs(path: Path):
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
 
 
 def prepare_model2vec(work: Path, task, *, train_samples: int | None, seed: int, full: bool) -> list[Model]:

@@ -655,6 +655,15 @@ class StaticQuantizeConfig:
         return f"model.int8-static-{self.target}.onnx"
 
 
+def graph_input_names(path: str | Path) -> list[str]:
+    """The names of `path`'s graph inputs that are fed (initializers listed as inputs left out)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
 def calibration_feeds(tokenizer_file: str | Path, texts: "Sequence[str]", *, input_names: "Sequence[str]",
                       max_length: int, pad_id: int = 0, pairs: "Sequence[str] | None" = None,
                       same_length: bool = False) -> list[dict[str, np.ndarray]]:

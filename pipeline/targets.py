@@ -326,9 +326,10 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
             check = score(q)
         budget = {"kind": "drop", "max_drop": cfg.max_drop,
                   "note": "groups chosen by the eval split's metric, which the row reports too"}
-    check = scorer.quantized(bundle, file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
-                             max_drop=cfg.max_drop, allow_drop=cfg.allow_drop, batch_size=validate.batch_size,
-                             original=original_outputs) if check.get("flagged") else check
+    if check.get("flagged") and not cfg.allow_drop:   # the gate every quantized file passes: raises, as for the others
+        check = scorer.quantized(bundle, file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
+                                 max_drop=cfg.max_drop, allow_drop=False, batch_size=validate.batch_size,
+                                 original=original_outputs)
     table = [r.to_json() | {"precision": "int4" if r.group.name in chosen else "int8"} for r in sens]
     row = {"name": f"mixed-{target}", "precision": "mixed", "file": file,
            "description": f"fused, {len(chosen)} of {len(sens)} weight groups 4-bit, the rest int8, for {target}"
@@ -357,7 +358,8 @@ def _static_rows(bundle: Path, split: Split, *, cfg: TargetsConfig, validate: Va
     import json
 
     from embslim.exporters.optimize import OptimizeConfig, optimize
-    from embslim.exporters.quantize import StaticQuantizeConfig, calibration_feeds, quantize_static_int8
+    from embslim.exporters.quantize import (StaticQuantizeConfig, calibration_feeds, graph_input_names,
+                                            quantize_static_int8)
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
 
@@ -368,7 +370,7 @@ def _static_rows(bundle: Path, split: Split, *, cfg: TargetsConfig, validate: Va
             optimize(bundle / "model.onnx", source, cfg=OptimizeConfig(config_json=str(bundle / "config.json"),
                                                                        validation_shapes=shapes, attention=False))
     manifest = json.loads((bundle / "manifest.json").read_text())
-    inputs = _graph_inputs(source)
+    inputs = graph_input_names(source)
     feeds = calibration_feeds(bundle / manifest["tokenizer"]["file"], list(calibration.texts)[:cfg.calibration_size],
                               pairs=list(calibration.pairs)[:cfg.calibration_size] if calibration.pairs is not None else None,
                               input_names=inputs, max_length=max_length, pad_id=int(manifest["tokenizer"]["pad_id"]),
@@ -394,11 +396,3 @@ def _static_rows(bundle: Path, split: Split, *, cfg: TargetsConfig, validate: Va
             row |= measure(bundle / plan.file_name, ids, runs=validate.latency_runs, threads=validate.threads)
         rows.append(row)
     return rows
-
-
-def _graph_inputs(path: Path) -> list[str]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in initializers]
