@@ -2,8 +2,8 @@
 
 The weights of a (fused, Attention-free) encoder graph are grouped by layer and role
 (`weight_groups`): in each layer the MatMuls that read the same input (attention Q/K/V), the
-attention output projection, the feed-forward input and output projections, plus one group for
-the float embedding tables. Roles come from node names when they say it (BERT, RoBERTa,
+attention output projection, the feed-forward input and output projections, plus one group per
+float embedding table (`embeddings.word_embeddings`, `embeddings.position_embeddings`, ...). Roles come from node names when they say it (BERT, RoBERTa,
 DistilBERT, GPT-style spellings), and from the graph otherwise: MatMuls sharing an input are
 "qkv", the others are numbered in graph order; layers come from a `layer.N` / `layers.N` /
 `h.N` part of the name, or else from how many normalization nodes come before the MatMul.
@@ -110,7 +110,7 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
     norms_seen = 0
     by_input: dict[str, list[str]] = {}
     entries: list[tuple[str, str, int, int, int]] = []   # node, input, layer, K, N
-    embeddings: list[tuple[str, int, int]] = []
+    embeddings: list[tuple[str, str, int, int]] = []   # node, table, rows, dim
     for node in model.graph.node:
         if node.op_type in _NORMS:
             norms_seen += 1
@@ -123,7 +123,7 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
         elif (include_embeddings and node.op_type == "Gather" and node.name not in skip and node.input
               and node.input[0] in floats):
             rows, dim = (int(d) for d in inits[node.input[0]].dims)
-            embeddings.append((node.name, rows, dim))
+            embeddings.append((node.name, node.input[0], rows, dim))
 
     groups: dict[str, dict] = {}
     per_layer_count: dict[int, int] = {}
@@ -143,13 +143,25 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
                        int8_bytes=sum(_int8_bytes(k, n) for k, n in g["shapes"]),
                        int4_bytes=sum(_int4_bytes(k, n, block_size, symmetric) for k, n in g["shapes"]))
            for key, g in groups.items()]
-    if embeddings:
-        # a table is quantized along its hidden axis: rows x dim weights, blocks of block_size per row
-        out.append(WeightGroup(name="embeddings", layer=None, role="embeddings", nodes=tuple(e[0] for e in embeddings),
-                               params=sum(r * d for _, r, d in embeddings),
-                               int8_bytes=sum(r * d + 8 for _, r, d in embeddings),   # per-tensor int8 for Gather
-                               int4_bytes=sum(_int4_bytes(d, r, block_size, True) for _, r, d in embeddings)))
+    # One group per table: they differ too much to share a precision (the issue #14 embedder: 4-bit word
+    # tables cost ~0.001 of sentence cosine, a 4-bit position table, which every token reads, as much again).
+    # A table is quantized along its hidden axis: rows x dim weights, blocks of block_size per row.
+    for node_name, table, rows, dim in embeddings:
+        out.append(WeightGroup(name=f"embeddings.{_table_name(table)}", layer=None, role="embeddings", nodes=(node_name,),
+                               params=rows * dim, int8_bytes=rows * dim + 8,   # per-tensor int8 for Gather
+                               int4_bytes=_int4_bytes(dim, rows, block_size, True)))
     return out
+
+
+def _table_name(initializer: str) -> str:
+    """A table's short name: its initializer name after the last `embeddings` component, without a
+    trailing `weight` ("bert.embeddings.word_embeddings.weight" -> "word_embeddings")."""
+    parts = initializer.split(".")
+    if "embeddings" in parts[:-1]:
+        parts = parts[len(parts) - parts[::-1].index("embeddings"):]
+    if len(parts) > 1 and parts[-1] == "weight":
+        parts = parts[:-1]
+    return ".".join(parts) if parts != ["weight"] else initializer
 
 
 def _int8_bytes(k: int, n: int) -> int:
@@ -228,13 +240,23 @@ def int4_order(sensitivity: Sequence[GroupSensitivity]) -> list[GroupSensitivity
 
 
 def choose_int4_groups(sensitivity: Sequence[GroupSensitivity], *, base_bytes: int, max_bytes: int) -> list[str]:
-    """Greedy: the fewest groups, least noise per byte saved first, whose estimated savings bring
-    the all-int8 file (`base_bytes`) down to `max_bytes`. Returns group names in the order taken;
-    every group when even that does not fit (the caller checks the real file)."""
+    """Greedy knapsack: groups in `int4_order` (least noise per byte saved first) until the estimated
+    savings bring the all-int8 file (`base_bytes`) down to `max_bytes`; then every taken group the
+    budget no longer needs goes back to int8, noisiest first (the last, large group taken often
+    covers what several small ones saved: on the issue #14 embedder, the embedding tables alone).
+    Returns group names in the order taken; every group when even that does not fit (the caller
+    checks the real file)."""
+    by_name = {r.group.name: r for r in sensitivity}
     chosen, size = [], base_bytes
     for r in int4_order(sensitivity):
         if size <= max_bytes:
             break
         chosen.append(r.group.name)
         size -= r.group.bytes_saved
+    if size > max_bytes:
+        return chosen
+    for name in sorted(chosen, key=lambda n: by_name[n].noise, reverse=True):
+        if size + by_name[name].group.bytes_saved <= max_bytes:
+            chosen.remove(name)
+            size += by_name[name].group.bytes_saved
     return chosen

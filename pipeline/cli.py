@@ -142,7 +142,8 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
                    help="symmetric 4-bit blocks (default on); off: a zero point per block")
     g.add_argument("--int4-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits compute precision: 0 fp32 (default), 4 int8 activations")
-    g.add_argument("--calibration-texts", type=int, help="training texts for gptq and the sensitivity pass (default 128)")
+    g.add_argument("--calibration-texts", type=int,
+                   help="training texts for gptq, the sensitivity pass and SmoothQuant (default 128)")
     g.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=None,
                    help="also model.mixed-<target>.onnx: the least sensitive weight groups 4-bit, the rest int8, as "
                         "many as keep the drop within --max-drop (or until the file fits --max-bytes)")
@@ -152,6 +153,11 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--static-int8", action=argparse.BooleanOptionalAction, default=None,
                    help="also static (calibrated, QDQ) int8 per target, calibrated on the training texts: labels "
                         "that do not depend on the batch")
+    g.add_argument("--smooth-quant", action=argparse.BooleanOptionalAction, default=None,
+                   help="SmoothQuant before dynamic int8 (and the mixed file): activation outliers moved into the "
+                        "weights, alpha picked on the training texts; the int8 files are then unfused graphs")
+    g.add_argument("--smooth-alpha", type=float, metavar="ALPHA",
+                   help="SmoothQuant migration strength in (0, 1] instead of picking it (implies --smooth-quant)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -186,7 +192,8 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants",
                                    "int4_algorithm", "int4_block_size", "int4_symmetric", "int4_accuracy_level",
-                                   "calibration_texts", "mixed", "max_bytes", "static_int8")},
+                                   "calibration_texts", "mixed", "max_bytes", "static_int8",
+                                   "smooth_quant", "smooth_alpha")},
     }[section]
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 

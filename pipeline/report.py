@@ -667,6 +667,23 @@ def _mixed_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]
     return out
 
 
+def _smooth_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """One section for the SmoothQuant graph the int8 (and mixed) files were quantized from: the
+    alpha used, and each candidate's int8 output SNR on the calibration text (alpha 0: no smoothing)."""
+    rows = [v for v in variants if isinstance(v.get("smooth_quant"), dict)]
+    if not rows:
+        return []
+    sq = rows[0]["smooth_quant"]
+    scores = sq.get("int8_snr_db") or {}
+    picked = (f"alpha {sq['alpha']}, {sq.get('groups', MISSING)} MatMul inputs rescaled" if sq.get("alpha")
+              else "no alpha beat the plain graph, which was kept")
+    return [("SmoothQuant", "bullets", [
+        f"{picked}; files: {', '.join(str(v.get('file')) for v in rows)}",
+        f"int8 {sq.get('scored_on', 'output')} SNR vs fp32 on the calibration text, by alpha: "
+        + ", ".join(f"{'plain' if float(a) == 0 else a} {_fmt(v, 'adaptive')} dB" for a, v in scores.items()),
+        "Xiao et al. 2023 (arXiv:2211.10438): activation outliers moved into the weights before dynamic int8"])]
+
+
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(data, dict):
         return [kv for k, v in data.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
@@ -693,6 +710,7 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     out.append(("", "table", _table(view.columns, [{"fp32": v} for v in variants], ref)))
     out.append(("", "bullets", _detail_lines(variants, view)))
     out += _mixed_sections(variants)
+    out += _smooth_sections(variants)
     out += view.sections(variants)
     if len(variants) > 1:
         out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants, view)))

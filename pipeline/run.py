@@ -582,7 +582,9 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                                    validate=cfg.validate, work=work, original_outputs=original_logits,
                                    fp32=variants[cfg.chosen]["fp32"], calibration=calibration_split(task))]
             if cfg.targets.all_variants and cfg.targets.targets:
-                others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True)
+                # the mixed file's byte budget is the bundle's: another variant's int8 body may not fit it
+                others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True,
+                                 mixed=False, max_bytes=None)
                 for name, v in variants.items():
                     if v["folder"] != bundle:
                         rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
