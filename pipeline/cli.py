@@ -198,6 +198,15 @@ def _section(a: argparse.Namespace, section: str) -> dict:
     return {key: getattr(a, attr) for key, attr in names.items() if getattr(a, attr, None) is not None}
 
 
+def _check_switches(targets: dict) -> None:
+    """ValueError when a value that turns an option on (smooth_alpha, max_bytes) comes with that option
+    turned off explicitly: TargetsConfig alone cannot tell an explicit false from the default."""
+    for switch, value in (("smooth_quant", "smooth_alpha"), ("mixed", "max_bytes")):
+        if targets.get(switch) is False and targets.get(value) is not None:
+            raise ValueError(f"--{value.replace('_', '-')} ({value}) turns {switch} on, and it is turned off "
+                             f"(--no-{switch.replace('_', '-')} or {switch} = false): keep one of the two")
+
+
 def _merge(raw: dict, a: argparse.Namespace) -> dict:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for section in ("data", "prune", "finetune", "validate", "targets"):
@@ -206,6 +215,8 @@ def _merge(raw: dict, a: argparse.Namespace) -> dict:
     for section in ("data", "prune", "finetune", "validate", "targets"):
         if isinstance(raw[section], dict):   # anything else is reported by config_from_dict, naming the section
             raw[section].update(_data_overrides(a) if section == "data" else _section(a, section))
+    if isinstance(raw["targets"], dict):
+        _check_switches(raw["targets"])
     for key in ("model", "task", "new_head", "pooling", "normalize", "baseline", "bundle_variant"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
@@ -381,7 +392,9 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
     read_manifest(a.bundle)   # a bundle, before any data is read or file written
     check_output(a.bundle, force=True, flag="bundle")   # the result is staged beside it
-    cfg = TargetsConfig(**_section(a, "targets"))
+    options = _section(a, "targets")
+    _check_switches(options)
+    cfg = TargetsConfig(**options)
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     validate = ValidateConfig(**_section(a, "validate"))
     scorer = _bundle_scorer(a.bundle, task, validate, data_root=a.data_root)

@@ -46,3 +46,20 @@ def test_cli_flags_reach_the_config_and_bad_size_exits_2(capsys, tmp_path):
     code = main(["quantize", str(tmp_path), "--int4-algorithm", "hqq"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--smooth-alpha", "0.6", "--no-smooth-quant"], "--smooth-alpha (smooth_alpha) turns smooth_quant on, and it is turned off"),
+    (["--max-bytes", "8MB", "--no-mixed"], "--max-bytes (max_bytes) turns mixed on, and it is turned off"),
+])
+def test_a_value_with_its_switch_turned_off_is_one_line(flags, message, capsys, tmp_path):
+    """TargetsConfig alone would take smooth_alpha / max_bytes as turning the option on again."""
+    code = main(["run", "--dataset", "synthetic-sentiment", "--out", str(tmp_path / "b"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_smooth_alpha_implies_smooth_quant_from_a_config_file():
+    cfg = config_from_dict({"data": {"dataset": "synthetic-sentiment"}, "targets": {"smooth_alpha": 0.7}})
+    assert cfg.targets.smooth_quant is True and cfg.targets.smooth_alpha == 0.7
