@@ -29,8 +29,9 @@ alpha ("migration strength") is picked by measurement when not given (`smooth_fo
 candidate in SMOOTH_ALPHAS is smoothed, quantized as the target will be, and scored by the SNR of
 the task output (logits, else sentence_embedding) against fp32 on the calibration feeds; alpha 0
 (no smoothing) competes too, so a model that smoothing does not help keeps its plain graph.
-Measured on the issue #14 bundle (mean cosine, test texts): alpha 0.5 0.9801, 0.65 0.9901,
-0.75 0.9914, 0.85 0.9908, unsmoothed 0.9859.
+Probed on the issue #14 bundle (ranges from 512 corpus texts; int8 mean cosine to the original on
+the 4,500 in-scope CLINC150 test texts): alpha 0.5 0.9801, 0.65 0.9901, 0.75 0.9914, 0.85 0.9908,
+unsmoothed 0.9859; `embslim run --config configs/clinc150-embed.toml` picks 0.75 and gets 0.9908.
 """
 
 from __future__ import annotations

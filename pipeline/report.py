@@ -673,15 +673,17 @@ def _smooth_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any
     rows = [v for v in variants if isinstance(v.get("smooth_quant"), dict)]
     if not rows:
         return []
-    sq = rows[0]["smooth_quant"]
-    scores = sq.get("int8_snr_db") or {}
-    picked = (f"alpha {sq['alpha']}, {sq.get('groups', MISSING)} MatMul inputs rescaled" if sq.get("alpha")
-              else "no alpha beat the plain graph, which was kept")
-    return [("SmoothQuant", "bullets", [
-        f"{picked}; files: {', '.join(str(v.get('file')) for v in rows)}",
-        f"int8 {sq.get('scored_on', 'output')} SNR vs fp32 on the calibration text, by alpha: "
-        + ", ".join(f"{'plain' if float(a) == 0 else a} {_fmt(v, 'adaptive')} dB" for a, v in scores.items()),
-        "Xiao et al. 2023 (arXiv:2211.10438): activation outliers moved into the weights before dynamic int8"])]
+    lines = []
+    for v in rows:   # each model is smoothed (and its alpha picked) on its own
+        sq = v["smooth_quant"]
+        picked = (f"alpha {sq['alpha']} ({sq.get('groups', MISSING)} MatMul inputs rescaled)" if sq.get("alpha")
+                  else "plain graph kept (no alpha beat it)")
+        scores = ", ".join(f"{'plain' if float(a) == 0 else a} {_fmt(x, 'adaptive')}"
+                           for a, x in (sq.get("int8_snr_db") or {}).items())
+        lines.append(f"{v.get('name')}: {picked}; int8 {sq.get('scored_on', 'output')} SNR vs fp32 on the calibration "
+                     f"text by alpha (dB): {scores}")
+    lines.append("Xiao et al. 2023 (arXiv:2211.10438): activation outliers moved into the weights before dynamic int8")
+    return [("SmoothQuant", "bullets", lines)]
 
 
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:

@@ -94,7 +94,7 @@ class TargetsConfig:
     # moved into the weights, alpha picked by int8 output SNR on `calibration_texts` training texts
     # (or `smooth_alpha`). Those files are then quantized from the smoothed UNFUSED graph (the Mul in
     # front of Q/K/V stops the Attention fusion). Measured on the issue #14 embedder: mean cosine to
-    # the original 0.9859 -> 0.9914 (int8). Off by default: it costs ~25 s per run and was not measured
+    # the original 0.9859 -> 0.9908 (int8). Off by default: it costs ~25 s per run and was not measured
     # on classifiers.
     smooth_quant: bool = False
     smooth_alpha: float | None = None   # implies smooth_quant

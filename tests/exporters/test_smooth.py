@@ -149,7 +149,8 @@ def test_targets_stage_quantizes_int8_and_mixed_from_the_smoothed_graph(tiny_bun
     from embslim.pipeline.report import render_markdown
 
     md = render_markdown({"title": "t", "variants": [{"name": "fp32", "precision": "fp32"}] + rows})
-    assert "## SmoothQuant" in md and "alpha 0.75" in md and "model.int8-arm64.onnx, model.mixed-arm64.onnx" in md
+    assert "## SmoothQuant" in md
+    assert "- int8-arm64: alpha 0.75 (" in md and "- mixed-arm64: alpha 0.75 (" in md and "by alpha (dB): 0.75 " in md
 
 
 @pytest.mark.parametrize("options, message", [
