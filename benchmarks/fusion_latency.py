@@ -18,7 +18,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from embslim.exporters.onnx import shapes_for
     from embslim.exporters.optimize import OptimizeConfig, fuse_for_quantization
     from embslim.exporters.quantize import QuantizeConfig, quantize
+    from embslim.pipeline.probe import time_runs
     from embslim.runtime.cpu import cpu_line
     from embslim.runtime.manifest import read_manifest
     from embslim.runtime.session import session_options
@@ -68,14 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 names = {i.name for i in session.get_inputs()}
                 feeds = {k: v for k, v in {"input_ids": ids, "attention_mask": np.ones_like(ids),
                                            "token_type_ids": np.zeros_like(ids)}.items() if k in names}
-                for _ in range(args.warmup):
-                    session.run(None, feeds)
-                times = []
-                for _ in range(args.runs):
-                    t0 = time.perf_counter()
-                    session.run(None, feeds)
-                    times.append(time.perf_counter() - t0)
-                p50s[key].append(float(np.median(times)) * 1e3)
+                p50s[key].append(float(np.median(time_runs(session, feeds, warmup=args.warmup, runs=args.runs))))
         print(f"CPU: {cpu_line()}; onnxruntime {ort.__version__}; 1 thread, batch 1 x {args.seq_len} tokens")
         print("| file | MB | p50 ms (median of rounds) | p50 per round |\n|---|---:|---:|---|")
         for key, path in files.items():

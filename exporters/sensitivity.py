@@ -175,8 +175,8 @@ def _int4_bytes(k: int, n: int, block: int, symmetric: bool) -> int:
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def _primary_output(session) -> str:
-    names = [o.name for o in session.get_outputs()]
+def _primary_output(names: Sequence[str]) -> str:
+    """The task output among a graph's output names: logits, else sentence_embedding, else the first."""
     return next((n for n in ("logits", "sentence_embedding") if n in names), names[0])
 
 
@@ -191,7 +191,7 @@ def run_feeds(model: "onnx.ModelProto | str | Path", feeds: Sequence[dict[str, n
     source = model.SerializeToString() if not isinstance(model, (str, Path)) else str(model)
     session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    out = _primary_output(session)
+    out = _primary_output([o.name for o in session.get_outputs()])
     rows = [session.run([out], {k: v for k, v in feed.items() if k in names})[0] for feed in feeds]
     return np.concatenate([r.reshape(-1, r.shape[-1]) for r in rows])
 

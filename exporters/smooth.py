@@ -187,30 +187,19 @@ def smooth_for_int8(model_in: str | Path, model_out: str | Path, feeds: Sequence
             raise SmoothError(f"alpha (migration strength) must be in (0, 1], got {a}; SmoothQuant uses 0.5-0.85")
     ranges = activation_ranges(model, feeds, list(groups))
     reference = run_feeds(model, feeds)
-    import onnxruntime as ort
-
-    output = _primary_output(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]))
+    output = _primary_output([o.name for o in model.graph.output])
     model_out.parent.mkdir(parents=True, exist_ok=True)
     scores: dict[float, float] = {}
-    best: tuple[float, "onnx.ModelProto"] | None = None
     with tempfile.TemporaryDirectory(dir=model_out.parent, prefix=".smooth-") as tmp:
-        probe_fp32, probe_int8 = Path(tmp) / "smoothed.onnx", Path(tmp) / "int8.onnx"
+        probe_int8 = Path(tmp) / "int8.onnx"
         for a in ([0.0] if alpha is None else []) + candidates:
-            candidate = model if a == 0.0 else smooth(model, ranges, a)
-            onnx.save(candidate, str(probe_fp32))
-            quantize(probe_fp32, probe_int8, cfg=cfg)
+            candidate = Path(tmp) / f"alpha-{a}.onnx"
+            onnx.save(model if a == 0.0 else smooth(model, ranges, a), str(candidate))
+            quantize(candidate, probe_int8, cfg=cfg)
             scores[a] = snr_db(reference, run_feeds(probe_int8, feeds))
             log.info("SmoothQuant alpha %s: int8 %s SNR %.2f dB on %d calibration batches",
                      a or "0 (plain)", output, scores[a], len(feeds))
-            if best is None or scores[a] > scores[best[0]]:
-                best = (a, candidate)
-    chosen, graph = best
-    fd, tmp_name = tempfile.mkstemp(dir=model_out.parent, prefix=f".{model_out.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        onnx.save(graph, tmp_name)
-        os.replace(tmp_name, model_out)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        chosen = max(scores, key=scores.get)   # the first of equals: plain before any alpha
+        os.replace(Path(tmp) / f"alpha-{chosen}.onnx", model_out)   # same folder: a rename, never half a file
     return SmoothResult(path=model_out, alpha=chosen or None, groups=len(groups) if chosen else 0,
                         output=output, snr_db=scores)

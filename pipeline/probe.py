@@ -31,6 +31,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_runs(session, feed: dict, *, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of each of `runs` `session.run(None, feed)` calls after `warmup` untimed ones
+    (`session`: an onnxruntime.InferenceSession; `feed`: graph input name -> array)."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def _main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("model")
@@ -51,13 +64,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     ids = np.asarray([[int(i) for i in args.ids.split(",")]], dtype=np.int64)
     values = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     feed = {i.name: values[i.name] for i in session.get_inputs()}
-    for _ in range(args.warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
+    times = time_runs(session, feed, warmup=args.warmup, runs=args.runs)
     print(json.dumps({"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95)),
                       "latency_seq_len": int(ids.shape[1]), "latency_runs": args.runs, "threads": args.threads,
                       "peak_rss_mb": round(_peak_rss_mb(), 1)}))
