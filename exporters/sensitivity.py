@@ -97,11 +97,12 @@ def _role_from_name(name: str) -> str | None:
 
 
 def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: bool = True,
-                  include_embeddings: bool = True) -> list[WeightGroup]:
+                  include_embeddings: bool = True, table_block_size: int | None = None) -> list[WeightGroup]:
     """The 4-bit candidates of `model` grouped by layer and role, in graph order. Candidates are
     MatMuls with a 2-D float initializer as weight, and (with `include_embeddings`) Gathers reading a
     2-D float table (integer index tables never count). Byte estimates use `block_size` and
-    `symmetric` as MatMulNBits stores them."""
+    `symmetric` as MatMulNBits stores them, and `table_block_size` (None: `block_size`) as
+    `embslim.exporters.quantize.quantize_table_4bit` stores tables."""
     from embslim.exporters.quantize import _FLOAT_TYPES, index_tables
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -149,7 +150,7 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
     for node_name, table, rows, dim in embeddings:
         out.append(WeightGroup(name=f"embeddings.{_table_name(table)}", layer=None, role="embeddings", nodes=(node_name,),
                                params=rows * dim, int8_bytes=rows * dim + 8,   # per-tensor int8 for Gather
-                               int4_bytes=_int4_bytes(dim, rows, block_size, True)))
+                               int4_bytes=_table_int4_bytes(rows, dim, table_block_size or block_size)))
     return out
 
 
@@ -171,6 +172,11 @@ def _int8_bytes(k: int, n: int) -> int:
 def _int4_bytes(k: int, n: int, block: int, symmetric: bool) -> int:
     blocks = -(-k // block)
     return n * blocks * block // 2 + 4 * n * blocks + (0 if symmetric else -(-n * blocks // 2))
+
+
+def _table_int4_bytes(rows: int, dim: int, block: int) -> int:
+    blocks = -(-dim // block)     # per row: packed values, float16 scales, packed uint4 zero points
+    return rows * (dim // 2 + 2 * blocks + -(-blocks // 2))
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -212,7 +218,7 @@ def measure_sensitivity(model_path: str | Path, feeds: Sequence[dict[str, np.nda
     original = _load(Path(model_path))
     if groups is None:
         groups = weight_groups(original, block_size=cfg.block_size, symmetric=cfg.symmetric,
-                               include_embeddings=cfg.include_embeddings)
+                               include_embeddings=cfg.include_embeddings, table_block_size=cfg.table_block_size)
     reference = run_feeds(original, feeds)
     excluded = sorted(index_tables(original))
     results = []

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 log = logging.getLogger("embslim")
 
@@ -138,6 +138,8 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
                    help="4-bit MatMul algorithm (default rtn; hqq needs --no-int4-symmetric; gptq calibrates on the "
                         "training text)")
     g.add_argument("--int4-block-size", type=int, help="4-bit block length, a power of two >= 16 (default 32)")
+    g.add_argument("--int4-table-block-size", type=int,
+                   help="4-bit block length of the embedding tables (default: --int4-block-size)")
     g.add_argument("--int4-symmetric", action=argparse.BooleanOptionalAction, default=None,
                    help="symmetric 4-bit blocks (default on); off: a zero point per block")
     g.add_argument("--int4-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
@@ -192,6 +194,7 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants",
                                    "int4_algorithm", "int4_block_size", "int4_symmetric", "int4_accuracy_level",
+                                   "int4_table_block_size",
                                    "calibration_texts", "mixed", "max_bytes", "static_int8",
                                    "smooth_quant", "smooth_alpha")},
     }[section]
@@ -386,7 +389,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.targets import TargetsConfig, build_targets, calibration_split
+    from embslim.pipeline.targets import TargetsConfig, build_targets, calibration_split, record_targets
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
@@ -403,6 +406,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
         copy_bundle(a.bundle, stage)
         rows = build_targets(stage, task.eval, scorer=scorer, cfg=cfg, validate=validate, work=work,
                              calibration=calibration_split(task))
+        rows = record_targets(stage, rows, cfg)   # manifest stages and metrics, report rows, re-rendered report
         write_card(stage, rows=rows)   # the card lists the new files with their accuracy
     for r in rows:
         print(f"{r['file']:<28} {r['onnx_bytes'] / 1e6:7.2f} MB  {scorer.summary(r)}"
@@ -493,8 +497,16 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (what was wrong, where the flags are listed)
+    instead of a usage block of every flag above it; exit status 2 as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embslim", description="Prune and compress a text classifier's embedding, "
+    p = _Parser(prog="embslim", description="Prune and compress a text classifier's embedding, "
                                 "export it to ONNX and validate it under ONNX Runtime.")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: also the libraries' INFO logs (ONNX Runtime, Optimum, transformers); -vv: DEBUG")

@@ -658,7 +658,8 @@ def _mixed_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]
         intro = (f"{v.get('name')}: {len(mixed.get('int4_groups') or [])} of {len(mixed['groups'])} weight groups "
                  f"4-bit ({int4.get('algorithm', MISSING)}, block {int4.get('block_size', MISSING)}, "
                  f"{'symmetric' if int4.get('symmetric') else 'asymmetric'}, accuracy_level "
-                 f"{int4.get('accuracy_level', MISSING)}), the rest int8; budget {limit}. Sensitivity: "
+                 f"{int4.get('accuracy_level', MISSING)}; tables asymmetric, block "
+                 f"{int4.get('table_block_size', int4.get('block_size', MISSING))}), the rest int8; budget {limit}. Sensitivity: "
                  f"{mixed.get('measure', 'SNR')} on {mixed.get('calibration_batches', MISSING)} calibration batches.")
         rows = [[str(g.get("group")), _fmt(g.get("snr_db"), "adaptive"), _fmt(g.get("bytes_saved"), "mb"),
                  str(g.get("precision"))] for g in mixed["groups"]]

@@ -47,6 +47,9 @@ class TargetsError(ValueError):
 STATIC_SOURCE: Literal["unfused", "fused-noattn"] = "unfused"
 
 
+_TARGET_HINT = "--targets arm64 on the command line, targets = [\"arm64\"] in a config"
+
+
 @dataclass(frozen=True)
 class TargetsConfig:
     # int8 per CPU family: arm64 for phones and ARM boards; avx2 / avx512-vnni for x86 servers.
@@ -76,6 +79,7 @@ class TargetsConfig:
     int4_block_size: int = 32          # power of two >= 16; smaller blocks: better SNR, more scale bytes
     int4_symmetric: bool = True        # False: a zero point per block (hqq needs False)
     int4_accuracy_level: int = 0       # MatMulNBits compute: 0 fp32 (ORT's default), 4 int8 activations
+    int4_table_block_size: int | None = None   # 4-bit embedding tables' block length; None: int4_block_size
     calibration_texts: int = 128       # training texts (spread over the split) for gptq, the sensitivity pass, SmoothQuant
     # A mixed file (model.mixed-<first target>.onnx, variant "mixed"): some weight groups 4-bit, the rest
     # int8, chosen by per-group sensitivity (embslim.exporters.sensitivity). With max_bytes the least
@@ -111,7 +115,7 @@ class TargetsConfig:
         if len(set(self.targets)) != len(self.targets):
             raise TargetsError(f"targets repeat: {self.targets}")
         if (self.int4 or self.mobile) and not self.targets:
-            raise TargetsError("int4 and mobile need at least one target (e.g. targets = [\"arm64\"])")
+            raise TargetsError(f"int4 and mobile need at least one target ({_TARGET_HINT})")
         if not 0 <= self.max_drop <= 1:
             raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
         try:   # the 4-bit settings are checked where they are used, with the same words
@@ -128,14 +132,14 @@ class TargetsConfig:
                                    "e.g. 8000000 (--max-bytes 8MB)")
             object.__setattr__(self, "mixed", True)
         if self.mixed and not self.targets:
-            raise TargetsError("mixed and max_bytes need at least one target (e.g. targets = [\"arm64\"])")
+            raise TargetsError(f"mixed and max_bytes need at least one target ({_TARGET_HINT})")
         if self.smooth_alpha is not None:
             if not 0 < self.smooth_alpha <= 1:
                 raise TargetsError(f"smooth_alpha (SmoothQuant migration strength) must be in (0, 1], got "
                                    f"{self.smooth_alpha}; leave it out to pick it on the training texts")
             object.__setattr__(self, "smooth_quant", True)
         if self.smooth_quant and not self.targets:
-            raise TargetsError("smooth_quant needs at least one target (e.g. targets = [\"arm64\"])")
+            raise TargetsError(f"smooth_quant needs at least one target ({_TARGET_HINT})")
         if self.static_int8:
             from embslim.exporters.quantize import StaticQuantizeConfig
 
@@ -145,13 +149,14 @@ class TargetsConfig:
             except ValueError as e:
                 raise TargetsError(str(e)) from e
             if not self.targets:
-                raise TargetsError("static_int8 needs at least one target (e.g. targets = [\"arm64\"])")
+                raise TargetsError(f"static_int8 needs at least one target ({_TARGET_HINT})")
 
     @property
     def int4_settings(self) -> dict:
         """The 4-bit keyword arguments of `embslim.exporters.quantize.QuantizeConfig`."""
         return {"algorithm": self.int4_algorithm, "block_size": self.int4_block_size,
-                "symmetric": self.int4_symmetric, "accuracy_level": self.int4_accuracy_level}
+                "symmetric": self.int4_symmetric, "accuracy_level": self.int4_accuracy_level,
+                "table_block_size": self.int4_table_block_size}
 
 
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
@@ -295,6 +300,45 @@ def spread(total: int, n: int) -> list[int]:
     return [(i * total) // n for i in range(n)]
 
 
+def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> list[dict]:
+    """After `embslim quantize` rebuilt files in `bundle` (`build_targets`' `rows`): the manifest's
+    `stages.targets` becomes `cfg`, its metrics and report.json's rows for the same files are replaced
+    (where the old row stood, else after the bundle variant's rows), and the report is re-rendered
+    (report.md, report.html, plots), so it shows the new files' SmoothQuant and mixed-precision
+    sections, not the ones they replaced. Rows are named as `embslim run` names them ("<bundle
+    variant> int8-arm64", `base` = the bundle variant). Returns the renamed rows."""
+    import json
+    from dataclasses import asdict
+
+    from embslim.pipeline.bundle import manifest_path, write_json_atomic
+    from embslim.pipeline.report import write_report
+
+    bundle = Path(bundle)
+    manifest = json.loads(manifest_path(bundle).read_text(encoding="utf-8"))
+    chosen = (manifest.get("stages") or {}).get("bundle_variant")
+    if chosen:
+        rows = [r | {"name": f"{chosen} {r['name']}", "base": chosen} for r in rows]
+    files = {r.get("file") for r in rows}
+    manifest.setdefault("stages", {})["targets"] = asdict(cfg)
+    manifest["metrics"] = {k: v for k, v in (manifest.get("metrics") or {}).items()
+                           if not (isinstance(v, dict) and v.get("file") in files)} | {r["name"]: r for r in rows}
+    write_json_atomic(manifest_path(bundle), manifest)
+    report_file = bundle / "report.json"
+    if not report_file.is_file():
+        return rows
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    old = [v for v in report.get("variants") or [] if isinstance(v, dict)]
+    at = next((i for i, v in enumerate(old) if v.get("file") in files), None)
+    if at is None:
+        own = [i for i, v in enumerate(old) if chosen is not None and chosen in (v.get("name"), v.get("base"))]
+        at = own[-1] + 1 if own else len(old)
+    kept_before = [v for v in old[:at] if v.get("file") not in files]
+    kept_after = [v for v in old[at:] if v.get("file") not in files]
+    report["variants"] = kept_before + rows + kept_after
+    write_report(report, bundle)
+    return rows
+
+
 def model_feeds(model: Any, split: Split, *, n: int, batch_size: int = 16) -> list[dict]:
     """`n` texts (or pairs) of `split`, spread evenly over it in order (a split sorted by label, as
     CLINC150's training texts are, gives every part), as feed dicts through `model`'s own tokenizer
@@ -317,18 +361,16 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
     scored on the task). Returns the report row with the per-group table. Raises TargetsError when
     even every group at 4-bit exceeds max_bytes."""
     from embslim.exporters.quantize import QuantizeConfig, quantize
-    from embslim.exporters.sensitivity import choose_int4_groups, int4_order, measure_sensitivity
+    from embslim.exporters.quantize import _load
+    from embslim.exporters.sensitivity import choose_int4_groups, int4_order, measure_sensitivity, weight_groups
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
 
     target = cfg.targets[0]
     base_cfg = QuantizeConfig(target=target, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings,
                               validation_shapes=shapes, int4_nodes=(), **cfg.int4_settings)
-    log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
-    sens = measure_sensitivity(source, feeds, cfg=base_cfg)
-    order = int4_order(sens)
-    by_name = {r.group.name: r for r in sens}
     file = base_cfg.file_name
+    by_name: dict[str, Any] = {}
 
     def build(names: list[str]) -> Any:
         nodes = tuple(n for g in names for n in by_name[g].group.nodes)
@@ -341,9 +383,23 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
                                 max_drop=cfg.max_drop, allow_drop=True, batch_size=validate.batch_size,
                                 original=original_outputs)
 
+    if cfg.max_bytes is not None:   # can any mix fit? Found before the sensitivity pass (minutes), not after it
+        base = build([])
+        groups = weight_groups(_load(source), include_embeddings=cfg.include_embeddings, block_size=base_cfg.block_size,
+                               symmetric=base_cfg.symmetric, table_block_size=base_cfg.table_block_size)
+        floor = base.bytes_out - sum(g.int8_bytes - g.int4_bytes for g in groups)
+        if floor > 1.1 * cfg.max_bytes:   # the estimate errs high: +0.5% on MiniLM, +4.5% on a tiny BERT (tests)
+            raise TargetsError(f"max_bytes {cfg.max_bytes / 1e6:.2f} MB is below the smallest mixed file (about "
+                               f"{floor / 1e6:.2f} MB with every weight group at 4-bit; the int8 file is "
+                               f"{base.bytes_out / 1e6:.2f} MB); raise --max-bytes, or shrink the embedding first "
+                               "(a DEP / MESSI variant)")
+    log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
+    sens = measure_sensitivity(source, feeds, cfg=base_cfg)
+    order = int4_order(sens)
+    by_name.update({r.group.name: r for r in sens})
+
     drop_key = f"{scorer.primary}_drop_vs_fp32"
     if cfg.max_bytes is not None:
-        base = build([])
         chosen = choose_int4_groups(sens, base_bytes=base.bytes_out, max_bytes=cfg.max_bytes)
         q = build(chosen) if chosen else base
         rest = [r.group.name for r in order if r.group.name not in chosen]

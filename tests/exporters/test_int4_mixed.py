@@ -57,14 +57,19 @@ def feeds(tiny_bundle):
     {"block_size": 32, "symmetric": False},
     {"block_size": 32, "algorithm": "hqq", "symmetric": False},
     {"block_size": 32, "algorithm": "gptq"},
+    {"block_size": 32, "table_block_size": 16},
 ], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_int4_settings_keep_logits_close(noattn, feeds, tmp_path, settings):
     cfg = QuantizeConfig(target="arm64", bits=4, **settings)
     result = quantize(noattn, tmp_path / cfg.file_name, cfg=cfg, calibration=feeds)
     assert result.int4_nodes == {"MatMulNBits": 12, "GatherBlockQuantized": 3}
     assert result.to_json()["int4"] == cfg.int4_settings == {
-        "algorithm": "rtn", "symmetric": True, "accuracy_level": 0} | settings
+        "algorithm": "rtn", "symmetric": True, "accuracy_level": 0, "table_block_size": settings["block_size"]} | settings
     model = onnx.load(str(result.path))
+    tables = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert {helper.get_attribute_value(a) for n in tables for a in n.attribute if a.name == "block_size"} == {
+        cfg.table_block_size}
+    assert all(len(n.input) == 4 for n in tables)     # tables are asymmetric whatever `symmetric` says
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nbits]
     assert {a["block_size"] for a in attrs} == {cfg.block_size}
@@ -101,6 +106,54 @@ def test_smaller_blocks_give_higher_snr_and_accuracy_level_4_stays_close(tmp_pat
     assert snr[32, 4] >= snr[32, 0] - 1.5      # int8 activations inside MatMulNBits cost little
 
 
+def _gather_model(path, table: np.ndarray) -> None:
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"], name="emb/Gather")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", table.shape[1]])],
+                              [numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def _symmetric_rtn(table: np.ndarray, block: int) -> np.ndarray:
+    """ORT's Gather RTN: symmetric blocks, the largest magnitude mapped to -8, float32 scales."""
+    x = table.reshape(table.shape[0], -1, block)
+    peak = np.take_along_axis(x, np.abs(x).argmax(-1)[..., None], -1)
+    s = np.where(peak == 0, 1, peak / -8)
+    return (np.clip(np.round(x / s), -8, 7) * s).reshape(table.shape)
+
+
+def test_table_quantizer_beats_symmetric_rtn_in_fewer_bytes_and_ort_reads_it(tmp_path):
+    from embslim.exporters.quantize import quantize_table_4bit
+
+    rng = np.random.default_rng(0)
+    table = (0.05 * rng.standard_t(4, size=(300, 96)) + 0.02).astype(np.float32)   # heavy tails, an offset
+    table[0] = 0                                                                   # the [PAD] row
+    _gather_model(tmp_path / "g.onnx", table)
+    cfg = QuantizeConfig(target="arm64", bits=4, block_size=32)
+    result = quantize(tmp_path / "g.onnx", tmp_path / "g4.onnx", cfg=cfg)
+    assert result.int4_nodes == {"GatherBlockQuantized": 1}
+    ids = np.arange(300, dtype=np.int64)
+    got = run_feeds(tmp_path / "g4.onnx", [{"ids": ids}])
+    err = ((got - table) ** 2).mean()
+    assert err < 0.9 * ((_symmetric_rtn(table, 32) - table) ** 2).mean()
+    assert np.all(got[0] == 0)
+    data, scales, zero_points = quantize_table_4bit(table, 32)
+    assert (data.shape, scales.dtype, zero_points.shape) == ((300, 48), np.float16, (300, 2))
+    stored = data.nbytes + scales.nbytes + zero_points.nbytes
+    assert stored < 300 * 96 * 5 / 8                    # symmetric with float32 scales: 5 bits per value
+    assert result.weight_bytes["4bit"] == data.nbytes + zero_points.nbytes
+
+
+def test_table_quantizer_keeps_float32_scales_when_float16_cannot_hold_them():
+    from embslim.exporters.quantize import quantize_table_4bit
+
+    table = np.random.default_rng(1).normal(scale=1e-5, size=(8, 32)).astype(np.float32)
+    _, scales, _ = quantize_table_4bit(table, 16)
+    assert scales.dtype == np.float32
+    with pytest.raises(QuantizationError, match=r"even hidden size .* got 33"):
+        quantize_table_4bit(np.ones((4, 33), np.float32), 16)
+
+
 def test_gptq_without_calibration_is_one_line(noattn, tmp_path):
     with pytest.raises(QuantizationError, match=r"algorithm 'gptq' needs calibration feeds"):
         quantize(noattn, tmp_path / "x.onnx", cfg=QuantizeConfig(target="arm64", bits=4, algorithm="gptq"))
@@ -112,6 +165,7 @@ def test_gptq_without_calibration_is_one_line(noattn, tmp_path):
     ({"symmetric": "no"}, r"symmetric must be True or False, got 'no'"),
     ({"accuracy_level": True}, r"accuracy_level must be 0, 1, 2, 3 or 4, got True"),
     ({"bits": 4, "int4_nodes": ("a",)}, r"int4_nodes \(mixed precision\) needs bits=8"),
+    ({"table_block_size": 24}, r"table_block_size must be a power of two >= 16 .* got 24"),
 ])
 def test_int4_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -246,7 +300,8 @@ def test_targets_stage_writes_a_mixed_file_the_runtime_loads(tiny_bundle, tmp_pa
     assert len(groups) == 11 and {g["precision"] for g in groups} <= {"int4", "int8"}   # 8 layer groups + 3 tables
     assert sorted(row["mixed"]["int4_groups"]) == sorted(g["group"] for g in groups if g["precision"] == "int4")
     assert row["mixed"]["int4_groups"], "max_drop 5 points on a model that loses ~0 at 4-bit: some groups go 4-bit"
-    assert row["int4"] == {"algorithm": "rtn", "block_size": 32, "symmetric": True, "accuracy_level": 0}
+    assert row["int4"] == {"algorithm": "rtn", "block_size": 32, "symmetric": True, "accuracy_level": 0,
+                           "table_block_size": 32}
     entries = {e["file"]: e for e in read_manifest(bundle, staging=True)["artifacts"]}
     assert entries["model.mixed-arm64.onnx"]["variant"] == "mixed"
     clf = Classifier.from_bundle(bundle, variant="mixed", staging=True)
@@ -255,6 +310,34 @@ def test_targets_stage_writes_a_mixed_file_the_runtime_loads(tiny_bundle, tmp_pa
     assert Classifier.from_bundle(bundle, variant="auto", staging=True).artifact["variant"] in ("int8", "fp32")
     md = render_markdown({"title": "t", "variants": [{"name": "fp32", "precision": "fp32"}, row]})
     assert "## Mixed precision (mixed-arm64)" in md and "| layer0.attention.qkv |" in md
+
+
+def test_byte_budget_below_every_mix_fails_before_the_sensitivity_pass(tiny_bundle, noattn, tmp_path, caplog):
+    import logging
+
+    from embslim.exporters.quantize import _load
+    from embslim.exporters.sensitivity import weight_groups
+    from embslim.pipeline.scoring import scorer_for
+    from embslim.pipeline.targets import TargetsConfig, TargetsError, build_targets
+    from embslim.pipeline.validate import ValidateConfig
+
+    # the estimate the early check uses errs high, by less than the 10% the check allows
+    groups = weight_groups(_load(noattn))
+    int8 = quantize(noattn, tmp_path / "int8.onnx", cfg=QuantizeConfig(target="arm64", int4_nodes=()))
+    every = quantize(noattn, tmp_path / "all4.onnx", cfg=QuantizeConfig(
+        target="arm64", int4_nodes=tuple(n for g in groups for n in g.nodes)))
+    floor = int8.bytes_out - sum(g.int8_bytes - g.int4_bytes for g in groups)
+    assert every.bytes_out <= floor <= 1.08 * every.bytes_out
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.path, bundle)
+    cfg = TargetsConfig(targets=("arm64",), max_bytes=1000, calibration_texts=16)
+    with caplog.at_level(logging.INFO), pytest.raises(TargetsError, match=r"max_bytes 0.00 MB is below the smallest "
+                                                                          r"mixed file \(about [0-9.]+ MB"):
+        build_targets(bundle, tiny_bundle.task.eval, cfg=cfg, validate=ValidateConfig(measure=False),
+                      work=tmp_path / "work", scorer=scorer_for("text-classification", n_labels=tiny_bundle.n_labels),
+                      calibration=tiny_bundle.task.train)
+    assert "4-bit sensitivity" not in caplog.text
 
 
 def test_avx512_vnni_int8_is_quantized_unfused_and_arm64_fused(tiny_bundle, tmp_path):

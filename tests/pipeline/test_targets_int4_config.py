@@ -11,9 +11,11 @@ from embslim.pipeline.targets import TargetsConfig, TargetsError
 
 def test_toml_keys_map_to_typed_fields():
     cfg = config_from_dict({"data": {"dataset": "synthetic-sentiment"}, "targets": {"int4": True, "int4_algorithm": "hqq", "int4_symmetric": False,
-                                        "int4_block_size": 128, "int4_accuracy_level": 4, "max_bytes": 8_000_000}})
+                                        "int4_block_size": 128, "int4_accuracy_level": 4, "max_bytes": 8_000_000,
+                                        "int4_table_block_size": 16}})
     t = cfg.targets
-    assert t.int4_settings == {"algorithm": "hqq", "block_size": 128, "symmetric": False, "accuracy_level": 4}
+    assert t.int4_settings == {"algorithm": "hqq", "block_size": 128, "symmetric": False, "accuracy_level": 4,
+                               "table_block_size": 16}
     assert t.mixed is True and t.max_bytes == 8_000_000     # a byte budget implies the mixed file
 
 
@@ -22,6 +24,7 @@ def test_toml_keys_map_to_typed_fields():
     ({"int4_algorithm": "awq"}, r"^int4_algorithm must be one of rtn, hqq, gptq, got 'awq'"),
     ({"int4_block_size": 48}, r"^int4_block_size must be a power of two >= 16 .* got 48"),
     ({"int4_accuracy_level": 5}, r"^int4_accuracy_level must be 0, 1, 2, 3 or 4, got 5"),
+    ({"int4_table_block_size": 8}, r"^int4_table_block_size must be a power of two >= 16 .* got 8"),
     ({"max_bytes": 0}, r"^max_bytes is the mixed file's size in bytes \(> 0\), got 0"),
     ({"calibration_texts": 0}, r"^calibration_texts must be >= 1, got 0"),
     ({"mixed": True, "targets": ()}, r"^mixed and max_bytes need at least one target"),
