@@ -443,8 +443,12 @@ def footprint_table(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[l
     for entry in manifest.get("artifacts") or []:
         file = entry.get("file", "")
         if file.endswith((".onnx", ".ort")):
-            lines.append(([f"`{file}`", str(entry.get("variant", MISSING)), str(entry.get("target", MISSING)),
-                           _fmt(entry.get("bytes"), "mb")], by_file.get(file, {})))
+            row = by_file.get(file, {})
+            smooth = row.get("smooth_quant") if isinstance(row.get("smooth_quant"), dict) else {}
+            precision = str(entry.get("variant", MISSING)) + (f" (SmoothQuant alpha {smooth['alpha']})"
+                                                              if smooth.get("alpha") else "")
+            lines.append(([f"`{file}`", precision, str(entry.get("target", MISSING)), _fmt(entry.get("bytes"), "mb")],
+                          row))
     base = next((v for v in report.get("variants") or [] if isinstance(v, dict) and v.get("name") == "unpruned"), None)
     if base:
         lines.append((["unpruned baseline (not in the bundle)", str(base.get("precision") or "fp32"), "any",

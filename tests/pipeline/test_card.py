@@ -273,6 +273,15 @@ def test_embedding_card_header_and_footprint_table() -> None:
     assert "**Fine-tuning**" not in done and "`sentence_embedding`" in done
 
 
+def test_card_names_the_smoothquant_alpha_of_a_smoothed_file() -> None:
+    report = _emb_report()
+    report["variants"][2]["smooth_quant"] = {"alpha": 0.75, "groups": 24, "int8_snr_db": {"0.0": 18.2, "0.75": 23.8}}
+    rows = _table(render_card(_emb_manifest(), report, files=_ST_FILES).replace("## Footprint and quality",
+                                                                               "## Footprint and accuracy"))
+    assert rows["`model.int8-arm64.onnx`"][1] == "int8 (SmoothQuant alpha 0.75)"
+    assert rows["`model.onnx`"][1] == "fp32"
+
+
 def test_embedding_card_without_knn_pairs_or_modules_json() -> None:
     report = _emb_report()
     del report["task"]["knn"], report["task"]["pairs"]

@@ -575,6 +575,32 @@ def test_a_model_with_one_token_type_exports_without_token_type_ids(tmp_path):
     assert main(["export", str(ckpt), "--out", str(tmp_path / "b2")]) == 0
 
 
+def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_path, assets):
+    """A re-quantized bundle's report and manifest describe the new files (new-user trial: they kept the
+    old SmoothQuant alpha and the old targets settings)."""
+    import json
+
+    bundle = _bundle_copy(Ctx(tmp_path, assets))
+    base = [*"--train {} --eval {} --targets avx2 --allow-drop --no-measure".split()]
+    base[1], base[3] = str(assets.train), str(assets.dev)
+    chosen = json.loads((bundle / "manifest.json").read_text())["stages"]["bundle_variant"]
+    assert main(["quantize", str(bundle), *base, "--smooth-alpha", "0.5"]) == 0
+    report = json.loads((bundle / "report.json").read_text())
+    rows = [v for v in report["variants"] if v.get("file") == "model.int8-avx2.onnx"]
+    assert [(r["name"], r["base"], r["smooth_quant"]["alpha"]) for r in rows] == [(f"{chosen} int8-avx2", chosen, 0.5)]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["stages"]["targets"]["targets"] == ["avx2"] and manifest["stages"]["targets"]["smooth_alpha"] == 0.5
+    assert manifest["metrics"][f"{chosen} int8-avx2"]["smooth_quant"]["alpha"] == 0.5
+    assert f"{chosen} int8-avx2: alpha 0.5" in (bundle / "report.md").read_text()
+    assert main(["quantize", str(bundle), *base]) == 0     # again, plain: the row is replaced, not added
+    report = json.loads((bundle / "report.json").read_text())
+    rows = [v for v in report["variants"] if v.get("file") == "model.int8-avx2.onnx"]
+    assert len(rows) == 1 and "smooth_quant" not in rows[0]
+    assert "SmoothQuant" not in (bundle / "report.md").read_text()
+    assert json.loads((bundle / "manifest.json").read_text())["stages"]["targets"]["smooth_quant"] is False
+    assert_no_bundle_left(tmp_path)
+
+
 def test_quantize_replaces_the_bundle_only_when_complete(tmp_path, assets):
     from embslim.runtime.manifest import read_manifest
 
