@@ -718,7 +718,10 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     if len(variants) > 1:
         out.append((f"Ratios vs {ref['name']}", "bullets", _ratio_lines(variants, view)))
     if report.get("finetune"):
-        out.append((view.training_heading, "table", (["key", "value"], [list(kv) for kv in _flatten(report["finetune"])])))
+        ft = dict(report["finetune"])
+        if isinstance(ft.get("max_steps"), int) and ft["max_steps"] < 0:   # transformers' "no step limit"
+            ft["max_steps"] = "none (epochs decide)"
+        out.append((view.training_heading, "table", (["key", "value"], [list(kv) for kv in _flatten(ft)])))
     if report.get("notes"):
         notes = report["notes"] if isinstance(report["notes"], list) else [report["notes"]]
         out.append(("Notes", "bullets", [str(n) for n in notes]))

@@ -180,6 +180,9 @@ def test_markdown_ratios_notes_finetune_and_plots() -> None:
     assert "-0.34 pts accuracy" in md
     assert "latency: batch 1, 32 tokens, 1 thread, median of 200 runs" in md
     assert "| seconds.unpruned | 95.2 |" in md
+    report = _report(3)
+    report["finetune"]["max_steps"] = -1     # transformers' default: the epochs decide
+    assert "| max_steps | none (epochs decide) |" in render_markdown(report)
     assert "![Size breakdown](plots/size_breakdown.png)" in md
     assert "![Accuracy vs size](plots/accuracy_vs_size.png)" in md
     assert "Model: sentence-transformers/all-MiniLM-L6-v2 (bert, hidden 384, vocab 30,522)" in md
