@@ -421,8 +421,9 @@ def quantize_table_4bit(table: np.ndarray, block_size: int) -> tuple[np.ndarray,
     [rows, ceil(blocks / 2)] packed like the data). An all-zero block (the [PAD] row) gets scale 0.
 
     Against ORT's own Gather quantizer (RTN, symmetric, float32 scales: 5 bits per value at block 32)
-    this stores 4.63 bits per value at block 32 and, on the issue #14 embedder's word tables, has
-    12-18% less squared error; the sentence cosine of its mixed file rose 0.9898 -> 0.9900."""
+    this stores 4.63 bits per value at block 32 and, on the issue #14 embedder's two word tables, has
+    18-21% less squared error (block 16: 5.25 bits, 39-44% less); that embedder's mixed file went from
+    0.9897 to 0.9901 mean cosine to the original model (README, "Measured: CLINC150")."""
     rows, dim = table.shape
     if dim % 2:
         raise QuantizationError(f"a 4-bit table needs an even hidden size (two values per byte), got {dim}")
