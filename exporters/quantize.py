@@ -414,7 +414,7 @@ def quantize_table_4bit(table: np.ndarray, block_size: int) -> tuple[np.ndarray,
     GatherBlockQuantized (bits=4, uint8 data holding two values, low nibble first; dequantized as
     (q - zero_point) * scale).
 
-    table: float [rows, dim], dim even. Per row, blocks of `block_size` values (the last one may be
+    table: float [rows, dim], dim even (`_int4_gathers` pads an odd one). Per row, blocks of `block_size` values (the last one may be
     short); each block's range [min(x, 0), max(x, 0)] is shrunk by the factor in `_CLIP_RATIOS` that
     gives the least squared error. Returns (data uint8 [rows, dim / 2], scales [rows, blocks] float16,
     or float32 when a non-zero scale falls outside float16's normal range, zero points uint8
@@ -462,7 +462,8 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
 def _int4_gathers(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str]) -> "onnx.ModelProto":
     """Every Gather reading a 2-D float table (axis 0) and not in `exclude` becomes a
     GatherBlockQuantized over `quantize_table_4bit`'s blocks (cfg.table_block_size), followed by a
-    Cast to float when the scales are float16. Tables with an odd hidden size stay for int8."""
+    Cast to float when the scales are float16. A table with an odd hidden size (a MESSI coefficient
+    table with j=43) gets a zero column to pack two values per byte, and a Slice drops it again."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -472,25 +473,34 @@ def _int4_gathers(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: lis
         data = inits.get(node.input[0]) if node.op_type == "Gather" and node.input else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if (node.name in skip or data is None or data.data_type not in _FLOAT_TYPES or len(data.dims) != 2
-                or axis != 0 or data.dims[1] % 2):
+                or axis != 0):
             nodes.append(node)
             continue
         table = numpy_helper.to_array(data).astype(np.float32)
+        dim = table.shape[1]
+        if dim % 2:
+            table = np.pad(table, ((0, 0), (0, 1)))
         packed, scales, zero_points = quantize_table_4bit(table, cfg.table_block_size)
         base = data.name
         replaced.add(base)
         model.graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_Q4"),
                                         numpy_helper.from_array(scales, f"{base}_scales"),
                                         numpy_helper.from_array(zero_points, f"{base}_zero_points")])
-        fp16 = scales.dtype == np.float16
-        out = node.output[0]
+        # GatherBlockQuantized -> [Cast to float when the scales are float16] -> [Slice off the pad column]
+        steps = (["cast"] if scales.dtype == np.float16 else []) + (["slice"] if dim % 2 else [])
+        names = [f"{node.output[0]}_q4_{s}" for s in ["gather", *steps][:-1]] + [node.output[0]]
         nodes.append(helper.make_node(
             "GatherBlockQuantized", [f"{base}_Q4", node.input[1], f"{base}_scales", f"{base}_zero_points"],
-            [f"{out}_fp16" if fp16 else out], name=f"{node.name}_Q4", domain="com.microsoft",
+            [names[0]], name=f"{node.name}_Q4", domain="com.microsoft",
             bits=4, block_size=cfg.table_block_size, gather_axis=0, quantize_axis=1))
-        if fp16:
-            nodes.append(helper.make_node("Cast", [f"{out}_fp16"], [out], name=f"{node.name}_Q4_cast",
-                                          to=TensorProto.FLOAT))
+        for step, src, dst in zip(steps, names, names[1:]):
+            if step == "cast":
+                nodes.append(helper.make_node("Cast", [src], [dst], name=f"{node.name}_Q4_cast", to=TensorProto.FLOAT))
+            else:
+                bounds = [f"{base}_slice_{k}" for k in ("starts", "ends", "axes")]
+                model.graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), n)
+                                               for v, n in zip((0, dim, -1), bounds))
+                nodes.append(helper.make_node("Slice", [src, *bounds], [dst], name=f"{node.name}_Q4_slice"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {i for n in model.graph.node for i in n.input}
@@ -594,7 +604,9 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in left_weights for w in ws))
     int4 = Counter(n.op_type for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
     int4_outputs = {n.output[0] for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
-    int4_outputs |= {n.output[0] for n in result_model.graph.node if n.op_type == "Cast" and n.input[0] in int4_outputs}
+    for _ in range(2):   # a 4-bit table's Cast to float and Slice of its pad column
+        int4_outputs |= {n.output[0] for n in result_model.graph.node
+                         if n.op_type in ("Cast", "Slice") and n.input[0] in int4_outputs}
     int4_names = tuple(n.name for n in original.graph.node
                        if n.op_type in ("MatMul", "Gather") and n.output and n.output[0] in int4_outputs)
     try:

@@ -175,6 +175,7 @@ def _int4_bytes(k: int, n: int, block: int, symmetric: bool) -> int:
 
 
 def _table_int4_bytes(rows: int, dim: int, block: int) -> int:
+    dim += dim % 2                # an odd width gets a zero column (quantize._int4_gathers)
     blocks = -(-dim // block)     # per row: packed values, float16 scales, packed uint4 zero points
     return rows * (dim // 2 + 2 * blocks + -(-blocks // 2))
 

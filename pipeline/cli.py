@@ -389,7 +389,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.targets import TargetsConfig, build_targets, calibration_split, record_targets
+    from embslim.pipeline.targets import (TargetsConfig, build_targets, calibration_split, check_byte_budget,
+                                          record_targets)
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
@@ -398,6 +399,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     options = _section(a, "targets")
     _check_switches(options)
     cfg = TargetsConfig(**options)
+    check_byte_budget(Path(a.bundle) / "model.onnx", cfg)   # seconds, before the data and the scorer (minutes)
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     validate = ValidateConfig(**_section(a, "validate"))
     scorer = _bundle_scorer(a.bundle, task, validate, data_root=a.data_root)

@@ -159,6 +159,33 @@ class TargetsConfig:
                 "table_block_size": self.int4_table_block_size}
 
 
+def smallest_mixed_bytes(model: str | Path, cfg: TargetsConfig) -> int:
+    """About how small `model` (a float model.onnx) can get as a mixed file: its size with every weight
+    group's float weights (`embslim.exporters.sensitivity.weight_groups`) replaced by their 4-bit
+    blocks as `cfg` stores them, the rest (biases, norms, index tables) as they are. An estimate from
+    the initializers, before any quantization: it errs high by a few percent (tests)."""
+    from embslim.exporters.quantize import _load
+    from embslim.exporters.sensitivity import weight_groups
+
+    model = Path(model)
+    groups = weight_groups(_load(model), include_embeddings=cfg.include_embeddings, block_size=cfg.int4_block_size,
+                           symmetric=cfg.int4_symmetric, table_block_size=cfg.int4_table_block_size)
+    return model.stat().st_size - sum(4 * g.params - g.int4_bytes for g in groups)
+
+
+def check_byte_budget(model: str | Path, cfg: TargetsConfig) -> None:
+    """Raise TargetsError when `cfg.max_bytes` is below `smallest_mixed_bytes(model, cfg)`, so a budget no
+    mix can meet fails in seconds, before fusion, calibration, scoring and the sensitivity pass."""
+    if cfg.max_bytes is None or not cfg.targets:
+        return
+    floor = smallest_mixed_bytes(model, cfg)
+    if floor > 1.1 * cfg.max_bytes:   # the estimate errs high; a budget near it is left to the real build
+        given = f"{cfg.max_bytes / 1e6:.2f} MB" if cfg.max_bytes >= 10_000 else f"{cfg.max_bytes:,} bytes"
+        raise TargetsError(f"max_bytes {given} is below the smallest mixed file this model can give (about "
+                           f"{floor / 1e6:.2f} MB with every weight group at 4-bit); raise --max-bytes to at least "
+                           f"{floor / 1e6:.1f}MB, or start from a smaller model (fewer kept rows, a smaller MESSI tail)")
+
+
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
                   work: str | Path, scorer: Any, original_outputs: "np.ndarray | None" = None,
                   fp32: "tuple[np.ndarray, dict] | None" = None, calibration: Split | None = None) -> list[dict]:
@@ -183,6 +210,7 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     bundle, work = Path(bundle), Path(work)
     if not cfg.targets:
         return []
+    check_byte_budget(bundle / "model.onnx", cfg)
     if cfg.static_int8 and (calibration is None or not len(calibration)):
         raise TargetsError("static_int8 calibrates on the task's training texts, and this run has none: pass "
                            "--train (labels are not needed), or drop --static-int8")
@@ -305,7 +333,9 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     `stages.targets` becomes `cfg`, its metrics and report.json's rows for the same files are replaced
     (where the old row stood, else after the bundle variant's rows), and the report is re-rendered
     (report.md, report.html, plots), so it shows the new files' SmoothQuant and mixed-precision
-    sections, not the ones they replaced. Rows are named as `embslim run` names them ("<bundle
+    sections, not the ones they replaced. An .ort file converted from an int8 file that was rebuilt
+    (and not converted again) is removed; other quantized files stay, named in a report note and in
+    `stages.targets.kept_from_earlier_runs`. Rows are named as `embslim run` names them ("<bundle
     variant> int8-arm64", `base` = the bundle variant). Returns the renamed rows."""
     import json
     from dataclasses import asdict
@@ -319,7 +349,19 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     if chosen:
         rows = [r | {"name": f"{chosen} {r['name']}", "base": chosen} for r in rows]
     files = {r.get("file") for r in rows}
-    manifest.setdefault("stages", {})["targets"] = asdict(cfg)
+    # an .ort converted from an int8 file that was just rebuilt (without --mobile) no longer matches it
+    stale = {a["file"] for a in manifest.get("artifacts") or [] if str(a.get("file", "")).endswith(".ort")
+             and a["file"] not in files and a["file"][:-4] + ".onnx" in files}
+    for name in stale:
+        (bundle / name).unlink(missing_ok=True)
+    if stale and not any(str(a.get("file", "")).endswith(".ort") and a["file"] not in stale
+                         for a in manifest.get("artifacts") or []):
+        stale.add("required_operators.config")   # the operator list for a reduced ORT build of the .ort
+        (bundle / "required_operators.config").unlink(missing_ok=True)
+    manifest["artifacts"] = [a for a in manifest.get("artifacts") or [] if a.get("file") not in stale]
+    kept = [a["file"] for a in manifest["artifacts"] if a.get("variant") != "fp32" and a.get("file") not in files]
+    files |= stale
+    manifest.setdefault("stages", {})["targets"] = asdict(cfg) | {"kept_from_earlier_runs": kept}
     manifest["metrics"] = {k: v for k, v in (manifest.get("metrics") or {}).items()
                            if not (isinstance(v, dict) and v.get("file") in files)} | {r["name"]: r for r in rows}
     write_json_atomic(manifest_path(bundle), manifest)
@@ -335,6 +377,12 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     kept_before = [v for v in old[:at] if v.get("file") not in files]
     kept_after = [v for v in old[at:] if v.get("file") not in files]
     report["variants"] = kept_before + rows + kept_after
+    notes = report.get("notes") if isinstance(report.get("notes"), list) else []
+    report["notes"] = notes + [
+        f"embslim quantize rebuilt {', '.join(sorted(r['file'] for r in rows))}"
+        + (f"; removed {', '.join(sorted(stale))} (converted from the int8 file it replaced)" if stale else "")
+        + (f"; kept from an earlier run, still quantized from the same model.onnx: {', '.join(kept)}" if kept else "")
+        + "."]
     write_report(report, bundle)
     return rows
 
@@ -361,8 +409,7 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
     scored on the task). Returns the report row with the per-group table. Raises TargetsError when
     even every group at 4-bit exceeds max_bytes."""
     from embslim.exporters.quantize import QuantizeConfig, quantize
-    from embslim.exporters.quantize import _load
-    from embslim.exporters.sensitivity import choose_int4_groups, int4_order, measure_sensitivity, weight_groups
+    from embslim.exporters.sensitivity import choose_int4_groups, int4_order, measure_sensitivity
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
 
@@ -383,16 +430,6 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
                                 max_drop=cfg.max_drop, allow_drop=True, batch_size=validate.batch_size,
                                 original=original_outputs)
 
-    if cfg.max_bytes is not None:   # can any mix fit? Found before the sensitivity pass (minutes), not after it
-        base = build([])
-        groups = weight_groups(_load(source), include_embeddings=cfg.include_embeddings, block_size=base_cfg.block_size,
-                               symmetric=base_cfg.symmetric, table_block_size=base_cfg.table_block_size)
-        floor = base.bytes_out - sum(g.int8_bytes - g.int4_bytes for g in groups)
-        if floor > 1.1 * cfg.max_bytes:   # the estimate errs high: +0.5% on MiniLM, +4.5% on a tiny BERT (tests)
-            raise TargetsError(f"max_bytes {cfg.max_bytes / 1e6:.2f} MB is below the smallest mixed file (about "
-                               f"{floor / 1e6:.2f} MB with every weight group at 4-bit; the int8 file is "
-                               f"{base.bytes_out / 1e6:.2f} MB); raise --max-bytes, or shrink the embedding first "
-                               "(a DEP / MESSI variant)")
     log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
     sens = measure_sensitivity(source, feeds, cfg=base_cfg)
     order = int4_order(sens)
@@ -400,6 +437,7 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
 
     drop_key = f"{scorer.primary}_drop_vs_fp32"
     if cfg.max_bytes is not None:
+        base = build([])
         chosen = choose_int4_groups(sens, base_bytes=base.bytes_out, max_bytes=cfg.max_bytes)
         q = build(chosen) if chosen else base
         rest = [r.group.name for r in order if r.group.name not in chosen]
@@ -408,8 +446,9 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
             q = build(chosen)
         if q.bytes_out > cfg.max_bytes:
             raise TargetsError(f"max_bytes {cfg.max_bytes / 1e6:.2f} MB is below the smallest mixed file "
-                               f"({q.bytes_out / 1e6:.2f} MB with every weight group at 4-bit); raise --max-bytes, "
-                               "or shrink the embedding first (a DEP / MESSI variant)")
+                               f"({q.bytes_out / 1e6:.2f} MB with every weight group at 4-bit); raise --max-bytes to at "
+                               f"least {q.bytes_out / 1e6 + 0.01:.2f}MB, or start from a smaller model (fewer kept rows, "
+                               "a smaller MESSI tail)")
         check = score(q)
         budget = {"kind": "bytes", "max_bytes": cfg.max_bytes}
     else:   # accuracy budget: the longest prefix of `order` within max_drop (bisection: drops grow with the prefix)

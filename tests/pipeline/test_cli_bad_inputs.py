@@ -289,6 +289,8 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("validate-missing-artifact", lambda c: ["validate", str(c.a.bundle), *c.data(), "--file", "model.int8-avx2.onnx", "--no-measure"],
      r"model\.int8-avx2\.onnx"),
     ("quantize-unknown-target", lambda c: ["quantize", str(c.a.bundle), *c.data(), "--targets", "avx3"], r"unknown target\(s\) avx3"),
+    ("quantize-budget-no-mix-meets", lambda c: ["quantize", str(c.a.bundle), *c.data(), "--targets", "avx2", "--max-bytes", "1KB"],
+     r"max_bytes 1,000 bytes is below the smallest mixed file this model can give"),
     ("compare-not-a-bundle", lambda c: ["compare", str(c.user_dir()), "--out", str(c.out)], r"no report at .*mine"),
     ("finetune-vocab-missing", lambda c: ["finetune", "--model", str(c.a.model), "--vocab", str(c.tmp / "nov"), *c.data(), *FAST,
                                           "--out", str(c.out)], r"vocab\.json not found; run `embslim prune` first"),
@@ -584,7 +586,8 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     base = [*"--train {} --eval {} --targets avx2 --allow-drop --no-measure".split()]
     base[1], base[3] = str(assets.train), str(assets.dev)
     chosen = json.loads((bundle / "manifest.json").read_text())["stages"]["bundle_variant"]
-    assert main(["quantize", str(bundle), *base, "--smooth-alpha", "0.5"]) == 0
+    assert main(["quantize", str(bundle), *base, "--smooth-alpha", "0.5", "--mobile"]) == 0
+    assert (bundle / "model.int8-avx2.ort").is_file()
     report = json.loads((bundle / "report.json").read_text())
     rows = [v for v in report["variants"] if v.get("file") == "model.int8-avx2.onnx"]
     assert [(r["name"], r["base"], r["smooth_quant"]["alpha"]) for r in rows] == [(f"{chosen} int8-avx2", chosen, 0.5)]
@@ -597,7 +600,14 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     rows = [v for v in report["variants"] if v.get("file") == "model.int8-avx2.onnx"]
     assert len(rows) == 1 and "smooth_quant" not in rows[0]
     assert "SmoothQuant" not in (bundle / "report.md").read_text()
-    assert json.loads((bundle / "manifest.json").read_text())["stages"]["targets"]["smooth_quant"] is False
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["stages"]["targets"]["smooth_quant"] is False
+    # the .ort was converted from the int8 file just replaced: gone from the folder, manifest and report
+    assert not (bundle / "model.int8-avx2.ort").exists() and not (bundle / "required_operators.config").exists()
+    assert not any(str(a["file"]).endswith(".ort") for a in manifest["artifacts"])
+    assert not any(str(v.get("file")).endswith(".ort") for v in report["variants"])
+    assert "removed model.int8-avx2.ort, required_operators.config (converted from the int8 file it replaced)" in report["notes"][-1]
+    assert main(["inspect", str(bundle)]) == 0
     assert_no_bundle_left(tmp_path)
 
 
