@@ -144,7 +144,7 @@ class QuantizeConfig:
             object.__setattr__(self, "table_block_size", b)
         elif isinstance(t, bool) or not isinstance(t, int) or t < 16 or t & (t - 1):
             raise ValueError(f"table_block_size must be a power of two >= 16 (ORT's GatherBlockQuantized), "
-                             f"got {t!r}; leave it unset to use block_size")
+                             f"got {t!r}; leave it unset to use the MatMul block size (block_size)")
         if isinstance(self.accuracy_level, bool) or self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {self.accuracy_level!r}")
         if self.algorithm not in INT4_ALGORITHMS:

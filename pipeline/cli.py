@@ -503,8 +503,23 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (what was wrong, where the flags are listed)
     instead of a usage block of every flag above it; exit status 2 as argparse's."""
 
+    argv: Sequence[str] = ()   # set by main: tells which command's --help to point at
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                    for name, p in a.choices.items()}
+        command = next((t for t in self.argv if t in commands), None)
+        where = f"{self.prog} {command}" if command and self.prog == "embslim" else self.prog
+        if message.startswith("unrecognized arguments:"):   # a typo: name the flag it was probably meant to be
+            import difflib
+
+            scope = [commands[command]] if command else [self, *commands.values()]
+            known = sorted({o for p in scope for a in p._actions for o in a.option_strings if o.startswith("--")})
+            tips = [f"{t} -> {close[0]}?" for t in message.split(":", 1)[1].split() if t.startswith("--")
+                    for close in [difflib.get_close_matches(t.split("=")[0], known, n=1)] if close]
+            if tips:
+                message += f" (did you mean: {', '.join(tips)})"
+        self.exit(2, f"{self.prog}: error: {message}; see {where} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -623,7 +638,9 @@ def _import_error(e: ImportError) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     from embslim.pipeline.logs import setup_logging
 
     # Under torchrun / accelerate only rank 0 logs progress; the other ranks say only what goes wrong.

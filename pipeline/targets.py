@@ -115,7 +115,7 @@ class TargetsConfig:
         if len(set(self.targets)) != len(self.targets):
             raise TargetsError(f"targets repeat: {self.targets}")
         if (self.int4 or self.mobile) and not self.targets:
-            raise TargetsError(f"int4 and mobile need at least one target ({_TARGET_HINT})")
+            raise TargetsError(f"{'int4' if self.int4 else 'mobile'} needs at least one target ({_TARGET_HINT})")
         if not 0 <= self.max_drop <= 1:
             raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
         try:   # the 4-bit settings are checked where they are used, with the same words

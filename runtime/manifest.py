@@ -371,7 +371,8 @@ def select_model_artifact(
                     return e
         logger.debug("variant='auto': no int8 artifact for this machine, using fp32")
         return artifact(manifest, variant="fp32")
-    found = [e for e in entries if e.get("variant") == variant]
+    models = [e for e in entries if str(e.get("file", "")).endswith((".onnx", ".ort"))]   # not the tokenizer, configs
+    found = [e for e in models if e.get("variant") == variant]
     if len(found) > 1:
         onnx_only = [e for e in found if str(e.get("file", "")).endswith(".onnx")]
         found = onnx_only or found
@@ -387,7 +388,10 @@ def select_model_artifact(
         )
     if len(found) == 1:
         return found[0]
-    return artifact(manifest, variant=variant)  # raises with the list of what exists
+    raise BundleError(
+        f"the bundle has no artifact with variant {variant!r}; available: {describe_artifacts(models)} (model files "
+        "only); pick one of those, or \"auto\", or re-export the bundle with the variant you need"
+    )
 
 
 def verify_artifact(bundle_dir: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:

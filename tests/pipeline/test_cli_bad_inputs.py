@@ -623,3 +623,19 @@ def test_quantize_replaces_the_bundle_only_when_complete(tmp_path, assets):
     assert stat.S_IMODE(bundle.stat().st_mode) == mode
     assert main(["inspect", str(bundle)]) == 0
     assert_no_bundle_left(tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "b", "--int4-tabel-block-size", "16"],
+     r"^embslim: error: unrecognized arguments: --int4-tabel-block-size 16 \(did you mean: --int4-tabel-block-size -> "
+     r"--int4-table-block-size\?\); see embslim quantize --help$"),
+    (["quantize", "b", "--max-bytes", "abc"], r"^embslim quantize: error: argument --max-bytes: 'abc' is not a size; .*"
+                                              r"see embslim quantize --help$"),
+    (["quantise", "b"], r"^embslim: error: argument command: invalid choice: 'quantise' .*; see embslim --help$"),
+])
+def test_a_bad_flag_is_one_line_naming_the_command_help(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err.strip()), err

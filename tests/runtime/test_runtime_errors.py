@@ -150,10 +150,11 @@ def test_unknown_variant_lists_the_available_ones(pristine):
     with pytest.raises(
         BundleError,
         match=r"^the bundle has no artifact with variant 'int4'; available: variant 'fp32' "
-        r"\(target any, model\.onnx\), variant 'tokenizer' \(target any, tokenizer\.json\), "
-        r"variant 'config' \(target any, config\.json\); pick one of those, or re-export",
+        r"\(target any, model\.onnx\) \(model files only\); pick one of those, or \"auto\", or re-export",
     ):
         Classifier.from_bundle(pristine, variant="int4")
+    with pytest.raises(BundleError, match=r"^the bundle has no artifact with variant 'tokenizer'"):
+        Classifier.from_bundle(pristine, variant="tokenizer")   # a file of the bundle, not a model to load
 
 
 def test_unknown_file(pristine):
