@@ -207,14 +207,19 @@ class EmbeddingScorer:
     def metrics(self, model: Any, outputs: np.ndarray, split: Split, *, batch_size: int) -> dict:
         p = self.probes
         out: dict = {"n_eval": len(split)}
+
+        def encode(texts: Sequence[str], desc: str) -> np.ndarray:   # in batches, with a progress line every 10 s
+            return _batched(lambda t, _: model.encode(t, batch_size=batch_size), texts, None, batch_size=batch_size,
+                            desc=desc, width=model.dim)
+
         if p.knn_index is not None and p.knn_queries is not None:
-            index = model.encode(list(p.knn_index.texts), batch_size=batch_size)
+            index = encode(p.knn_index.texts, f"kNN index ({len(p.knn_index)} texts)")
             queries = (outputs[list(p.queries_in_eval)] if p.queries_in_eval is not None and len(outputs) == len(split)
-                       else model.encode(list(p.knn_queries.texts), batch_size=batch_size))
+                       else encode(p.knn_queries.texts, f"kNN queries ({len(p.knn_queries)} texts)"))
             out["knn_accuracy"] = knn_accuracy(index, p.knn_index.labels, queries, p.knn_queries.labels)
         if p.pairs is not None:
-            a = model.encode(list(p.pairs.texts), batch_size=batch_size)
-            b = model.encode(list(p.pairs.pairs or ()), batch_size=batch_size)
+            a = encode(p.pairs.texts, "pairs, first texts")
+            b = encode(list(p.pairs.pairs or ()), "pairs, second texts")
             out["pair_auc"] = pair_auc(a, b, p.pairs.labels)
         return out
 
