@@ -207,7 +207,14 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
     for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
         _link(bundle / f, folder / f)
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
-    own = bundle_files(name, bundle, folder) if own_files else []
+    own = []
+    if own_files:   # a folder of their own: the files quantized below take the same names (model.int8-arm64.onnx)
+        shipped = work / f"ours-{name}-bundle"
+        shutil.rmtree(shipped, ignore_errors=True)
+        shipped.mkdir(parents=True)
+        for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
+            _link(bundle / f, shipped / f)
+        own = bundle_files(name, bundle, shipped)
     fused = fuse_for_quantization(folder / "model.onnx", folder, int4=True,
                                   cfg=OptimizeConfig(validation_shapes=shapes))
     for target, bits in (("arm64", 8), ("avx2", 8), ("arm64", 4)):
