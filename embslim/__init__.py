@@ -34,6 +34,8 @@ _API = {
     "PruneConfig": "embslim.pipeline.vocab", "FinetuneConfig": "embslim.pipeline.finetune",
     "ValidateConfig": "embslim.pipeline.validate", "TargetsConfig": "embslim.pipeline.targets",
     "TASKS": "embslim.pipeline.tasks",
+    # the runtime (torch-free) classes, also as embslim.Classifier etc.
+    "Classifier": "embslim.runtime", "Embedder": "embslim.runtime", "Tagger": "embslim.runtime",
 }
 __all__ = sorted(_API)
 

@@ -519,7 +519,7 @@ class _Parser(argparse.ArgumentParser):
                     for close in [difflib.get_close_matches(t.split("=")[0], known, n=1)] if close]
             if tips:
                 message += f" (did you mean: {', '.join(tips)})"
-        self.exit(2, f"{self.prog}: error: {message}; see {where} --help\n")
+        self.exit(2, f"{where}: error: {message}; see {where} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ the report flags it.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -183,7 +184,8 @@ def check_byte_budget(model: str | Path, cfg: TargetsConfig) -> None:
         given = f"{cfg.max_bytes / 1e6:.2f} MB" if cfg.max_bytes >= 10_000 else f"{cfg.max_bytes:,} bytes"
         raise TargetsError(f"max_bytes {given} is below the smallest mixed file this model can give (about "
                            f"{floor / 1e6:.2f} MB with every weight group at 4-bit); raise --max-bytes to at least "
-                           f"{floor / 1e6:.1f}MB, or start from a smaller model (fewer kept rows, a smaller MESSI tail)")
+                           f"{math.ceil(floor / 1e5) / 10:.1f}MB, or start from a smaller model (fewer kept rows, a "
+                           "smaller MESSI tail)")
 
 
 def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, validate: ValidateConfig,
@@ -335,7 +337,7 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     (report.md, report.html, plots), so it shows the new files' SmoothQuant and mixed-precision
     sections, not the ones they replaced. An .ort file converted from an int8 file that was rebuilt
     (and not converted again) is removed; other quantized files stay, named in a report note and in
-    `stages.targets.kept_from_earlier_runs`. Rows are named as `embslim run` names them ("<bundle
+    `stages.targets.kept_from_earlier_runs` (their settings in `stages.targets_before`). Rows are named as `embslim run` names them ("<bundle
     variant> int8-arm64", `base` = the bundle variant). Returns the renamed rows."""
     import json
     from dataclasses import asdict
@@ -361,7 +363,10 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     manifest["artifacts"] = [a for a in manifest.get("artifacts") or [] if a.get("file") not in stale]
     kept = [a["file"] for a in manifest["artifacts"] if a.get("variant") != "fp32" and a.get("file") not in files]
     files |= stale
-    manifest.setdefault("stages", {})["targets"] = asdict(cfg) | {"kept_from_earlier_runs": kept}
+    stages = manifest.setdefault("stages", {})
+    if kept and isinstance(stages.get("targets"), dict):   # the settings the kept files were built with
+        stages["targets_before"] = {k: v for k, v in stages["targets"].items() if k != "targets_before"}
+    stages["targets"] = asdict(cfg) | {"kept_from_earlier_runs": kept}
     manifest["metrics"] = {k: v for k, v in (manifest.get("metrics") or {}).items()
                            if not (isinstance(v, dict) and v.get("file") in files)} | {r["name"]: r for r in rows}
     write_json_atomic(manifest_path(bundle), manifest)

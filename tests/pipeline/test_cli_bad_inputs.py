@@ -602,6 +602,7 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     assert "SmoothQuant" not in (bundle / "report.md").read_text()
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["stages"]["targets"]["smooth_quant"] is False
+    assert manifest["stages"]["targets_before"]["smooth_alpha"] == 0.5   # what the kept files were built with
     # the .ort was converted from the int8 file just replaced: gone from the folder, manifest and report
     assert not (bundle / "model.int8-avx2.ort").exists() and not (bundle / "required_operators.config").exists()
     assert not any(str(a["file"]).endswith(".ort") for a in manifest["artifacts"])
@@ -627,7 +628,7 @@ def test_quantize_replaces_the_bundle_only_when_complete(tmp_path, assets):
 
 @pytest.mark.parametrize("argv, message", [
     (["quantize", "b", "--int4-tabel-block-size", "16"],
-     r"^embslim: error: unrecognized arguments: --int4-tabel-block-size 16 \(did you mean: --int4-tabel-block-size -> "
+     r"^embslim quantize: error: unrecognized arguments: --int4-tabel-block-size 16 \(did you mean: --int4-tabel-block-size -> "
      r"--int4-table-block-size\?\); see embslim quantize --help$"),
     (["quantize", "b", "--max-bytes", "abc"], r"^embslim quantize: error: argument --max-bytes: 'abc' is not a size; .*"
                                               r"see embslim quantize --help$"),

@@ -504,3 +504,11 @@ def test_the_manifest_is_the_contract_the_pipeline_writes(pristine):
     task = json.loads((pristine / "manifest.json").read_text(encoding="utf-8"))["task"]
     assert task["type"] == "feature-extraction" and task["labels"] == [] and task["pair"] is False
     assert task["embedding"] == {"dim": 3, "pooling": "mean", "normalize": True}
+
+
+def test_the_runtime_classes_are_also_top_level_names():
+    import embslim
+    from embslim.runtime import Classifier, Embedder, Tagger
+
+    assert (embslim.Classifier, embslim.Embedder, embslim.Tagger) == (Classifier, Embedder, Tagger)
+    assert {"Classifier", "Embedder", "Tagger"} <= set(embslim.__all__)
