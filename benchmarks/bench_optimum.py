@@ -189,6 +189,15 @@ def bundle_files(name: str, bundle: Path, folder: Path) -> list[Model]:
     return models
 
 
+def _linked_bundle(bundle: Path, folder: Path) -> Path:
+    """`folder`, emptied, holding links to `bundle`'s manifest, tokenizer, config and fp32 model."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
+        _link(bundle / f, folder / f)
+    return folder
+
+
 def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
                  calibration_texts: Sequence[str] = (), own_files: bool = True) -> list[Model]:
     """fp32 as exported, then fused and quantized: int8 arm64, int8 avx2, 4-bit; with
@@ -201,20 +210,10 @@ def prepare_ours(name: str, bundle: Path, work: Path, *, max_length: int,
                                             graph_input_names, quantize, quantize_static_int8)
 
     shapes = shapes_for(max_length)   # never past max_length: a trimmed position table has no rows beyond
-    folder = work / f"ours-{name}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
-        _link(bundle / f, folder / f)
+    folder = _linked_bundle(bundle, work / f"ours-{name}")
     models = [Model(f"{name} fp32", folder, "model.onnx", "model.onnx", name, "fp32", "as exported")]
-    own = []
-    if own_files:   # a folder of their own: the files quantized below take the same names (model.int8-arm64.onnx)
-        shipped = work / f"ours-{name}-bundle"
-        shutil.rmtree(shipped, ignore_errors=True)
-        shipped.mkdir(parents=True)
-        for f in ("manifest.json", "tokenizer.json", "config.json", "model.onnx"):
-            _link(bundle / f, shipped / f)
-        own = bundle_files(name, bundle, shipped)
+    # a folder of their own: the files quantized below take the same names (model.int8-arm64.onnx)
+    own = bundle_files(name, bundle, _linked_bundle(bundle, work / f"ours-{name}-bundle")) if own_files else []
     fused = fuse_for_quantization(folder / "model.onnx", folder, int4=True,
                                   cfg=OptimizeConfig(validation_shapes=shapes))
     for target, bits in (("arm64", 8), ("avx2", 8), ("arm64", 4)):

@@ -121,6 +121,11 @@ def activation_ranges(model: "onnx.ModelProto", feeds: Sequence[dict[str, np.nda
     return {name: value / len(feeds) for name, value in total.items()}
 
 
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha <= 1:
+        raise SmoothError(f"alpha (migration strength) must be in (0, 1], got {alpha}; SmoothQuant uses 0.5-0.85")
+
+
 def smooth(model: "onnx.ModelProto", ranges: dict[str, np.ndarray], alpha: float) -> "onnx.ModelProto":
     """A copy of `model` with every input in `ranges` (see `smoothable_inputs`) divided per channel by
     s = max|X|^alpha / max|W|^(1-alpha) through a new Mul, and the rows of the MatMul weights reading it
@@ -128,8 +133,7 @@ def smooth(model: "onnx.ModelProto", ranges: dict[str, np.ndarray], alpha: float
     import onnx
     from onnx import numpy_helper
 
-    if not 0 < alpha <= 1:
-        raise SmoothError(f"alpha (migration strength) must be in (0, 1], got {alpha}; SmoothQuant uses 0.5-0.85")
+    _check_alpha(alpha)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {i.name: i for i in out.graph.initializer}
@@ -182,9 +186,8 @@ def smooth_for_int8(model_in: str | Path, model_out: str | Path, feeds: Sequence
         raise SmoothError(f"{model_in.name} has no MatMul with a float weight after a normalization node; "
                           "SmoothQuant applies to transformer encoders")
     candidates = [alpha] if alpha is not None else list(alphas)
-    for a in candidates:
-        if not 0 < a <= 1:
-            raise SmoothError(f"alpha (migration strength) must be in (0, 1], got {a}; SmoothQuant uses 0.5-0.85")
+    for a in candidates:   # before the ranges and reference runs, not after
+        _check_alpha(a)
     ranges = activation_ranges(model, feeds, list(groups))
     reference = run_feeds(model, feeds)
     output = _primary_output([o.name for o in model.graph.output])

@@ -653,10 +653,12 @@ def _mixed_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]
         if not isinstance(mixed, dict) or not isinstance(mixed.get("groups"), list):
             continue
         int4, budget = v.get("int4") or {}, mixed.get("budget") or {}
-        limit = (f"at most {budget['max_bytes'] / 1e6:.2f} MB ({budget['max_bytes']:,} bytes)"
-                 if budget.get("kind") == "bytes" and isinstance(budget.get("max_bytes"), (int, float))
-                 else f"at most {_fmt(budget.get('max_bytes'), 'mb')} MB" if budget.get("kind") == "bytes"
-                 else f"a drop of at most {_fmt(budget.get('max_drop'), 'pct')} points on the eval split")
+        cap = budget.get("max_bytes")
+        if budget.get("kind") != "bytes":
+            limit = f"a drop of at most {_fmt(budget.get('max_drop'), 'pct')} points on the eval split"
+        else:
+            limit = f"at most {cap / 1e6:.2f} MB ({cap:,} bytes)" if isinstance(cap, (int, float)) else \
+                f"at most {MISSING} MB"
         intro = (f"{v.get('name')}: {len(mixed.get('int4_groups') or [])} of {len(mixed['groups'])} weight groups "
                  f"4-bit ({int4.get('algorithm', MISSING)}, block {int4.get('block_size', MISSING)}, "
                  f"{'symmetric' if int4.get('symmetric') else 'asymmetric'}, accuracy_level "

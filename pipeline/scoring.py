@@ -51,6 +51,12 @@ def _batched(fn: Any, texts: Sequence[str], pairs: Sequence[str] | None, *, batc
     return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
 
 
+def _encode(model: Any, texts: Sequence[str], *, batch_size: int, desc: str) -> np.ndarray:
+    """`model.encode` (an `embslim.runtime.Embedder`) of `texts` in batches, with a progress line every 10 s."""
+    return _batched(lambda t, _: model.encode(t, batch_size=batch_size), texts, None, batch_size=batch_size,
+                    desc=desc, width=model.dim)
+
+
 # ---------------------------------------------------------------- text-classification
 
 @dataclass(frozen=True)
@@ -201,25 +207,21 @@ class EmbeddingScorer:
         return Embedder.from_bundle(bundle, file=file, threads=None, staging=True)   # maybe the bundle being written
 
     def outputs(self, model: Any, split: Split, *, batch_size: int, desc: str) -> np.ndarray:
-        return _batched(lambda t, p: model.encode(t, batch_size=batch_size), split.texts, None,
-                        batch_size=batch_size, desc=desc, width=model.dim)
+        return _encode(model, split.texts, batch_size=batch_size, desc=desc)
 
     def metrics(self, model: Any, outputs: np.ndarray, split: Split, *, batch_size: int) -> dict:
         p = self.probes
         out: dict = {"n_eval": len(split)}
-
-        def encode(texts: Sequence[str], desc: str) -> np.ndarray:   # in batches, with a progress line every 10 s
-            return _batched(lambda t, _: model.encode(t, batch_size=batch_size), texts, None, batch_size=batch_size,
-                            desc=desc, width=model.dim)
-
         if p.knn_index is not None and p.knn_queries is not None:
-            index = encode(p.knn_index.texts, f"kNN index ({len(p.knn_index)} texts)")
+            index = self.outputs(model, p.knn_index, batch_size=batch_size,
+                                 desc=f"kNN index ({len(p.knn_index)} texts)")
             queries = (outputs[list(p.queries_in_eval)] if p.queries_in_eval is not None and len(outputs) == len(split)
-                       else encode(p.knn_queries.texts, f"kNN queries ({len(p.knn_queries)} texts)"))
+                       else self.outputs(model, p.knn_queries, batch_size=batch_size,
+                                         desc=f"kNN queries ({len(p.knn_queries)} texts)"))
             out["knn_accuracy"] = knn_accuracy(index, p.knn_index.labels, queries, p.knn_queries.labels)
         if p.pairs is not None:
-            a = encode(p.pairs.texts, "pairs, first texts")
-            b = encode(list(p.pairs.pairs or ()), "pairs, second texts")
+            a = self.outputs(model, p.pairs, batch_size=batch_size, desc="pairs, first texts")
+            b = _encode(model, list(p.pairs.pairs or ()), batch_size=batch_size, desc="pairs, second texts")
             out["pair_auc"] = pair_auc(a, b, p.pairs.labels)
         return out
 

@@ -249,6 +249,7 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
                                    alpha=cfg.smooth_alpha)
         log.info("SmoothQuant: %s", f"alpha {smoothed.alpha} on {smoothed.groups} MatMul inputs" if smoothed.alpha
                  else "no alpha beat the plain graph; int8 is quantized as without it")
+    smooth_graph = smoothed.path if smoothed is not None and smoothed.alpha else None   # what int8 / mixed read
     rows = []
     if fp32 is None:
         fp32_outputs = scorer.outputs(fp32_model, split, batch_size=validate.batch_size,
@@ -259,10 +260,10 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     ids = latency_ids(bundle / "tokenizer.json", split.texts, seq_len=validate.latency_seq_len,
                       max_length=fp32_model.max_length) if validate.measure else None
     for i, plan in enumerate(plans, start=1):
-        source = None if plan.bits == 8 and plan.target in UNFUSED_INT8_TARGETS else fused.get(plan.bits)
-        graph = source.path if source else bundle / "model.onnx"
-        if plan.bits == 8 and smoothed is not None and smoothed.alpha:
-            source, graph = None, smoothed.path
+        smoothed_int8 = plan.bits == 8 and smooth_graph is not None
+        unfused = smoothed_int8 or (plan.bits == 8 and plan.target in UNFUSED_INT8_TARGETS)
+        source = None if unfused else fused.get(plan.bits)
+        graph = smooth_graph if smoothed_int8 else source.path if source else bundle / "model.onnx"
         log.info("[%d/%d] %s: quantize, then accuracy on %d examples%s", i, len(plans), plan.file_name, len(split),
                  " and latency/memory" if ids is not None else "")
         q = quantize(graph, bundle / plan.file_name, cfg=plan, calibration=feeds)
@@ -302,12 +303,11 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
                                if ids is not None else {}))
     if cfg.mixed:
         source = fused.get(4)
-        use_smoothed = smoothed is not None and smoothed.alpha
-        graph = smoothed.path if use_smoothed else source.path if source else bundle / "model.onnx"
+        graph = smooth_graph or (source.path if source else bundle / "model.onnx")
         row = build_mixed(bundle, graph, split, feeds=feeds, cfg=cfg, shapes=shapes, scorer=scorer,
                           fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics, validate=validate,
                           original_outputs=original_outputs, ids=ids, work=work,
-                          graph_words=_smooth_words(smoothed) if use_smoothed else "fused, " if source else "")
+                          graph_words=_smooth_words(smoothed) if smooth_graph else "fused, " if source else "")
         if smoothed is not None:
             row["smooth_quant"] = smoothed.to_json()
         rows.append(row)
@@ -421,8 +421,11 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
     target = cfg.targets[0]
     base_cfg = QuantizeConfig(target=target, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings,
                               validation_shapes=shapes, int4_nodes=(), **cfg.int4_settings)
+    log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
+    sens = measure_sensitivity(source, feeds, cfg=base_cfg)
+    order = int4_order(sens)
+    by_name = {r.group.name: r for r in sens}
     file = base_cfg.file_name
-    by_name: dict[str, Any] = {}
 
     def build(names: list[str]) -> Any:
         nodes = tuple(n for g in names for n in by_name[g].group.nodes)
@@ -434,11 +437,6 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
         return scorer.quantized(bundle, file, split, fp32_outputs=fp32_outputs, fp32_metrics=fp32_metrics,
                                 max_drop=cfg.max_drop, allow_drop=True, batch_size=validate.batch_size,
                                 original=original_outputs)
-
-    log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
-    sens = measure_sensitivity(source, feeds, cfg=base_cfg)
-    order = int4_order(sens)
-    by_name.update({r.group.name: r for r in sens})
 
     drop_key = f"{scorer.primary}_drop_vs_fp32"
     if cfg.max_bytes is not None:
