@@ -14,6 +14,11 @@ One verb, `quantize(model_in, model_out, cfg=QuantizeConfig(target="arm64"))`:
   classifier Gemms) falls back to the int8 settings of `target`.
 - mixed precision: with `int4_nodes` only those MatMul / Gather nodes take 4-bit and everything
   else int8 (`embslim.exporters.sensitivity` picks them by measured sensitivity).
+- `kernel="int8"` (4-bit storage, int8 compute): the 4-bit MatMuls are not MatMulNBits but the int8
+  file's MatMulInteger nodes whose int8 weights come from an INT4 initializer (one scale per output
+  column, `quantize_columns_4bit`) through a Cast that ONNX Runtime's constant folding runs once at
+  load. The file holds 4-bit bytes; in memory and speed it is the int8 file (issue #16: MatMulNBits
+  ran 3.3-5x slower than int8 on an AMX / AVX512-VNNI Xeon, where ORT's int8 GEMM uses AMX).
 
 What ORT 1.31.1 supports on CPU, read from its `matmul_nbits_quantizer.py` and measured on a tiny
 BERT (`SUPPORTED_INT4` below): RTN symmetric or asymmetric (uint8 zero points), any accuracy_level;
@@ -59,6 +64,10 @@ Target = Literal["arm64", "avx2", "avx512-vnni"]
 # needs torch), GPTQ (Frantar et al. 2022; the neural-compressor port, needs calibration feeds).
 Int4Algorithm = Literal["rtn", "hqq", "gptq"]
 INT4_ALGORITHMS = ("rtn", "hqq", "gptq")
+# What runs a 4-bit MatMul: ORT's MatMulNBits (4-bit blocks along K, its n-bit kernels), or ORT's int8
+# kernels on weights cast from INT4 at load (per output column; module docstring).
+Int4Kernel = Literal["matmulnbits", "int8"]
+INT4_KERNELS = ("matmulnbits", "int8")
 
 
 class QuantizationError(ValueError):
@@ -125,6 +134,15 @@ class QuantizeConfig:
     # Mixed precision: the MatMul / Gather node names that take 4-bit; every other weight takes int8.
     # None: every node 4-bit can take (bits=4), or none (bits=8).
     int4_nodes: tuple[str, ...] | None = None
+    # What runs the 4-bit MatMuls. "matmulnbits": ORT's MatMulNBits, blocks of `block_size` along K,
+    # `algorithm` and `accuracy_level` apply. "int8": symmetric 4-bit with one scale per output column
+    # (`quantize_columns_4bit`: RTN with an MSE clip search, or with algorithm "gptq" embslim's GPTQ on the
+    # calibration feeds, `gptq_columns_4bit`), stored as ONNX INT4 and cast to int8 by ORT at load, then
+    # multiplied by the int8 kernels (MatMulInteger, dynamic u8 activations) as in the int8 file: 4-bit
+    # bytes on disk, int8 speed and RAM. Needs opset 21 (the graph is converted) and an onnxruntime with an
+    # INT4 Cast kernel (tested: 1.31.1, x86-64 and emulated aarch64).
+    # Tables (Gather) take `quantize_table_4bit`'s blocks either way.
+    kernel: Int4Kernel = "matmulnbits"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -155,6 +173,13 @@ class QuantizeConfig:
         if self.algorithm == "hqq" and self.symmetric:
             raise ValueError("algorithm 'hqq' always writes zero points (asymmetric blocks): set symmetric=False "
                              "(int4_symmetric = false), or use algorithm 'rtn' for symmetric blocks")
+        if self.kernel not in INT4_KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(INT4_KERNELS)}, got {self.kernel!r}; matmulnbits "
+                             "is the default")
+        if self.kernel == "int8" and (self.algorithm == "hqq" or not self.symmetric):
+            raise ValueError("kernel 'int8' (4-bit weights run by the int8 kernels) takes symmetric weights per output "
+                             f"column (rtn or gptq); got algorithm={self.algorithm!r}, symmetric={self.symmetric}: "
+                             "use algorithm 'rtn' or 'gptq' with symmetric weights, or kernel 'matmulnbits'")
         if self.int4_nodes is not None:
             if self.bits != 8:
                 raise ValueError(f"int4_nodes (mixed precision) needs bits=8 for the rest of the weights, got "
@@ -170,7 +195,8 @@ class QuantizeConfig:
     def int4_settings(self) -> dict:
         """The 4-bit settings that produced a file, for its report row."""
         return {"algorithm": self.algorithm, "block_size": self.block_size, "symmetric": self.symmetric,
-                "accuracy_level": self.accuracy_level, "table_block_size": self.table_block_size}
+                "accuracy_level": self.accuracy_level, "table_block_size": self.table_block_size,
+                "kernel": self.kernel}
 
     @property
     def variant(self) -> str:
@@ -334,7 +360,9 @@ def _quantize_int8(model: "onnx.ModelProto", out: Path, *, cfg: QuantizeConfig, 
 def _quantize_int4(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str],
                    calibration: "Sequence[dict[str, np.ndarray]] | None" = None) -> "onnx.ModelProto":
     """MatMul weights with `cfg.algorithm`, then float Gather tables (`quantize_table_4bit`); with
-    `cfg.int4_nodes` only those nodes. Returns the new model (the input is modified too)."""
+    `cfg.int4_nodes` only those nodes. With `cfg.kernel == "int8"` the MatMuls are left float here (the int8
+    pass quantizes them, then `_int4_columns` stores their weights as INT4). Returns the new model (the input
+    is modified too)."""
     opsets = {o.domain: o.version for o in model.opset_import}
     ir_version = model.ir_version
     wanted = None if cfg.int4_nodes is None else set(cfg.int4_nodes)
@@ -342,7 +370,7 @@ def _quantize_int4(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: li
     gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
     skip = set(exclude) | ({m for m in matmuls + gathers if m not in wanted} if wanted is not None else set())
     with np.errstate(divide="ignore", invalid="ignore"):   # all-zero blocks (the [PAD] row) get scale 0
-        if any(m not in skip for m in matmuls):
+        if cfg.kernel == "matmulnbits" and any(m not in skip for m in matmuls):
             model = _int4_matmuls(model, cfg=cfg, exclude=sorted(skip | set(gathers)), calibration=calibration)
         if cfg.include_embeddings and any(g not in skip for g in gathers):
             model = _int4_gathers(model, cfg=cfg, exclude=sorted(skip | set(matmuls)))
@@ -459,6 +487,217 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (values[:, 0::2] | (values[:, 1::2] << 4)).astype(np.uint8)
 
 
+# Scales tried per column by `quantize_columns_4bit`: its largest |weight| divided by 7 (no clipping), 7.5,
+# 8 (a column whose extreme is negative fits -8 exactly) ... 14 (half the range clipped away). One scale
+# covers a whole column (384-1536 weights), whose rare large weights are worth clipping more often than a
+# 16-32 weight table block's.
+_COLUMN_DIVISORS = np.linspace(7.0, 14.0, 29)
+
+
+def quantize_columns_4bit(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 4-bit weights with one scale per output column: `weight` [K, N] float (a MatMul's B)
+    -> (values int8 [K, N] in -8..7, scales float32 [N]) with weight ~= values * scales. Round to
+    nearest, each column's scale picked where its squared error is least (its largest |weight| over
+    `_COLUMN_DIVISORS`; the MSE clipping grid search of llama.cpp and AWQ). An all-zero column gets
+    scale 1/7.
+    What the int8 kernels can run: the values cast to int8 are the int8 weights of a per-channel
+    MatMulInteger, whose scale per column they keep (`QuantizeConfig.kernel == "int8"`)."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_columns_4bit takes a 2-D [K, N] weight, got shape {w.shape}")
+    amax = np.abs(w).max(axis=0)
+    amax[amax == 0] = 1.0
+    best = np.full(w.shape[1], np.inf)
+    scales = np.empty(w.shape[1], np.float32)
+    values = np.zeros(w.shape, np.int8)
+    for divisor in _COLUMN_DIVISORS:
+        scale = (amax / divisor).astype(np.float32)
+        v = np.clip(np.rint(w / scale), -8, 7)
+        err = ((w - v * scale) ** 2).sum(axis=0)
+        better = err < best
+        best[better], scales[better] = err[better], scale[better]
+        values[:, better] = v[:, better]
+    return values, scales
+
+
+def gptq_columns_4bit(weight: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01,
+                      block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+    Transformers", Algorithm 1) with `quantize_columns_4bit`'s grid: `weight` [K, N] float (a MatMul's B),
+    `hessian` [K, K] = sum of x x^T over calibration inputs x (rows of the MatMul's input, padding left
+    out) -> (values int8 [K, N] in -8..7, scales float32 [N]). The scales are the RTN grid's (one per
+    output column, MSE-clipped); the input rows are then quantized one at a time, largest Hessian
+    diagonal first ("act-order"), each row's rounding error spread over the rows not yet quantized
+    through the Cholesky factor of the damped inverse Hessian (`damp` x its mean diagonal added), in
+    blocks of `block` rows. Written here because ORT 1.31.1's port gives RTN's weights (module docstring)
+    and has no per-column grid. Raises ValueError on mismatched shapes."""
+    w = np.asarray(weight, dtype=np.float64)
+    k = w.shape[0]
+    if w.ndim != 2 or hessian.shape != (k, k):
+        raise ValueError(f"gptq_columns_4bit takes weight [K, N] and hessian [K, K]; got {w.shape} and {hessian.shape}")
+    _, scales = quantize_columns_4bit(weight)
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[dead] = 0.0
+    order = np.argsort(-np.diag(h), kind="stable")
+    w, h = w[order], h[order][:, order]
+    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
+    u = np.linalg.cholesky(np.linalg.inv(h)).T          # upper: H^-1 = U^T U
+    s = scales.astype(np.float64)
+    values = np.zeros(w.shape, np.int8)
+    for start in range(0, k, block):
+        end = min(start + block, k)
+        errors = np.zeros((end - start, w.shape[1]))
+        for i in range(start, end):
+            v = np.clip(np.rint(w[i] / s), -8, 7)
+            values[i] = v
+            err = (w[i] - v * s) / u[i, i]
+            w[i + 1:end] -= np.outer(u[i, i + 1:end], err)
+            errors[i - start] = err
+        w[end:] -= u[start:end, end:].T @ errors
+    out = np.empty_like(values)
+    out[order] = values
+    return out, scales
+
+
+def input_hessians(model: "onnx.ModelProto", tensors: Sequence[str],
+                   feeds: "Sequence[dict[str, np.ndarray]]") -> dict[str, np.ndarray]:
+    """For each float tensor name in `tensors` (MatMul inputs [..., K] of `model`), the sum of x x^T
+    ([K, K] float64) over its rows x on `feeds`, rows of padding tokens (attention_mask 0) left out:
+    GPTQ's Hessian up to a factor 2. One ORT pass per feed with the tensors as extra outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    have = {o.name for o in work.graph.output}
+    work.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in have)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(work.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    sums: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        got = session.run(list(tensors), {k: v for k, v in feed.items() if k in names})
+        mask = feed.get("attention_mask")
+        for name, x in zip(tensors, got):
+            rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            if mask is not None and x.ndim == 3 and x.shape[:2] == mask.shape:
+                rows = rows[mask.reshape(-1) > 0]
+            sums[name] = sums.get(name, 0) + rows.T @ rows
+    return sums
+
+
+def _column_weights(model: "onnx.ModelProto", weights: dict[str, str], cfg: QuantizeConfig,
+                    calibration: "Sequence[dict[str, np.ndarray]] | None",
+                    hessians: dict[str, np.ndarray] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """weight name -> (values, scales) of the MatMuls `weights` (node -> float weight name) of `model`,
+    by `cfg.algorithm` ("gptq": on the calibration feeds, or `hessians` by MatMul input when the caller has
+    them (`input_hessians`); "rtn": the weights alone)."""
+    from onnx import numpy_helper
+
+    if cfg.algorithm == "gptq" and not calibration and hessians is None:
+        raise QuantizationError("algorithm 'gptq' needs calibration feeds (quantize(..., calibration=[{input: "
+                                "array}, ...])); the targets stage makes them from the task's training text")
+    inits = {i.name: i for i in model.graph.initializer}
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in weights}
+    if cfg.algorithm == "gptq" and hessians is None:
+        hessians = input_hessians(model, sorted(set(inputs.values())), calibration)
+    out = {}
+    for node, weight in weights.items():
+        w = numpy_helper.to_array(inits[weight])
+        out[weight] = (gptq_columns_4bit(w, hessians[inputs[node]]) if cfg.algorithm == "gptq"
+                       else quantize_columns_4bit(w))
+    return out
+
+
+def _pack_int4(values: np.ndarray) -> bytes:
+    """int values in -8..7, any shape -> ONNX INT4 raw data: two's complement nibbles, two per byte, the
+    first element in the low nibble (a zero nibble pads an odd count)."""
+    nibbles = (np.asarray(values).reshape(-1).astype(np.int16) & 15).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _int4_matmul_weights(original: "onnx.ModelProto", cfg: QuantizeConfig, exclude: Sequence[str]) -> dict[str, str]:
+    """MatMul node name -> float weight name of the MatMuls of `original` that take 4-bit under `cfg`
+    (all not excluded for bits=4, those in `int4_nodes` for a mixed file)."""
+    floats = {i.name for i in original.graph.initializer if i.data_type in _FLOAT_TYPES and len(i.dims) == 2}
+    skip = set(exclude)
+    wanted = None if cfg.int4_nodes is None else set(cfg.int4_nodes)
+    return {n.name: n.input[1] for n in original.graph.node
+            if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in floats and n.name not in skip
+            and (wanted is None or n.name in wanted)}
+
+
+def _int4_columns(path: Path, original: "onnx.ModelProto", weights: dict[str, str],
+                  columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """In the int8 file at `path` (quantize_dynamic's output of `original`, per channel, s8 weights), store
+    the int8 weights of `weights` (MatMul node -> float weight name in `original`) as 4-bit: an INT4
+    initializer `<weight>_int4` of `columns[weight]` (`_column_weights`), a Cast to int8 whose
+    output keeps the name MatMulInteger reads (`<weight>_quantized`), and the column scales in
+    `<weight>_scale`. The default opset goes to 21 (ONNX's version converter) for INT4. Rewrites `path`."""
+    import onnx
+    from onnx import helper, numpy_helper, version_converter
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    uses = Counter(x for n in model.graph.node for x in n.input)
+    replaced: dict[str, "onnx.TensorProto"] = {}
+    casts = []
+    for node, weight in weights.items():
+        q, scale = f"{weight}_quantized", f"{weight}_scale"
+        if q not in inits or scale not in inits or uses[q] != 1 or uses[scale] != 1:
+            raise QuantizationError(f"{node}: its int8 weight {q!r} is not one per-channel MatMulInteger input as "
+                                    "quantize_dynamic writes it; quantize it with kernel 'matmulnbits'")
+        if inits[q].data_type != onnx.TensorProto.INT8:
+            raise QuantizationError(f"{node}: kernel 'int8' needs s8 weights (targets arm64, avx512-vnni), this file "
+                                    "has u8 ones (avx2); use kernel 'matmulnbits' for avx2")
+        values, scales = columns[weight]
+        replaced[q] = helper.make_tensor(f"{weight}_int4", onnx.TensorProto.INT4, list(values.shape),
+                                         _pack_int4(values), raw=True)
+        replaced[scale] = numpy_helper.from_array(scales, scale)
+        casts.append(helper.make_node("Cast", [f"{weight}_int4"], [q], to=onnx.TensorProto.INT8,
+                                      name=f"{node}/int4_to_int8"))
+    kept = [replaced.get(i.name, i) for i in model.graph.initializer]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    others = [o for o in model.opset_import if o.domain not in ("", "ai.onnx")]
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21:
+        model = version_converter.convert_version(model, 21)
+        present = {o.domain for o in model.opset_import}
+        model.opset_import.extend(o for o in others if o.domain not in present)
+    model.ir_version = max(model.ir_version, 10)
+    onnx.save(model, str(path))
+
+
+def fake_int4_columns(model: "onnx.ModelProto", nodes: Sequence[str], cfg: QuantizeConfig,
+                      calibration: "Sequence[dict[str, np.ndarray]] | None" = None,
+                      hessians: dict[str, np.ndarray] | None = None) -> None:
+    """Replace, in place, the float weights of the MatMul `nodes` of `model` by what kernel 'int8' 4-bit
+    keeps of them (`_column_weights` with `cfg.algorithm`, dequantized, still float): the sensitivity
+    pass's view of those 4-bit MatMuls."""
+    from onnx import numpy_helper
+
+    wanted = set(nodes)
+    weights = {n.name: n.input[1] for n in model.graph.node if n.name in wanted and n.op_type == "MatMul"}
+    floats = {i.name for i in model.graph.initializer if i.data_type in _FLOAT_TYPES and len(i.dims) == 2}
+    weights = {n: w for n, w in weights.items() if w in floats}
+    if not weights:
+        return
+    columns = _column_weights(model, weights, cfg, calibration, hessians)
+    for i, init in enumerate(model.graph.initializer):
+        if init.name in columns:
+            values, scales = columns[init.name]
+            dtype = numpy_helper.to_array(init).dtype
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array((values * scales).astype(dtype), init.name))
+
+
 def _int4_gathers(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: list[str]) -> "onnx.ModelProto":
     """Every Gather reading a 2-D float table (axis 0) and not in `exclude` becomes a
     GatherBlockQuantized over `quantize_table_4bit`'s blocks (cfg.table_block_size), followed by a
@@ -511,6 +750,12 @@ def _int4_gathers(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: lis
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
+
+
+def _int4_casts(model: "onnx.ModelProto") -> set[str]:
+    """Outputs of the Casts that turn INT4 initializers into int8 weights (kernel 'int8' 4-bit MatMuls)."""
+    int4 = {i.name for i in model.graph.initializer if i.data_type == 22}   # INT4
+    return {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input and n.input[0] in int4}
 
 
 def _check_output(original: "onnx.ModelProto", tmp: Path, tables: dict[str, str], *, what: str,
@@ -588,6 +833,10 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
             # int8: everything; 4-bit: the fallback for what MatMulNBits cannot take (fused Attention,
             # Gemm, tables it skipped). Nodes already 4-bit are no longer MatMul/Gather, so untouched.
             _quantize_int8(work, tmp, cfg=cfg, exclude=excluded)
+            if (cfg.bits == 4 or cfg.mixed) and cfg.kernel == "int8":
+                four_bit = _int4_matmul_weights(original, cfg, excluded)
+                if four_bit:
+                    _int4_columns(tmp, original, four_bit, _column_weights(original, four_bit, cfg, calibration))
         except QuantizationError:
             raise
         except Exception as e:
@@ -602,13 +851,17 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     left = _float_weight_nodes(result_model)
     left_weights = {w for _, ws in left.values() for w in ws}
     quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in left_weights for w in ws))
+    int4_casts = _int4_casts(result_model)
     int4 = Counter(n.op_type for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
+    if int4_casts:
+        int4["MatMulInteger"] = len(int4_casts)
     int4_outputs = {n.output[0] for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
     for _ in range(2):   # a 4-bit table's Cast to float and Slice of its pad column
         int4_outputs |= {n.output[0] for n in result_model.graph.node
                          if n.op_type in ("Cast", "Slice") and n.input[0] in int4_outputs}
     int4_names = tuple(n.name for n in original.graph.node
-                       if n.op_type in ("MatMul", "Gather") and n.output and n.output[0] in int4_outputs)
+                       if n.op_type in ("MatMul", "Gather") and n.output and n.output[0] in int4_outputs
+                       or n.op_type == "MatMul" and len(n.input) > 1 and f"{n.input[1]}_quantized" in int4_casts)
     try:
         comparison = compare_onnx(model_in, model_out, shapes=cfg.validation_shapes)
         snr, agreement = comparison.snr_db, comparison.agreement

@@ -12,7 +12,9 @@ DistilBERT, GPT-style spellings), and from the graph otherwise: MatMuls sharing 
 values with the float model's, one place at a time; its SNR is 10 log10(sum x^2 / sum (x-y)^2)):
 for each group, ONLY that group is quantized to 4-bit and every other weight stays fp32, the
 calibration feeds are run and the task output (logits or sentence embedding) is compared with the
-fp32 graph's. Rest-fp32 rather than rest-int8 because it isolates the group's own error (int8
+fp32 graph's (for `QuantizeConfig.kernel == "int8"` the group's MatMul weights are replaced by their
+dequantized per-column 4-bit values, RTN or GPTQ as configured, since those MatMuls run as int8
+ones). Rest-fp32 rather than rest-int8 because it isolates the group's own error (int8
 noise elsewhere would mask small differences, as qdq_loss_debug keeps the rest float), and it
 costs one 4-bit pass per group and no int8 pass. Errors of independent groups add roughly as
 noise powers, which is what the greedy choice below assumes; the chosen mix is then built and
@@ -97,11 +99,13 @@ def _role_from_name(name: str) -> str | None:
 
 
 def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: bool = True,
-                  include_embeddings: bool = True, table_block_size: int | None = None) -> list[WeightGroup]:
+                  include_embeddings: bool = True, table_block_size: int | None = None,
+                  kernel: str = "matmulnbits") -> list[WeightGroup]:
     """The 4-bit candidates of `model` grouped by layer and role, in graph order. Candidates are
     MatMuls with a 2-D float initializer as weight, and (with `include_embeddings`) Gathers reading a
     2-D float table (integer index tables never count). Byte estimates use `block_size` and
-    `symmetric` as MatMulNBits stores them, and `table_block_size` (None: `block_size`) as
+    `symmetric` as MatMulNBits stores them (kernel "matmulnbits"), or INT4 with a scale and an int8 zero
+    point per column (kernel "int8"), and `table_block_size` (None: `block_size`) as
     `embslim.exporters.quantize.quantize_table_4bit` stores tables."""
     from embslim.exporters.quantize import _FLOAT_TYPES, index_tables
 
@@ -142,7 +146,8 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
     out = [WeightGroup(name=key, layer=g["layer"], role=g["role"], nodes=tuple(g["nodes"]),
                        params=sum(k * n for k, n in g["shapes"]),
                        int8_bytes=sum(_int8_bytes(k, n) for k, n in g["shapes"]),
-                       int4_bytes=sum(_int4_bytes(k, n, block_size, symmetric) for k, n in g["shapes"]))
+                       int4_bytes=sum(_int4_bytes(k, n, block_size, symmetric) if kernel == "matmulnbits"
+                                      else _int4_column_bytes(k, n) for k, n in g["shapes"]))
            for key, g in groups.items()]
     # One group per table: they differ too much to share a precision (the issue #14 embedder: 4-bit word
     # tables cost ~0.001 of sentence cosine, a 4-bit position table, which every token reads, as much again).
@@ -172,6 +177,10 @@ def _int8_bytes(k: int, n: int) -> int:
 def _int4_bytes(k: int, n: int, block: int, symmetric: bool) -> int:
     blocks = -(-k // block)
     return n * blocks * block // 2 + 4 * n * blocks + (0 if symmetric else -(-n * blocks // 2))
+
+
+def _int4_column_bytes(k: int, n: int) -> int:
+    return -(-k * n // 2) + 5 * n   # INT4 weights + one fp32 scale and one int8 zero point per column
 
 
 def _table_int4_bytes(rows: int, dim: int, block: int) -> int:
@@ -212,22 +221,30 @@ def measure_sensitivity(model_path: str | Path, feeds: Sequence[dict[str, np.nda
     QuantizationError when a group cannot be quantized."""
     import onnx
 
-    from embslim.exporters.quantize import QuantizationError, _load, _quantize_int4, index_tables
+    from embslim.exporters.quantize import (QuantizationError, _load, _quantize_int4, fake_int4_columns, index_tables,
+                                            input_hessians)
 
     if not feeds:
         raise ValueError("measure_sensitivity needs calibration feeds (a list of {input name: array}); got none")
     original = _load(Path(model_path))
     if groups is None:
         groups = weight_groups(original, block_size=cfg.block_size, symmetric=cfg.symmetric,
-                               include_embeddings=cfg.include_embeddings, table_block_size=cfg.table_block_size)
+                               include_embeddings=cfg.include_embeddings, table_block_size=cfg.table_block_size,
+                               kernel=cfg.kernel)
     reference = run_feeds(original, feeds)
     excluded = sorted(index_tables(original))
+    hessians = None
+    if cfg.kernel == "int8" and cfg.algorithm == "gptq":   # GPTQ's input statistics, once for every group
+        hessians = input_hessians(original, sorted({n.input[0] for n in original.graph.node if n.op_type == "MatMul"
+                                                    and any(n.name in g.nodes for g in groups)}), feeds)
     results = []
     for group in groups:
         work = onnx.ModelProto()
         work.CopyFrom(original)
         one = replace(cfg, bits=8, int4_nodes=group.nodes, include_embeddings=True)
         try:
+            if cfg.kernel == "int8":   # its 4-bit MatMuls are int8 MatMuls of 4-bit values: simulate them in float
+                fake_int4_columns(work, group.nodes, cfg, feeds, hessians)
             quantized = _quantize_int4(work, cfg=one, exclude=excluded, calibration=feeds)
         except Exception as e:
             raise QuantizationError(f"4-bit of group {group.name} ({', '.join(group.nodes[:3])}) failed: "

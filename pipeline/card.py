@@ -445,8 +445,9 @@ def footprint_table(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[l
         if file.endswith((".onnx", ".ort")):
             row = by_file.get(file, {})
             smooth = row.get("smooth_quant") if isinstance(row.get("smooth_quant"), dict) else {}
-            precision = str(entry.get("variant", MISSING)) + (f" (SmoothQuant alpha {smooth['alpha']})"
-                                                              if smooth.get("alpha") else "")
+            notes = ([f"SmoothQuant alpha {smooth['alpha']}"] if smooth.get("alpha") else []) + (
+                ["4-bit weights run as int8"] if (row.get("int4") or {}).get("kernel") == "int8" else [])
+            precision = str(entry.get("variant", MISSING)) + (f" ({', '.join(notes)})" if notes else "")
             lines.append(([f"`{file}`", precision, str(entry.get("target", MISSING)), _fmt(entry.get("bytes"), "mb")],
                           row))
     base = next((v for v in report.get("variants") or [] if isinstance(v, dict) and v.get("name") == "unpruned"), None)

@@ -144,6 +144,9 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
                    help="symmetric 4-bit blocks (default on); off: a zero point per block")
     g.add_argument("--int4-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits compute precision: 0 fp32 (default), 4 int8 activations")
+    g.add_argument("--int4-kernel", choices=["matmulnbits", "int8"],
+                   help="what runs the 4-bit MatMuls: matmulnbits (default; ORT's 4-bit blocks) or int8 (4-bit per "
+                        "column, cast to int8 at load: 4-bit bytes, int8 speed)")
     g.add_argument("--calibration-texts", type=int,
                    help="training texts for gptq, the sensitivity pass and SmoothQuant (default 128)")
     g.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=None,
@@ -194,7 +197,7 @@ def _section(a: argparse.Namespace, section: str) -> dict:
         "validate": {k: k for k in ("latency_seq_len", "latency_runs", "measure", "knn_data", "pair_data")},
         "targets": {k: k for k in ("targets", "int4", "mobile", "fuse", "max_drop", "allow_drop", "all_variants",
                                    "int4_algorithm", "int4_block_size", "int4_symmetric", "int4_accuracy_level",
-                                   "int4_table_block_size",
+                                   "int4_table_block_size", "int4_kernel",
                                    "calibration_texts", "mixed", "max_bytes", "static_int8",
                                    "smooth_quant", "smooth_alpha")},
     }[section]

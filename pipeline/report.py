@@ -659,10 +659,15 @@ def _mixed_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]
         else:
             limit = f"at most {cap / 1e6:.2f} MB ({cap:,} bytes)" if isinstance(cap, (int, float)) else \
                 f"at most {MISSING} MB"
+        if int4.get("kernel") == "int8":
+            matmuls = (f"{int4.get('algorithm', MISSING)}, one scale per output column, stored INT4 and run by the "
+                       "int8 kernels")
+        else:
+            matmuls = (f"{int4.get('algorithm', MISSING)}, block {int4.get('block_size', MISSING)}, "
+                       f"{'symmetric' if int4.get('symmetric') else 'asymmetric'}, accuracy_level "
+                       f"{int4.get('accuracy_level', MISSING)}")
         intro = (f"{v.get('name')}: {len(mixed.get('int4_groups') or [])} of {len(mixed['groups'])} weight groups "
-                 f"4-bit ({int4.get('algorithm', MISSING)}, block {int4.get('block_size', MISSING)}, "
-                 f"{'symmetric' if int4.get('symmetric') else 'asymmetric'}, accuracy_level "
-                 f"{int4.get('accuracy_level', MISSING)}; tables asymmetric, block "
+                 f"4-bit ({matmuls}; tables asymmetric, block "
                  f"{int4.get('table_block_size', int4.get('block_size', MISSING))}), the rest int8; budget {limit}. Sensitivity: "
                  f"{mixed.get('measure', 'SNR')} on {mixed.get('calibration_batches', MISSING)} calibration batches.")
         rows = [[str(g.get("group")), _fmt(g.get("snr_db"), "adaptive"), _fmt(g.get("bytes_saved"), "mb"),

@@ -81,6 +81,10 @@ class TargetsConfig:
     int4_symmetric: bool = True        # False: a zero point per block (hqq needs False)
     int4_accuracy_level: int = 0       # MatMulNBits compute: 0 fp32 (ORT's default), 4 int8 activations
     int4_table_block_size: int | None = None   # 4-bit embedding tables' block length; None: int4_block_size
+    # What runs the 4-bit MatMuls (QuantizeConfig.kernel): "matmulnbits" (ORT's 4-bit blocks and kernels;
+    # block size, algorithm, accuracy_level apply) or "int8" (4-bit per output column stored as INT4, cast
+    # to int8 at load and run by the int8 kernels: int8 speed; rtn, symmetric only).
+    int4_kernel: Literal["matmulnbits", "int8"] = "matmulnbits"
     calibration_texts: int = 128       # training texts (spread over the split) for gptq, the sensitivity pass, SmoothQuant
     # A mixed file (model.mixed-<first target>.onnx, variant "mixed"): some weight groups 4-bit, the rest
     # int8, chosen by per-group sensitivity (embslim.exporters.sensitivity). With max_bytes the least
@@ -134,6 +138,10 @@ class TargetsConfig:
             object.__setattr__(self, "mixed", True)
         if self.mixed and not self.targets:
             raise TargetsError(f"mixed and max_bytes need at least one target ({_TARGET_HINT})")
+        if self.int4_kernel == "int8" and (self.int4 or self.mixed) and TARGETS[self.targets[0]].weight_type != "QInt8":
+            raise TargetsError(f"int4_kernel 'int8' runs 4-bit weights as s8 int8 ones, and the 4-bit and mixed files are "
+                               f"built for the first target, {self.targets[0]}, whose int8 weights are u8; put arm64 or "
+                               "avx512-vnni first in --targets, or use --int4-kernel matmulnbits")
         if self.smooth_alpha is not None:
             if not 0 < self.smooth_alpha <= 1:
                 raise TargetsError(f"smooth_alpha (SmoothQuant migration strength) must be in (0, 1], got "
@@ -157,7 +165,7 @@ class TargetsConfig:
         """The 4-bit keyword arguments of `embslim.exporters.quantize.QuantizeConfig`."""
         return {"algorithm": self.int4_algorithm, "block_size": self.int4_block_size,
                 "symmetric": self.int4_symmetric, "accuracy_level": self.int4_accuracy_level,
-                "table_block_size": self.int4_table_block_size}
+                "table_block_size": self.int4_table_block_size, "kernel": self.int4_kernel}
 
 
 def smallest_mixed_bytes(model: str | Path, cfg: TargetsConfig) -> int:
@@ -170,7 +178,8 @@ def smallest_mixed_bytes(model: str | Path, cfg: TargetsConfig) -> int:
 
     model = Path(model)
     groups = weight_groups(_load(model), include_embeddings=cfg.include_embeddings, block_size=cfg.int4_block_size,
-                           symmetric=cfg.int4_symmetric, table_block_size=cfg.int4_table_block_size)
+                           symmetric=cfg.int4_symmetric, table_block_size=cfg.int4_table_block_size,
+                           kernel=cfg.int4_kernel)
     return model.stat().st_size - sum(4 * g.params - g.int4_bytes for g in groups)
 
 

@@ -64,7 +64,8 @@ def test_int4_settings_keep_logits_close(noattn, feeds, tmp_path, settings):
     result = quantize(noattn, tmp_path / cfg.file_name, cfg=cfg, calibration=feeds)
     assert result.int4_nodes == {"MatMulNBits": 12, "GatherBlockQuantized": 3}
     assert result.to_json()["int4"] == cfg.int4_settings == {
-        "algorithm": "rtn", "symmetric": True, "accuracy_level": 0, "table_block_size": settings["block_size"]} | settings
+        "algorithm": "rtn", "symmetric": True, "accuracy_level": 0, "table_block_size": settings["block_size"],
+        "kernel": "matmulnbits"} | settings
     model = onnx.load(str(result.path))
     tables = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
     assert {helper.get_attribute_value(a) for n in tables for a in n.attribute if a.name == "block_size"} == {
@@ -164,6 +165,107 @@ def test_table_quantizer_keeps_float32_scales_when_float16_cannot_hold_them():
         quantize_table_4bit(np.ones((4, 33), np.float32), 16)
 
 
+def test_column_quantizer_is_exact_on_4_bit_columns_and_clips_outliers():
+    from embslim.exporters.quantize import quantize_columns_4bit
+
+    rng = np.random.default_rng(0)
+    exact = rng.integers(-8, 8, size=(64, 5)).astype(np.float32) * np.array([0.5, 1, 2, 3e-3, 7], np.float32)
+    exact[0] = -8 * np.array([0.5, 1, 2, 3e-3, 7])       # each column reaches -8: its range is the grid's
+    values, scales = quantize_columns_4bit(exact)
+    assert values.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (5,)
+    np.testing.assert_allclose(values * scales, exact, rtol=1e-5, atol=0)
+    heavy = rng.standard_t(3, size=(384, 32)).astype(np.float32)
+    values, scales = quantize_columns_4bit(heavy)
+    assert values.min() >= -8 and values.max() <= 7
+    assert (scales < np.abs(heavy).max(axis=0) / 8.01).mean() > 0.5   # most columns clip their outliers
+    plain = np.abs(heavy).max(axis=0) / 7.5
+    rtn = np.clip(np.rint(heavy / plain), -8, 7) * plain
+    assert ((heavy - values * scales) ** 2).sum() < ((heavy - rtn) ** 2).sum()
+    zero = quantize_columns_4bit(np.zeros((4, 2), np.float32))
+    assert (zero[0] == 0).all() and (zero[1] > 0).all()
+    with pytest.raises(ValueError, match=r"2-D \[K, N\] weight, got shape \(3,\)"):
+        quantize_columns_4bit(np.zeros(3))
+
+
+def test_gptq_columns_cut_the_output_error_of_round_to_nearest():
+    """GPTQ's claim (Frantar et al. 2022): on correlated inputs, spreading each row's rounding error over the
+    rows still to come leaves less error in X W than rounding every weight alone, on the same grid."""
+    from embslim.exporters.quantize import gptq_columns_4bit, quantize_columns_4bit
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2048, 96)) @ rng.standard_normal((96, 96)) * rng.gamma(1.0, 1.0, 96)  # mixed, uneven channels
+    w = rng.standard_t(4, size=(96, 48)).astype(np.float32)
+    v_rtn, s_rtn = quantize_columns_4bit(w)
+    v_gptq, s_gptq = gptq_columns_4bit(w, x.T @ x)
+    np.testing.assert_array_equal(s_gptq, s_rtn)                         # same per-column grid
+    assert v_gptq.dtype == np.int8 and v_gptq.min() >= -8 and v_gptq.max() <= 7
+    err = {name: np.linalg.norm(x @ (w - v * s)) for name, v, s in (("rtn", v_rtn, s_rtn), ("gptq", v_gptq, s_gptq))}
+    assert err["gptq"] < 0.8 * err["rtn"]
+    dead = x.copy()
+    dead[:, 5] = 0                                                       # an input channel that never fires
+    v, _ = gptq_columns_4bit(w, dead.T @ dead)
+    assert (v[5] == 0).all()
+    with pytest.raises(ValueError, match=r"weight \[K, N\] and hessian \[K, K\]"):
+        gptq_columns_4bit(w, np.eye(3))
+
+
+def test_int8_kernel_gptq_needs_calibration_and_uses_it(noattn, feeds, tmp_path):
+    cfg = QuantizeConfig(target="arm64", bits=4, kernel="int8", algorithm="gptq")
+    with pytest.raises(QuantizationError, match=r"algorithm 'gptq' needs calibration feeds"):
+        quantize(noattn, tmp_path / "x.onnx", cfg=cfg)
+    rtn = quantize(noattn, tmp_path / "rtn.onnx", cfg=QuantizeConfig(target="arm64", bits=4, kernel="int8"))
+    gptq = quantize(noattn, tmp_path / "gptq.onnx", cfg=cfg, calibration=feeds)
+    assert gptq.int4_nodes == rtn.int4_nodes and abs(gptq.bytes_out - rtn.bytes_out) < 1000
+    ref = run_feeds(noattn, feeds)
+    assert snr_db(ref, run_feeds(gptq.path, feeds)) > snr_db(ref, run_feeds(rtn.path, feeds))   # on its own calibration
+
+
+def test_int8_kernel_stores_int4_and_runs_the_int8_kernels(noattn, feeds, tmp_path):
+    """kernel 'int8': no MatMulNBits; every MatMul is an int8 MatMulInteger whose weight is cast from an INT4
+    initializer, the file about as small as MatMulNBits' and its logits about as close to fp32."""
+    nbits = quantize(noattn, tmp_path / "nbits.onnx", cfg=QuantizeConfig(target="arm64", bits=4))
+    int8 = quantize(noattn, tmp_path / "int8.onnx", cfg=QuantizeConfig(target="arm64"))
+    cfg = QuantizeConfig(target="arm64", bits=4, kernel="int8")
+    result = quantize(noattn, tmp_path / cfg.file_name, cfg=cfg)
+    assert result.int4_nodes == {"MatMulInteger": 12, "GatherBlockQuantized": 3}
+    assert result.to_json()["int4"]["kernel"] == "int8"
+    model = onnx.load(str(result.path))
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMulNBits" not in ops and "MatMulInteger" in ops
+    assert sum(i.data_type == TensorProto.INT4 for i in model.graph.initializer) == 12
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21
+    assert result.weight_bytes["8bit"] < int8.weight_bytes["8bit"] / 2
+    assert result.bytes_out < int8.bytes_out and abs(result.bytes_out - nbits.bytes_out) < 0.15 * nbits.bytes_out
+    ref, got = run_feeds(noattn, feeds), run_feeds(result.path, feeds)
+    assert snr_db(ref, got) >= MIN_SNR_DB - 5          # per column is coarser than 32-weight blocks
+    assert (ref.argmax(-1) == got.argmax(-1)).mean() >= MIN_AGREEMENT
+    source = onnx.load(str(noattn))
+    weights = {i.name for i in source.graph.initializer}
+    assert set(result.int4_node_names) >= {n.name for n in source.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+
+
+def test_int8_kernel_mixed_file_and_its_sensitivity(noattn, feeds, tmp_path):
+    groups = {g.name: g for g in weight_groups(onnx.load(str(noattn)), kernel="int8")}
+    blocks32 = {g.name: g for g in weight_groups(onnx.load(str(noattn)))}
+    assert all(groups[n].int4_bytes < blocks32[n].int4_bytes for n in groups if n.startswith("layer"))   # no block scales
+    cfg = QuantizeConfig(target="arm64", kernel="int8")
+    table = {r.group.name: r.snr_db for r in measure_sensitivity(noattn, feeds, cfg=cfg)}
+    blocks = {r.group.name: r.snr_db for r in measure_sensitivity(noattn, feeds, cfg=QuantizeConfig(target="arm64"))}
+    assert all(np.isfinite(v) for v in table.values())
+    layers = [n for n in table if n.startswith("layer")]
+    assert all(20 < table[n] < 120 for n in layers)             # measured 38-76 dB: each group's own 4-bit noise
+    assert sum(abs(table[n] - blocks[n]) > 0.5 for n in layers) >= len(layers) // 2   # not MatMulNBits' blocks
+    nodes = groups["layer1.ffn.in"].nodes + groups["layer0.attention.qkv"].nodes
+    mixed = quantize(noattn, tmp_path / "mixed.onnx", cfg=QuantizeConfig(target="arm64", int4_nodes=nodes, kernel="int8"))
+    assert set(mixed.int4_node_names) == set(nodes) and mixed.int4_nodes == {"MatMulInteger": len(nodes)}
+    assert mixed.quantized.get("MatMul", 0) == 12
+
+
+def test_int8_kernel_refuses_u8_weights(noattn, tmp_path):
+    with pytest.raises(QuantizationError, match=r"kernel 'int8' needs s8 weights .* avx2"):
+        quantize(noattn, tmp_path / "x.onnx", cfg=QuantizeConfig(target="avx2", bits=4, kernel="int8"))
+
+
 def test_gptq_without_calibration_is_one_line(noattn, tmp_path):
     with pytest.raises(QuantizationError, match=r"algorithm 'gptq' needs calibration feeds"):
         quantize(noattn, tmp_path / "x.onnx", cfg=QuantizeConfig(target="arm64", bits=4, algorithm="gptq"))
@@ -176,6 +278,9 @@ def test_gptq_without_calibration_is_one_line(noattn, tmp_path):
     ({"accuracy_level": True}, r"accuracy_level must be 0, 1, 2, 3 or 4, got True"),
     ({"bits": 4, "int4_nodes": ("a",)}, r"int4_nodes \(mixed precision\) needs bits=8"),
     ({"table_block_size": 24}, r"table_block_size must be a power of two >= 16 .* got 24"),
+    ({"kernel": "nbits"}, r"kernel must be one of matmulnbits, int8, got 'nbits'"),
+    ({"kernel": "int8", "symmetric": False}, r"kernel 'int8' .* symmetric round-to-nearest .* symmetric=False"),
+    ({"kernel": "int8", "algorithm": "gptq"}, r"kernel 'int8' .* algorithm='gptq'"),
 ])
 def test_int4_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -311,7 +416,7 @@ def test_targets_stage_writes_a_mixed_file_the_runtime_loads(tiny_bundle, tmp_pa
     assert sorted(row["mixed"]["int4_groups"]) == sorted(g["group"] for g in groups if g["precision"] == "int4")
     assert row["mixed"]["int4_groups"], "max_drop 5 points on a model that loses ~0 at 4-bit: some groups go 4-bit"
     assert row["int4"] == {"algorithm": "rtn", "block_size": 32, "symmetric": True, "accuracy_level": 0,
-                           "table_block_size": 32}
+                           "table_block_size": 32, "kernel": "matmulnbits"}
     entries = {e["file"]: e for e in read_manifest(bundle, staging=True)["artifacts"]}
     assert entries["model.mixed-arm64.onnx"]["variant"] == "mixed"
     clf = Classifier.from_bundle(bundle, variant="mixed", staging=True)

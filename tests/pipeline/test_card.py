@@ -280,6 +280,10 @@ def test_card_names_the_smoothquant_alpha_of_a_smoothed_file() -> None:
                                                                                "## Footprint and accuracy"))
     assert rows["`model.int8-arm64.onnx`"][1] == "int8 (SmoothQuant alpha 0.75)"
     assert rows["`model.onnx`"][1] == "fp32"
+    report["variants"][2]["int4"] = {"algorithm": "gptq", "kernel": "int8"}   # 4-bit weights cast to int8 at load
+    rows = _table(render_card(_emb_manifest(), report, files=_ST_FILES).replace("## Footprint and quality",
+                                                                               "## Footprint and accuracy"))
+    assert rows["`model.int8-arm64.onnx`"][1] == "int8 (SmoothQuant alpha 0.75, 4-bit weights run as int8)"
 
 
 def test_embedding_card_without_knn_pairs_or_modules_json() -> None:

@@ -15,7 +15,7 @@ def test_toml_keys_map_to_typed_fields():
                                         "int4_table_block_size": 16}})
     t = cfg.targets
     assert t.int4_settings == {"algorithm": "hqq", "block_size": 128, "symmetric": False, "accuracy_level": 4,
-                               "table_block_size": 16}
+                               "table_block_size": 16, "kernel": "matmulnbits"}
     assert t.mixed is True and t.max_bytes == 8_000_000     # a byte budget implies the mixed file
 
 
@@ -25,6 +25,9 @@ def test_toml_keys_map_to_typed_fields():
     ({"int4_block_size": 48}, r"^int4_block_size must be a power of two >= 16 .* got 48"),
     ({"int4_accuracy_level": 5}, r"^int4_accuracy_level must be 0, 1, 2, 3 or 4, got 5"),
     ({"int4_table_block_size": 8}, r"^int4_table_block_size must be a power of two >= 16 .* got 8"),
+    ({"int4_kernel": "int4"}, r"^int4_kernel must be one of"),
+    ({"int4_kernel": "int8", "int4_symmetric": False}, r"^int4_kernel 'int8' .* symmetric weights per output column"),
+    ({"int4_kernel": "int8", "int4": True, "targets": ("avx2", "arm64")}, r"^int4_kernel 'int8' .* first target, avx2"),
     ({"max_bytes": 0}, r"^max_bytes is the mixed file's size in bytes \(> 0\), got 0"),
     ({"calibration_texts": 0}, r"^calibration_texts must be >= 1, got 0"),
     ({"mixed": True, "targets": ()}, r"^mixed and max_bytes need at least one target"),
@@ -33,6 +36,16 @@ def test_bad_values_are_one_line(kwargs, message):
     with pytest.raises(TargetsError, match=message) as info:
         TargetsConfig(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_int4_kernel_from_a_config_file_and_the_command_line(tmp_path):
+    cfg = config_from_dict({"data": {"dataset": "synthetic-sentiment"},
+                            "targets": {"int4": True, "int4_kernel": "int8", "int4_algorithm": "gptq"}})
+    assert cfg.targets.int4_settings["kernel"] == "int8" and cfg.targets.int4_settings["algorithm"] == "gptq"
+    from embslim.pipeline.cli import _section, build_parser
+
+    args = build_parser().parse_args(["quantize", str(tmp_path), "--int4-kernel", "int8"])
+    assert _section(args, "targets")["int4_kernel"] == "int8"
 
 
 def test_max_bytes_sizes():
