@@ -10,6 +10,7 @@ the report flags it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -183,6 +184,15 @@ def smallest_mixed_bytes(model: str | Path, cfg: TargetsConfig) -> int:
     return model.stat().st_size - sum(4 * g.params - g.int4_bytes for g in groups)
 
 
+def unused_int4_settings(cfg: TargetsConfig) -> list[str]:
+    """The int4_* settings of `cfg` that differ from their defaults while no 4-bit or mixed file is built."""
+    if cfg.int4 or cfg.mixed:
+        return []
+    defaults = TargetsConfig()
+    return [f.name for f in dataclasses.fields(cfg)
+            if f.name.startswith("int4_") and getattr(cfg, f.name) != getattr(defaults, f.name)]
+
+
 def check_byte_budget(model: str | Path, cfg: TargetsConfig) -> None:
     """Raise TargetsError when `cfg.max_bytes` is below `smallest_mixed_bytes(model, cfg)`, so a budget no
     mix can meet fails in seconds, before fusion, calibration, scoring and the sensitivity pass."""
@@ -222,6 +232,10 @@ def build_targets(bundle: str | Path, split: Split, *, cfg: TargetsConfig, valid
     if not cfg.targets:
         return []
     check_byte_budget(bundle / "model.onnx", cfg)
+    unused = unused_int4_settings(cfg)
+    if unused:
+        log.warning("%s set, but this run builds no 4-bit file: add --int4 or --mixed (int4 = true / mixed = true) "
+                    "for them to apply", ", ".join(unused))
     if cfg.static_int8 and (calibration is None or not len(calibration)):
         raise TargetsError("static_int8 calibrates on the task's training texts, and this run has none: pass "
                            "--train (labels are not needed), or drop --static-int8")

@@ -175,3 +175,31 @@ def test_a_bundle_given_as_model_names_its_source(run_dir: Path, tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert "is an embslim bundle (ONNX files, no PyTorch weights); pass the model it was made from" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_int4_weights_on_the_int8_kernels_for_an_embedder(run_dir: Path, tmp_path: Path) -> None:
+    """`embslim quantize --int4 --int4-kernel int8` on a sentence-embedding bundle: the graph (mean pooling,
+    Dense, Normalize) goes to opset 21 for its INT4 weights, and Embedder loads the file."""
+    import shutil
+
+    import onnx
+
+    from embslim.runtime import Embedder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir, bundle)
+    code = main(["quantize", str(bundle), "--train", str(run_dir.parent / "train.tsv"),
+                 "--eval", str(run_dir.parent / "eval.tsv"), "--targets", "arm64", "--int4", "--int4-kernel", "int8",
+                 "--allow-drop", "--no-measure"])
+    assert code == 0
+    model = onnx.load(str(bundle / "model.int4-arm64.onnx"))
+    assert sum(i.data_type == onnx.TensorProto.INT4 for i in model.graph.initializer) >= 12   # 2 layers x 6 MatMuls
+    assert not any(n.op_type == "MatMulNBits" for n in model.graph.node)
+    texts = _forty_texts()
+    fp32 = Embedder.from_bundle(bundle, variant="fp32").encode(texts)
+    int4 = Embedder.from_bundle(bundle, variant="int4").encode(texts)
+    cosine = (fp32 * int4).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(int4, axis=-1)
+    assert cosine.mean() > 0.95
+    row = next(v for v in json.loads((bundle / "report.json").read_text())["variants"]
+               if v.get("file") == "model.int4-arm64.onnx")
+    assert row["int4"]["kernel"] == "int8"

@@ -48,6 +48,16 @@ def test_int4_kernel_from_a_config_file_and_the_command_line(tmp_path):
     assert _section(args, "targets")["int4_kernel"] == "int8"
 
 
+def test_int4_settings_without_a_4_bit_file_are_named():
+    from embslim.pipeline.targets import unused_int4_settings
+
+    assert unused_int4_settings(TargetsConfig(int4_kernel="int8", int4_table_block_size=16)) == [
+        "int4_table_block_size", "int4_kernel"]
+    assert unused_int4_settings(TargetsConfig(int4=True, int4_kernel="int8")) == []
+    assert unused_int4_settings(TargetsConfig(max_bytes=8_000_000, int4_block_size=64)) == []   # mixed
+    assert unused_int4_settings(TargetsConfig()) == []
+
+
 def test_max_bytes_sizes():
     assert _bytes("8MB") == 8_000_000 and _bytes("7.5MiB") == 7_864_320 and _bytes("900000") == 900_000
     assert _bytes("900 kb") == 900_000
