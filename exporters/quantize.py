@@ -70,6 +70,12 @@ Int4Kernel = Literal["matmulnbits", "int8"]
 INT4_KERNELS = ("matmulnbits", "int8")
 
 
+# What to try when a quantized file loses more than max_drop (the errors of check_quantized and the scorers).
+DROP_ADVICE = ("Try --smooth-quant (dynamic int8), a mixed file (--mixed, or a larger --max-bytes), "
+               "--int4-algorithm gptq --int4-kernel int8 (4-bit), or pass --allow-drop (allow_drop=True) to keep it "
+               "flagged")
+
+
 class QuantizationError(ValueError):
     """Quantization could not run, or its output broke an invariant (an index table was touched)."""
 
@@ -165,6 +171,20 @@ class QuantizeConfig:
                              f"got {t!r}; leave it unset to use the MatMul block size (block_size)")
         if isinstance(self.accuracy_level, bool) or self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {self.accuracy_level!r}")
+        if self.kernel not in INT4_KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(INT4_KERNELS)}, got {self.kernel!r}; matmulnbits "
+                             "is the default")
+        if self.kernel == "int8":
+            if self.algorithm == "hqq":
+                raise ValueError("kernel 'int8' (4-bit weights run by the int8 kernels) takes algorithm 'rtn' or 'gptq', "
+                                 "not 'hqq' (its zero points and blocks are MatMulNBits'); or use kernel 'matmulnbits'")
+            if not self.symmetric:
+                raise ValueError("kernel 'int8' (4-bit weights run by the int8 kernels) takes symmetric weights per output "
+                                 "column; drop symmetric=False (--no-int4-symmetric), or use kernel 'matmulnbits'")
+            if self.accuracy_level:
+                raise ValueError(f"accuracy_level {self.accuracy_level} sets MatMulNBits' compute, and kernel 'int8' runs "
+                                 "no MatMulNBits (its activations are int8 already); leave it out, or use kernel "
+                                 "'matmulnbits'")
         if self.algorithm not in INT4_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(INT4_ALGORITHMS)}, got {self.algorithm!r}; "
                              "rtn needs no data and is the default")
@@ -173,13 +193,6 @@ class QuantizeConfig:
         if self.algorithm == "hqq" and self.symmetric:
             raise ValueError("algorithm 'hqq' always writes zero points (asymmetric blocks): set symmetric=False "
                              "(int4_symmetric = false), or use algorithm 'rtn' for symmetric blocks")
-        if self.kernel not in INT4_KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(INT4_KERNELS)}, got {self.kernel!r}; matmulnbits "
-                             "is the default")
-        if self.kernel == "int8" and (self.algorithm == "hqq" or not self.symmetric):
-            raise ValueError("kernel 'int8' (4-bit weights run by the int8 kernels) takes symmetric weights per output "
-                             f"column (rtn or gptq); got algorithm={self.algorithm!r}, symmetric={self.symmetric}: "
-                             "use algorithm 'rtn' or 'gptq' with symmetric weights, or kernel 'matmulnbits'")
         if self.int4_nodes is not None:
             if self.bits != 8:
                 raise ValueError(f"int4_nodes (mixed precision) needs bits=8 for the rest of the weights, got "
@@ -927,7 +940,7 @@ def check_quantized(bundle_dir: str | Path, file: str, split: "Split", *, n_labe
         raise QuantizationAccuracyError(
             f"{file}: accuracy {100 * got['accuracy']:.2f}% is {100 * drop:.2f} points below {fp32_file} "
             f"({100 * ref['accuracy']:.2f}%) on {got['n_eval']} examples; at most {100 * max_drop:.2f} allowed. "
-            "Try per_channel=True, include_embeddings=False or bits=8, or pass allow_drop=True (--allow-drop) to keep it flagged")
+            f"{DROP_ADVICE}")
     return report
 
 

@@ -116,12 +116,16 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
     by_input: dict[str, list[str]] = {}
     entries: list[tuple[str, str, int, int, int]] = []   # node, input, layer, K, N
     embeddings: list[tuple[str, str, int, int]] = []   # node, table, rows, dim
+    embedding_matmuls: list[tuple[str, int, int]] = []   # node, K, N
     for node in model.graph.node:
         if node.op_type in _NORMS:
             norms_seen += 1
         if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in floats:
             k, n = (int(d) for d in inits[node.input[1]].dims)
             found = _LAYER.search(node.name) or _LAYER.search(node.output[0] if node.output else "")
+            if not found and norms_seen == 0:   # before the first norm: the embedding stage's (a MESSI basis)
+                embedding_matmuls.append((node.name, k, n))
+                continue
             layer = int(found.group(1)) if found else max(0, (norms_seen - 1) // 2)   # post-LN: 2 norms per layer
             entries.append((node.name, node.input[0], layer, k, n))
             by_input.setdefault(node.input[0], []).append(node.name)
@@ -149,6 +153,12 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
                        int4_bytes=sum(_int4_bytes(k, n, block_size, symmetric) if kernel == "matmulnbits"
                                       else _int4_column_bytes(k, n) for k, n in g["shapes"]))
            for key, g in groups.items()]
+    for i, (name, k, n) in enumerate(embedding_matmuls):
+        key = f"embeddings.{_embedding_matmul_name(name, i)}"
+        out.append(WeightGroup(name=key, layer=None, role="embeddings", nodes=(name,), params=k * n,
+                               int8_bytes=_int8_bytes(k, n),
+                               int4_bytes=_int4_bytes(k, n, block_size, symmetric) if kernel == "matmulnbits"
+                               else _int4_column_bytes(k, n)))
     # One group per table: they differ too much to share a precision (the issue #14 embedder: 4-bit word
     # tables cost ~0.001 of sentence cosine, a 4-bit position table, which every token reads, as much again).
     # A table is quantized along its hidden axis: rows x dim weights, blocks of block_size per row.
@@ -157,6 +167,17 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
                                params=rows * dim, int8_bytes=rows * dim + 8,   # per-tensor int8 for Gather
                                int4_bytes=_table_int4_bytes(rows, dim, table_block_size or block_size)))
     return out
+
+
+def _embedding_matmul_name(node: str, index: int) -> str:
+    """An embedding-stage MatMul's short name from its node name, after its last `embeddings` component
+    ("/model/bert/embeddings/word_embeddings/inner/MatMul" -> "word_embeddings.inner.matmul"), else
+    "matmul<index + 1>"."""
+    parts = [p for p in re.split(r"[/.]", node) if p]
+    if "embeddings" in parts[:-1]:
+        rest = parts[len(parts) - parts[::-1].index("embeddings"):-1]
+        return ".".join(rest + ["matmul"])
+    return f"matmul{index + 1}"
 
 
 def _table_name(initializer: str) -> str:

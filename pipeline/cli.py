@@ -136,7 +136,8 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-drop", action=argparse.BooleanOptionalAction, default=None, help="keep variants over max-drop, flagged")
     g.add_argument("--int4-algorithm", choices=["rtn", "hqq", "gptq"],
                    help="4-bit MatMul algorithm (default rtn; hqq needs --no-int4-symmetric; gptq calibrates on the "
-                        "training text)")
+                        "training text: embslim's own GPTQ with --int4-kernel int8, ORT's port otherwise, which in "
+                        "ORT 1.31.1 gives RTN's weights)")
     g.add_argument("--int4-block-size", type=int, help="4-bit block length, a power of two >= 16 (default 32)")
     g.add_argument("--int4-table-block-size", type=int,
                    help="4-bit block length of the embedding tables (default: --int4-block-size)")
@@ -145,8 +146,10 @@ def _add_targets_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int4-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits compute precision: 0 fp32 (default), 4 int8 activations")
     g.add_argument("--int4-kernel", choices=["matmulnbits", "int8"],
-                   help="what runs the 4-bit MatMuls: matmulnbits (default; ORT's 4-bit blocks) or int8 (4-bit per "
-                        "column, cast to int8 at load: 4-bit bytes, int8 speed)")
+                   help="what runs the 4-bit MatMuls of --int4 and --mixed files: matmulnbits (default; ORT's 4-bit "
+                        "blocks, --int4-block-size and --int4-accuracy-level apply) or int8 (4-bit per output column, "
+                        "cast to int8 when ORT loads the file: 4-bit on disk, int8 speed and memory; rtn or gptq, "
+                        "symmetric; --int4-block-size then sets the tables' blocks only)")
     g.add_argument("--calibration-texts", type=int,
                    help="training texts for gptq, the sensitivity pass and SmoothQuant (default 128)")
     g.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=None,

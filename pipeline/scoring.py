@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from embslim.exporters.quantize import DROP_ADVICE
 from embslim.pipeline.data import Split
 
 if TYPE_CHECKING:
@@ -258,8 +259,7 @@ class EmbeddingScorer:
         row["flagged"] = bool(bad)
         log.info("%s: %s", file, self.summary(row))
         if bad and not allow_drop:
-            raise QualityDropError(f"{file}: {why}; at most {100 * max_drop:.2f} allowed. Try per_channel=True, "
-                                   "include_embeddings=False or bits=8, or pass allow_drop=True (--allow-drop) to keep it flagged")
+            raise QualityDropError(f"{file}: {why}; at most {100 * max_drop:.2f} allowed. {DROP_ADVICE}")
         return row
 
     def first_rows(self, n: int) -> "EmbeddingScorer":
@@ -459,8 +459,7 @@ class TokenClassificationScorer:
         if row["flagged"] and not allow_drop:
             raise QualityDropError(f"{file}: entity F1 {100 * row['f1']:.2f} is {100 * row['f1_drop_vs_fp32']:.2f} points "
                                    f"below model.onnx ({100 * fp32_metrics['f1']:.2f}); at most {100 * max_drop:.2f} "
-                                   "allowed. Try per_channel=True, include_embeddings=False or bits=8, or pass "
-                                   "allow_drop=True (--allow-drop) to keep it flagged")
+                                   f"allowed. {DROP_ADVICE}")
         return row
 
     def first_rows(self, n: int) -> "TokenClassificationScorer":

@@ -84,7 +84,7 @@ class TargetsConfig:
     int4_table_block_size: int | None = None   # 4-bit embedding tables' block length; None: int4_block_size
     # What runs the 4-bit MatMuls (QuantizeConfig.kernel): "matmulnbits" (ORT's 4-bit blocks and kernels;
     # block size, algorithm, accuracy_level apply) or "int8" (4-bit per output column stored as INT4, cast
-    # to int8 at load and run by the int8 kernels: int8 speed; rtn, symmetric only).
+    # to int8 at load and run by the int8 kernels: int8 speed and memory; rtn or gptq (embslim's), symmetric).
     int4_kernel: Literal["matmulnbits", "int8"] = "matmulnbits"
     calibration_texts: int = 128       # training texts (spread over the split) for gptq, the sensitivity pass, SmoothQuant
     # A mixed file (model.mixed-<first target>.onnx, variant "mixed"): some weight groups 4-bit, the rest

@@ -279,8 +279,10 @@ def test_gptq_without_calibration_is_one_line(noattn, tmp_path):
     ({"bits": 4, "int4_nodes": ("a",)}, r"int4_nodes \(mixed precision\) needs bits=8"),
     ({"table_block_size": 24}, r"table_block_size must be a power of two >= 16 .* got 24"),
     ({"kernel": "nbits"}, r"kernel must be one of matmulnbits, int8, got 'nbits'"),
-    ({"kernel": "int8", "symmetric": False}, r"kernel 'int8' .* symmetric round-to-nearest .* symmetric=False"),
-    ({"kernel": "int8", "algorithm": "gptq"}, r"kernel 'int8' .* algorithm='gptq'"),
+    ({"kernel": "int8", "symmetric": False}, r"kernel 'int8' .* symmetric weights .* drop symmetric=False"),
+    ({"kernel": "int8", "algorithm": "hqq", "symmetric": False}, r"kernel 'int8' .* takes algorithm 'rtn' or 'gptq', not 'hqq'"),
+    ({"kernel": "int8", "algorithm": "hqq"}, r"kernel 'int8' .* not 'hqq'"),     # the kernel speaks first, not hqq's rule
+    ({"kernel": "int8", "accuracy_level": 4}, r"accuracy_level 4 sets MatMulNBits' compute, and kernel 'int8' runs no"),
 ])
 def test_int4_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -510,3 +512,23 @@ def test_int8_kernel_on_a_token_classification_graph(tmp_path):
     ref, got = run_feeds(bundle / "model.onnx", feed), run_feeds(result.path, feed)
     assert ref.shape == got.shape and len(np.unique(ref.argmax(-1))) > 3   # the tags vary (measured: 10 of 13)
     assert snr_db(ref, got) > 12 and (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.75   # measured 17.4 dB, 83%
+
+
+def test_a_matmul_of_the_embedding_stage_is_named_by_the_embedding():
+    """A MESSI basis MatMul runs before the first LayerNorm: its group is an embeddings one, not layer 0."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "coeff"),
+             numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "basis"),
+             numpy_helper.from_array(np.ones(16, np.float32), "gamma"),
+             numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w_in")]
+    nodes = [helper.make_node("Gather", ["coeff", "ids"], ["c"], name="/m/embeddings/word_embeddings/inner/Gather"),
+             helper.make_node("MatMul", ["c", "basis"], ["e"], name="/m/embeddings/word_embeddings/inner/MatMul"),
+             helper.make_node("LayerNormalization", ["e", "gamma"], ["h"], name="/m/embeddings/LayerNorm"),
+             helper.make_node("MatMul", ["h", "w_in"], ["y"], name="/m/encoder/layer.0/intermediate/dense/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    groups = {g.name: g for g in weight_groups(helper.make_model(graph))}
+    assert set(groups) == {"embeddings.word_embeddings.inner.matmul", "embeddings.coeff", "layer0.ffn.in"}
+    basis = groups["embeddings.word_embeddings.inner.matmul"]
+    assert (basis.layer, basis.role, basis.nodes, basis.params) == (
+        None, "embeddings", ("/m/embeddings/word_embeddings/inner/MatMul",), 8 * 16)

@@ -292,7 +292,7 @@ def test_check_quantized_raises_on_accuracy_drop_unless_allowed(tiny_bundle):
     _register(bundle, "model.bad.onnx", QuantizeConfig(target="arm64"))
     with pytest.raises(QuantizationAccuracyError,
                        match=r"model.bad.onnx: accuracy .* points below model.onnx .* on 40 examples; at most 1.00 "
-                             r"allowed\. Try per_channel=True"):
+                             r"allowed\. Try --smooth-quant"):
         check_quantized(bundle, "model.bad.onnx", split, n_labels=tiny_bundle.n_labels)
     report = check_quantized(bundle, "model.bad.onnx", split, n_labels=tiny_bundle.n_labels, allow_drop=True)
     assert report["flagged"] is True and report["agreement"] == 0.0

@@ -286,6 +286,19 @@ def test_card_names_the_smoothquant_alpha_of_a_smoothed_file() -> None:
     assert rows["`model.int8-arm64.onnx`"][1] == "int8 (SmoothQuant alpha 0.75, 4-bit weights run as int8)"
 
 
+def test_card_lists_every_quantized_file_and_what_int8_kernel_files_need() -> None:
+    manifest = _emb_manifest()
+    manifest["artifacts"].append({"file": "model.mixed-arm64.onnx", "variant": "mixed", "target": "arm64", "bytes": 9_000_000})
+    report = _emb_report()
+    report["variants"].append({"name": "dep+messi+distill mixed-arm64", "precision": "mixed", "file": "model.mixed-arm64.onnx",
+                               "onnx_bytes": 9_000_000, "int4": {"algorithm": "gptq", "kernel": "int8"}})
+    card = render_card(manifest, report, files=_ST_FILES | {"model.mixed-arm64.onnx"})
+    line = next(x for x in card.splitlines() if "**Quantization** (ONNX Runtime)" in x)
+    assert "`model.int8-arm64.onnx` (int8 for arm64)" in line    # the int8 file: nothing to add
+    assert ("`model.mixed-arm64.onnx` (mixed for arm64; its 4-bit weights are stored INT4, one scale per output column, "
+            "and cast to int8 when ONNX Runtime loads the file: 4-bit on disk, int8 in memory and speed; opset 21") in line
+
+
 def test_embedding_card_without_knn_pairs_or_modules_json() -> None:
     report = _emb_report()
     del report["task"]["knn"], report["task"]["pairs"]
