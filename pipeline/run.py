@@ -446,6 +446,18 @@ def _teacher_fingerprint(teacher: "PreTrainedModel | None", variants: dict[str, 
     return loaded.weights_sha256 or loaded.name   # the given model itself (--no-finetune)
 
 
+
+def _leave_process_group() -> None:
+    """Destroy this rank's torch.distributed process group, if any, before the process exits. A rank
+    that left with its gloo group alive aborted at exit now and then ("terminate called without an
+    active exception", SIGABRT) when the machine was busy, and torchrun then failed the run."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
 def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str | None = None,
         task: TaskData | None = None, resume: bool = False) -> Path:
     """Run every stage and write the bundle to `out` (the chosen variant's model.onnx, plus a
@@ -532,6 +544,7 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                                            "prune": fingerprint_dict(cfg.prune), "kept": vocab.kept_ids.tolist()})
     if not is_main_process():   # under torchrun / accelerate: every rank trained; rank 0 exports and writes
         log.info("rank %d of %d: fine-tuning done; rank 0 writes the bundle", *process_rank())
+        _leave_process_group()
         return out
 
     stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
