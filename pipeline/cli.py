@@ -452,8 +452,11 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     task = manifest["task"]
     print(f"bundle {a.bundle}: task {task['name']} ({task.get('type') or 'text-classification'}: {_task_summary(task)}, "
           f"max_length {task['max_length']}); source {manifest['source_model']['name']}")
+    as_int8 = {m.get("file") for m in manifest.get("metrics", {}).values()
+               if isinstance(m, dict) and (m.get("int4") or {}).get("kernel") == "int8"}
     for entry in manifest["artifacts"]:
-        print(f"  {entry['file']:<32} {entry['variant']:<10} {entry['target']:<8} {entry['bytes'] / 1e6:8.2f} MB  sha256 ok")
+        print(f"  {entry['file']:<32} {entry['variant']:<11} {entry['target']:<11} {entry['bytes'] / 1e6:8.2f} MB  sha256 ok"
+              + ("  (4-bit weights, run as int8: int8 speed and memory)" if entry["file"] in as_int8 else ""))
     scorer = scorer_for(task.get("type"), n_labels=len(task["labels"]))
     for name, m in manifest.get("metrics", {}).items():
         print(f"  {name}: {scorer.summary(m)}" + (f", p50 {m['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in m else ""))

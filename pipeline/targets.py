@@ -463,8 +463,12 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
 
     drop_key = f"{scorer.primary}_drop_vs_fp32"
     if cfg.max_bytes is not None:
+        log.info("mixed: %s first with no group at 4-bit (all int8), the size the byte budget starts from", file)
         base = build([])
         chosen = choose_int4_groups(sens, base_bytes=base.bytes_out, max_bytes=cfg.max_bytes)
+        if chosen:
+            log.info("mixed: %s with %d of %d groups at 4-bit, to fit %.2f MB", file, len(chosen), len(sens),
+                     cfg.max_bytes / 1e6)
         q = build(chosen) if chosen else base
         rest = [r.group.name for r in order if r.group.name not in chosen]
         while q.bytes_out > cfg.max_bytes and rest:   # the estimate was short: one more group at a time

@@ -177,7 +177,8 @@ def test_a_bundle_given_as_model_names_its_source(run_dir: Path, tmp_path: Path,
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_int4_weights_on_the_int8_kernels_for_an_embedder(run_dir: Path, tmp_path: Path) -> None:
+def test_int4_weights_on_the_int8_kernels_for_an_embedder(run_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     """`embslim quantize --int4 --int4-kernel int8` on a sentence-embedding bundle: the graph (mean pooling,
     Dense, Normalize) goes to opset 21 for its INT4 weights, and Embedder loads the file."""
     import shutil
@@ -203,3 +204,7 @@ def test_int4_weights_on_the_int8_kernels_for_an_embedder(run_dir: Path, tmp_pat
     row = next(v for v in json.loads((bundle / "report.json").read_text())["variants"]
                if v.get("file") == "model.int4-arm64.onnx")
     assert row["int4"]["kernel"] == "int8"
+    capsys.readouterr()
+    assert main(["inspect", str(bundle)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "model.int4-arm64.onnx" in x)
+    assert line.endswith("sha256 ok  (4-bit weights, run as int8: int8 speed and memory)")
