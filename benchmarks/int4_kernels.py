@@ -21,7 +21,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 K, N, LAYERS, TOKENS = 384, 1536, 6, 32
@@ -75,18 +74,13 @@ def p50_ms(path: Path, runs: int) -> float:
     import numpy as np
     import onnxruntime as ort
 
+    from embslim.pipeline.probe import time_runs
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"x": np.random.default_rng(1).standard_normal((1, TOKENS, K)).astype(np.float32)}
-    for _ in range(20):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return statistics.median(time_runs(session, feed, warmup=20, runs=runs))
 
 
 def main(argv: list[str] | None = None) -> int:
