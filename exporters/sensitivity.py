@@ -134,6 +134,9 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
             rows, dim = (int(d) for d in inits[node.input[0]].dims)
             embeddings.append((node.name, node.input[0], rows, dim))
 
+    def int4_bytes(k: int, n: int) -> int:
+        return _int4_bytes(k, n, block_size, symmetric) if kernel == "matmulnbits" else _int4_column_bytes(k, n)
+
     groups: dict[str, dict] = {}
     per_layer_count: dict[int, int] = {}
     for name, source, layer, k, n in entries:
@@ -150,15 +153,13 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
     out = [WeightGroup(name=key, layer=g["layer"], role=g["role"], nodes=tuple(g["nodes"]),
                        params=sum(k * n for k, n in g["shapes"]),
                        int8_bytes=sum(_int8_bytes(k, n) for k, n in g["shapes"]),
-                       int4_bytes=sum(_int4_bytes(k, n, block_size, symmetric) if kernel == "matmulnbits"
-                                      else _int4_column_bytes(k, n) for k, n in g["shapes"]))
+                       int4_bytes=sum(int4_bytes(k, n) for k, n in g["shapes"]))
            for key, g in groups.items()]
     for i, (name, k, n) in enumerate(embedding_matmuls):
         key = f"embeddings.{_embedding_matmul_name(name, i)}"
         out.append(WeightGroup(name=key, layer=None, role="embeddings", nodes=(name,), params=k * n,
                                int8_bytes=_int8_bytes(k, n),
-                               int4_bytes=_int4_bytes(k, n, block_size, symmetric) if kernel == "matmulnbits"
-                               else _int4_column_bytes(k, n)))
+                               int4_bytes=int4_bytes(k, n)))
     # One group per table: they differ too much to share a precision (the issue #14 embedder: 4-bit word
     # tables cost ~0.001 of sentence cosine, a 4-bit position table, which every token reads, as much again).
     # A table is quantized along its hidden axis: rows x dim weights, blocks of block_size per row.

@@ -10,11 +10,10 @@ the report flags it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -189,7 +188,7 @@ def unused_int4_settings(cfg: TargetsConfig) -> list[str]:
     if cfg.int4 or cfg.mixed:
         return []
     defaults = TargetsConfig()
-    return [f.name for f in dataclasses.fields(cfg)
+    return [f.name for f in fields(cfg)
             if f.name.startswith("int4_") and getattr(cfg, f.name) != getattr(defaults, f.name)]
 
 
