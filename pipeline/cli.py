@@ -396,7 +396,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
     from embslim.pipeline.targets import (TargetsConfig, build_targets, calibration_split, check_byte_budget,
-                                          record_targets)
+                                          rebuild_differences, record_targets)
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
@@ -406,6 +406,10 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     _check_switches(options)
     cfg = TargetsConfig(**options)
     check_byte_budget(Path(a.bundle) / "model.onnx", cfg)   # seconds, before the data and the scorer (minutes)
+    changed = rebuild_differences((read_manifest(a.bundle).get("stages") or {}).get("targets"), cfg)
+    if changed:
+        log.warning("the files this run rebuilds will differ from the bundle's last build: %s; pass the flags (or "
+                    "--config) of that build to keep them as they were", ", ".join(changed))
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     validate = ValidateConfig(**_section(a, "validate"))
     scorer = _bundle_scorer(a.bundle, task, validate, data_root=a.data_root)

@@ -10,6 +10,7 @@ the report flags it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -190,6 +191,28 @@ def unused_int4_settings(cfg: TargetsConfig) -> list[str]:
     defaults = TargetsConfig()
     return [f.name for f in fields(cfg)
             if f.name.startswith("int4_") and getattr(cfg, f.name) != getattr(defaults, f.name)]
+
+
+# Settings that change how a rebuilt file is made: int8 files (every run) and 4-bit / mixed files (with
+# int4 or mixed). `embslim quantize` takes them from its flags, not from the bundle's last build.
+_INT8_SETTINGS = ("smooth_quant", "smooth_alpha", "fuse", "per_channel", "include_embeddings")
+
+
+def rebuild_differences(previous: dict | None, cfg: TargetsConfig) -> list[str]:
+    """"name old -> new" for each setting of the bundle's last build (`previous`: its manifest's
+    stages.targets) that `cfg` changes for the files `cfg` rebuilds: the int8 settings always, the
+    int4_* ones when a 4-bit or mixed file is rebuilt. Empty when `previous` is missing."""
+    if not isinstance(previous, dict):
+        return []
+    names = list(_INT8_SETTINGS) + ([f.name for f in fields(cfg) if f.name.startswith("int4_")]
+                                    if cfg.int4 or cfg.mixed else [])
+    defaults = TargetsConfig()
+    out = []
+    for name in names:
+        old, new = previous.get(name, getattr(defaults, name)), getattr(cfg, name)
+        if old != new:
+            out.append(f"{name} {json.dumps(old)} -> {json.dumps(new)}")
+    return out
 
 
 def check_byte_budget(model: str | Path, cfg: TargetsConfig) -> None:

@@ -59,6 +59,23 @@ def test_int4_settings_without_a_4_bit_file_are_named():
     assert unused_int4_settings(TargetsConfig()) == []
 
 
+def test_a_rebuild_that_drops_the_last_builds_settings_is_named():
+    """`embslim quantize` takes its settings from its flags: leaving out --smooth-quant would quietly replace a
+    smoothed int8 file with a plain one (a new-user trial, issue #16)."""
+    from dataclasses import asdict
+
+    from embslim.pipeline.targets import rebuild_differences
+
+    last = asdict(TargetsConfig(targets=("arm64",), smooth_quant=True, max_bytes=8_100_000, int4_kernel="int8",
+                                int4_algorithm="gptq"))
+    assert rebuild_differences(last, TargetsConfig(**{k: v for k, v in last.items()})) == []
+    assert rebuild_differences(last, TargetsConfig(targets=("arm64",))) == ["smooth_quant true -> false"]   # int8 only
+    assert rebuild_differences(last, TargetsConfig(targets=("arm64",), smooth_quant=True, max_bytes=8_100_000)) == [
+        'int4_algorithm "gptq" -> "rtn"', 'int4_kernel "int8" -> "matmulnbits"']
+    assert rebuild_differences(None, TargetsConfig()) == []
+    assert rebuild_differences({"targets": ["arm64"]}, TargetsConfig(smooth_quant=True)) == ["smooth_quant false -> true"]
+
+
 def test_max_bytes_sizes():
     assert _bytes("8MB") == 8_000_000 and _bytes("7.5MiB") == 7_864_320 and _bytes("900000") == 900_000
     assert _bytes("900 kb") == 900_000
