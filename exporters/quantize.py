@@ -695,6 +695,7 @@ def fake_int4_columns(model: "onnx.ModelProto", nodes: Sequence[str], cfg: Quant
     """Replace, in place, the float weights of the MatMul `nodes` of `model` by what kernel 'int8' 4-bit
     keeps of them (`_column_weights` with `cfg.algorithm`, dequantized, still float): the sensitivity
     pass's view of those 4-bit MatMuls."""
+    import onnx
     from onnx import numpy_helper
 
     wanted = set(nodes)
@@ -707,7 +708,7 @@ def fake_int4_columns(model: "onnx.ModelProto", nodes: Sequence[str], cfg: Quant
     for i, init in enumerate(model.graph.initializer):
         if init.name in columns:
             values, scales = columns[init.name]
-            dtype = numpy_helper.to_array(init).dtype
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
             model.graph.initializer[i].CopyFrom(numpy_helper.from_array((values * scales).astype(dtype), init.name))
 
 

@@ -189,8 +189,12 @@ def unused_int4_settings(cfg: TargetsConfig) -> list[str]:
     if cfg.int4 or cfg.mixed:
         return []
     defaults = TargetsConfig()
-    return [f.name for f in fields(cfg)
-            if f.name.startswith("int4_") and getattr(cfg, f.name) != getattr(defaults, f.name)]
+    return [name for name in _int4_fields(cfg) if getattr(cfg, name) != getattr(defaults, name)]
+
+
+def _int4_fields(cfg: TargetsConfig) -> list[str]:
+    """The names of the int4_* settings, in declaration order."""
+    return [f.name for f in fields(cfg) if f.name.startswith("int4_")]
 
 
 # Settings that change how a rebuilt file is made: int8 files (every run) and 4-bit / mixed files (with
@@ -204,8 +208,7 @@ def rebuild_differences(previous: dict | None, cfg: TargetsConfig) -> list[str]:
     int4_* ones when a 4-bit or mixed file is rebuilt. Empty when `previous` is missing."""
     if not isinstance(previous, dict):
         return []
-    names = list(_INT8_SETTINGS) + ([f.name for f in fields(cfg) if f.name.startswith("int4_")]
-                                    if cfg.int4 or cfg.mixed else [])
+    names = list(_INT8_SETTINGS) + (_int4_fields(cfg) if cfg.int4 or cfg.mixed else [])
     defaults = TargetsConfig()
     out = []
     for name in names:
