@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, get_origin, get_type_hints
 
 from embslim.pipeline.config_types import ConfigError, _example, _fits, _type_name, check_field_types
-from embslim.pipeline.data import DataConfig, DataError, TaskData, load_task
+from embslim.pipeline.data import DataConfig, TaskData, load_task
 from embslim.pipeline.finetune import FinetuneConfig
 from embslim.pipeline.targets import TargetsConfig
 from embslim.pipeline.validate import ValidateConfig
@@ -338,24 +338,18 @@ def load_inputs(cfg: RunConfig, *, task: TaskData | None = None, data_root: str 
     or with --new-head."""
     from embslim.pipeline.data import match_labels
     from embslim.pipeline.model import ModelError, load_classifier, load_sentence_model
+    from embslim.pipeline.tagged import check_words, tagged_task
     from embslim.pipeline.tasks import get_task
 
     task = task or load_task(cfg.data, data_root=data_root)
-    tagged = task.eval.words is not None   # word-tagged data (CoNLL / tagged JSONL) is token classification's
-    requested = cfg.task or ("token-classification" if tagged else None)
-    if requested is not None and tagged and not get_task(requested).token_level:
-        raise DataError(f"the data is word-tagged (CoNLL / tagged JSONL), which --task {requested} does not take; "
-                        "pass --task token-classification")
+    requested = tagged_task(task, cfg.task)
     if requested is not None and not get_task(requested).has_labels:   # a sentence encoder: no head, no labels to match
         return task, load_sentence_model(cfg.model, pooling=cfg.pooling, normalize=cfg.normalize)
     from transformers import set_seed
 
     set_seed(cfg.finetune.seed)   # a fresh head's initial weights follow the run's seed, so a rerun is the same run
     loaded = load_classifier(cfg.model, labels=task.label_names, task=requested, new_head=cfg.new_head)
-    if get_task(loaded.task).token_level and not tagged:
-        raise DataError(f"{'--task token-classification' if cfg.task else f'model {cfg.model!r} is a token classifier, which'} "
-                        "needs word-tagged data (CoNLL 'word<TAB>tag' lines, or JSONL with \"tokens\" and \"tags\"), but "
-                        "the data holds whole texts; pass .conll --train/--eval files, or another model / --task")
+    check_words(task, loaded.task, model=cfg.model, asked=cfg.task is not None)
     if not cfg.finetune.enabled and not loaded.kept_head:
         if cfg.new_head:
             raise ModelError(f"--no-finetune keeps the model as trained, but --new-head gives {cfg.model!r} a fresh, "
@@ -458,6 +452,161 @@ def _leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
+@dataclass
+class _Inputs:
+    """What stage 1 loads and every later stage reads: the task, the model and what follows from them."""
+    task: TaskData
+    loaded: "LoadedModel"
+    task_def: Any                  # pipeline.tasks.Task
+    scorer: Any                    # pipeline.scoring's scorer for the task
+    max_length: int
+    ft_cfg: "FinetuneConfig"       # cfg.finetune with max_length clipped and fine-tuning off for kept models
+    keep: bool                     # the given model is used as trained
+    hidden: int
+    params_before: int
+    original: "PreTrainedModel | None"         # a copy of the given model (baseline, or kept head)
+    original_outputs: Any = None                # its outputs on the eval texts, when every artifact is compared with it
+    meta: "BundleMeta | None" = None
+
+
+def _load_stage(cfg: RunConfig, *, task: TaskData | None, data_root: str | None, work: Path) -> _Inputs:
+    """Stage 1: the task data, the model and the task's scorer; the work folder is created only once
+    they are checked. A kept head's outputs on the eval texts become every artifact's reference (and the
+    eval labels when the held-out text has none)."""
+    from embslim.pipeline.bundle import make_work_dir
+    from embslim.pipeline.finetune import predict_outputs, process_rank
+    from embslim.pipeline.model import get_word_embeddings
+    from embslim.pipeline.scoring import load_probes, scorer_for
+    from embslim.pipeline.tasks import get_task
+
+    task, loaded = load_inputs(cfg, task=task, data_root=data_root)
+    task_def = get_task(loaded.task)
+    # Sentence embeddings: only the kNN / pair data is labelled, and it is read before anything is written.
+    scorer = scorer_for(loaded.task, n_labels=len(task.label_names), label_names=task.label_names,
+                        probes=None if task_def.has_labels else
+                        load_probes(task, cfg.validate, data_root=data_root, clinc_eval_split=cfg.data.clinc_eval_split))
+    make_work_dir(work, remove_trainers=process_rank()[1] == 1)   # created only now the inputs are checked
+    max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
+    inputs = _Inputs(
+        task=task, loaded=loaded, task_def=task_def, scorer=scorer, max_length=max_length,
+        ft_cfg=replace(cfg.finetune, max_length=max_length, enabled=cfg.finetune.enabled and not task_def.keeps_model),
+        keep=not cfg.finetune.enabled or task_def.keeps_model,
+        hidden=int(get_word_embeddings(loaded.model).embedding_dim),
+        params_before=sum(p.numel() for p in loaded.model.parameters()),
+        original=copy.deepcopy(loaded.model) if cfg.baseline or loaded.kept_head else None)
+    if loaded.kept_head:   # every artifact is compared with the model the user gave
+        inputs.original_outputs = predict_outputs(
+            inputs.original, loaded.tokenizer, task.eval.texts, task.eval.pairs, max_length=max_length,
+            batch_size=cfg.validate.batch_size, output=task_def.primary_output,
+            desc=f"the given model's {task_def.primary_output} on the eval texts")
+        if not task.eval.labelled and task_def.has_labels:   # unlabelled held-out text: its labels are the reference
+            inputs.task = replace(task, eval=task.eval.with_labels(inputs.original_outputs.argmax(-1)),
+                                  eval_labels_source="model")
+    inputs.meta = bundle_meta(loaded, inputs.task, max_length=max_length)
+    return inputs
+
+
+def _prune_stage(cfg: RunConfig, inputs: _Inputs, work: Path) -> tuple["PrunedVocab", dict, dict[str, dict]]:
+    """Stage 2: DEP's vocabulary from the task's text (saved to `work`), the model pruned to it, and one
+    model per variant with its compressor fitted. Returns (vocab, vocabulary stats, variants)."""
+    from embslim.pipeline.embedding import apply_pruning, trim_positions
+    from embslim.pipeline.model import get_word_embeddings
+    from embslim.pipeline.vocab import oov_stats, prune
+
+    task, model, tokenizer = inputs.task, inputs.loaded.model, inputs.loaded.tokenizer
+    vocab = prune(tokenizer, task.train.texts, task.train.pairs, weight=get_word_embeddings(model).weight.detach().numpy(),
+                  cfg=cfg.prune, extra_texts=task.texts)
+    vocab.save(work)
+    vocab_stats = vocab.stats(inputs.hidden) | oov_stats(vocab, tokenizer, task.eval.texts, task.eval.pairs)
+    vocab_stats["keep_top"] = cfg.prune.keep_top
+    log.info("eval OOV rate %.2f%% (%d of %d tokens; %d of %d examples)", 100 * vocab_stats["eval_oov_rate"],
+             vocab_stats["eval_oov_tokens"], vocab_stats["eval_tokens"], vocab_stats["eval_examples_with_oov"],
+             vocab_stats["eval_examples"])
+    if vocab_stats["eval_unseen_tokens"] != vocab_stats["eval_oov_tokens"]:
+        log.info("eval tokens the task's text never used: %.2f%% (%d; %d examples); kept rows serve them",
+                 100 * vocab_stats["eval_unseen_rate"], vocab_stats["eval_unseen_tokens"],
+                 vocab_stats["eval_examples_with_unseen"])
+    apply_pruning(model, vocab)
+    if cfg.prune.trim_positions:
+        cut = trim_positions(model, inputs.max_length)
+        vocab_stats["position_rows_cut"] = cut
+        log.info("position table: %d of %d rows cut (inputs are truncated at %d tokens)",
+                 cut, cut + int(model.config.max_position_embeddings), inputs.max_length)
+    variants = _build_variants(model, vocab, cfg.variants)
+    if cfg.baseline:
+        # The given model: used as it is (--no-finetune), or fine-tuned like the others for the comparison.
+        variants["unpruned"] = {"model": inputs.original, "config": None, "info": {"method": "full table"}}
+    return vocab, vocab_stats, variants
+
+
+def _stages_record(cfg: RunConfig, inputs: _Inputs, vocab: "PrunedVocab", variants: dict[str, dict]) -> dict:
+    """The manifest's `stages`: what each stage did, as data."""
+    loaded, task_def = inputs.loaded, inputs.task_def
+    return {"data": inputs.task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
+            "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},
+            "finetune": {n: v["finetune"] for n, v in variants.items()} | {"enabled": inputs.ft_cfg.enabled},
+            "model": {"task": loaded.task, "head": "none" if not task_def.has_labels else "kept" if loaded.kept_head else "new"}
+            | ({"embedding": inputs.meta.embedding} if inputs.meta.embedding else {}),
+            "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
+
+
+def _validate_variants(cfg: RunConfig, inputs: _Inputs, variants: dict[str, dict], plan: dict[str, tuple | None],
+                       bundle: Path) -> list[dict]:
+    """Stage 5: each variant's model.onnx under ONNX Runtime (the unpruned baseline first) against its
+    PyTorch model and the given model; one report row each. Keeps each variant's ORT outputs and metrics
+    in `v["fp32"]`, the targets stage's reference for its quantized files."""
+    from embslim.pipeline.embedding import embedding_bytes, embedding_params
+    from embslim.pipeline.finetune import predict_outputs
+    from embslim.pipeline.validate import check_parity, validate_artifact
+
+    task, scorer = inputs.task, inputs.scorer
+    rows = []
+    for i, name in enumerate(sorted(variants, key=lambda n: n != "unpruned"), start=1):
+        log.info("validate %d/%d: %s", i, len(variants), name)
+        v = variants[name]
+        if v["model"] is inputs.original and plan[name] is None and inputs.original_outputs is not None:
+            torch_outputs = inputs.original_outputs   # the given model, untrained: its eval outputs are already here
+        else:
+            torch_outputs = predict_outputs(v["model"], inputs.loaded.tokenizer, task.eval.texts, task.eval.pairs,
+                                            max_length=inputs.max_length, batch_size=cfg.validate.batch_size,
+                                            output=inputs.task_def.primary_output)
+        metrics, outputs = validate_artifact(v["folder"], "model.onnx", task.eval, scorer=scorer, cfg=cfg.validate,
+                                             torch_outputs=torch_outputs, original_outputs=inputs.original_outputs)
+        v["fp32"] = (outputs, metrics)
+        check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate, scorer=scorer)
+        rows.append(metrics | {
+            "name": name, "precision": "fp32", "description": _describe(name, v["info"], keep=inputs.keep),
+            "file": "model.onnx" if v["folder"] == bundle else str(v["folder"] / "model.onnx"),
+            "total_params": sum(p.numel() for p in v["model"].parameters()),
+            "embedding_params": embedding_params(v["model"]),
+            "onnx_embedding_bytes": embedding_bytes(v["model"]),
+            "reconstruction_error": v["info"].get("reconstruction_error"),
+            "token_weighted_error": v["info"].get("token_weighted_error"),
+        })
+    return rows
+
+
+def _quantize_variants(cfg: RunConfig, inputs: _Inputs, variants: dict[str, dict], bundle: Path, work: Path) -> list[dict]:
+    """Stage 6: the chosen variant's quantized files per `cfg.targets`, and with `all_variants` the
+    other variants' int8 file for the first target; one report row each."""
+    from embslim.pipeline.targets import build_targets, calibration_split
+
+    common = {"scorer": inputs.scorer, "validate": cfg.validate, "original_outputs": inputs.original_outputs,
+              "calibration": calibration_split(inputs.task)}
+    rows = [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
+            build_targets(bundle, inputs.task.eval, cfg=cfg.targets, work=work, fp32=variants[cfg.chosen]["fp32"], **common)]
+    if cfg.targets.all_variants and cfg.targets.targets:
+        # the mixed file's byte budget is the bundle's: another variant's int8 body may not fit it
+        others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True,
+                         mixed=False, max_bytes=None)
+        for name, v in variants.items():
+            if v["folder"] != bundle:
+                rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
+                         build_targets(v["folder"], inputs.task.eval, cfg=others, work=work / f"targets-{_slug(name)}",
+                                       fp32=v["fp32"], **common)]
+    return rows
+
+
 def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str | None = None,
         task: TaskData | None = None, resume: bool = False) -> Path:
     """Run every stage and write the bundle to `out` (the chosen variant's model.onnx, plus a
@@ -468,174 +617,75 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
     instead of fine-tuned again, so a run that died in a later stage restarts in minutes.
     With fine-tuning off (`cfg.finetune.enabled` False, --no-finetune) the given trained model is
     pruned and exported as it is, and every artifact is compared with it."""
-    from embslim.pipeline.bundle import (check_output, export_model, expose_manifest, make_work_dir, manifest_path,
-                                         staged_bundle, write_manifest)
+    from embslim.pipeline.bundle import (check_output, export_model, expose_manifest, manifest_path, staged_bundle,
+                                         write_manifest)
     from embslim.pipeline.card import write_card
-    from embslim.pipeline.embedding import apply_pruning, embedding_bytes, embedding_params, trim_positions
-    from embslim.pipeline.finetune import is_main_process, predict_outputs, process_rank
-    from embslim.pipeline.model import get_word_embeddings
+    from embslim.pipeline.finetune import is_main_process, process_rank
     from embslim.pipeline.report import write_report
-    from embslim.pipeline.scoring import load_probes, scorer_for
-    from embslim.pipeline.targets import build_targets, calibration_split
-    from embslim.pipeline.tasks import get_task
-    from embslim.pipeline.validate import check_parity, validate_artifact
-    from embslim.pipeline.vocab import fingerprint_dict, oov_stats, prune
+    from embslim.pipeline.vocab import fingerprint_dict
 
     out = check_output(out, force=force)   # nothing is created until the inputs below are checked
     work = check_output(out.with_name(out.name + ".work"), kind="work", force=True, flag="work folder")
     total = 7
     t_start = time.perf_counter()
-
     with stage(1, total, "load task data and model"):
-        task, loaded = load_inputs(cfg, task=task, data_root=data_root)
-        task_def = get_task(loaded.task)
-        keep = not cfg.finetune.enabled or task_def.keeps_model   # the given model is used as trained
-        # Sentence embeddings: only the kNN / pair data is labelled, and it is read before anything is written.
-        scorer = scorer_for(loaded.task, n_labels=len(task.label_names), label_names=task.label_names,
-                            probes=None if task_def.has_labels else
-                            load_probes(task, cfg.validate, data_root=data_root, clinc_eval_split=cfg.data.clinc_eval_split))
-        make_work_dir(work, remove_trainers=process_rank()[1] == 1)   # created only now the inputs are checked
-        max_length = min(cfg.finetune.max_length, int(getattr(loaded.model.config, "max_position_embeddings", 512)))
-        ft_cfg = replace(cfg.finetune, max_length=max_length, enabled=cfg.finetune.enabled and not task_def.keeps_model)
-        hidden = int(get_word_embeddings(loaded.model).embedding_dim)
-        params_before = sum(p.numel() for p in loaded.model.parameters())
-        original = copy.deepcopy(loaded.model) if cfg.baseline or loaded.kept_head else None
-        original_logits = None   # the given model's outputs on the eval texts (logits, or sentence embeddings)
-        if loaded.kept_head:   # every artifact is compared with the model the user gave
-            original_logits = predict_outputs(original, loaded.tokenizer, task.eval.texts, task.eval.pairs,
-                                              max_length=max_length, batch_size=cfg.validate.batch_size,
-                                              output=task_def.primary_output,
-                                              desc=f"the given model's {task_def.primary_output} on the eval texts")
-            if not task.eval.labelled and task_def.has_labels:   # unlabelled held-out text: its labels are the reference
-                task = replace(task, eval=task.eval.with_labels(original_logits.argmax(-1)), eval_labels_source="model")
-        meta = bundle_meta(loaded, task, max_length=max_length)
-
+        inputs = _load_stage(cfg, task=task, data_root=data_root, work=work)
     with stage(2, total, "prune the vocabulary (DEP) and fit compressors"):
-        weight = get_word_embeddings(loaded.model).weight.detach().numpy()
-        vocab = prune(loaded.tokenizer, task.train.texts, task.train.pairs, weight=weight, cfg=cfg.prune,
-                      extra_texts=task.texts)
-        vocab.save(work)
-        vocab_stats = vocab.stats(hidden) | oov_stats(vocab, loaded.tokenizer, task.eval.texts, task.eval.pairs)
-        vocab_stats["keep_top"] = cfg.prune.keep_top
-        log.info("eval OOV rate %.2f%% (%d of %d tokens; %d of %d examples)", 100 * vocab_stats["eval_oov_rate"],
-                 vocab_stats["eval_oov_tokens"], vocab_stats["eval_tokens"], vocab_stats["eval_examples_with_oov"],
-                 vocab_stats["eval_examples"])
-        if vocab_stats["eval_unseen_tokens"] != vocab_stats["eval_oov_tokens"]:
-            log.info("eval tokens the task's text never used: %.2f%% (%d; %d examples); kept rows serve them",
-                     100 * vocab_stats["eval_unseen_rate"], vocab_stats["eval_unseen_tokens"],
-                     vocab_stats["eval_examples_with_unseen"])
-        apply_pruning(loaded.model, vocab)
-        if cfg.prune.trim_positions:
-            cut = trim_positions(loaded.model, max_length)
-            vocab_stats["position_rows_cut"] = cut
-            log.info("position table: %d of %d rows cut (inputs are truncated at %d tokens)",
-                     cut, cut + int(loaded.model.config.max_position_embeddings), max_length)
-        variants = _build_variants(loaded.model, vocab, cfg.variants)
-        if cfg.baseline:
-            # The given model: used as it is (--no-finetune), or fine-tuned like the others for the comparison.
-            variants["unpruned"] = {"model": original, "config": None, "info": {"method": "full table"}}
-
-    plan = _training_plan(cfg, task, variants, original, ft_cfg)
+        vocab, vocab_stats, variants = _prune_stage(cfg, inputs, work)
+    plan = _training_plan(cfg, inputs.task, variants, inputs.original, inputs.ft_cfg)
     trained = [n for n in variants if plan[n] is not None]
     with stage(3, total, f"fine-tune ({', '.join(trained) or 'nothing: the given model is kept as trained'})"):
-        _train_variants(variants, plan, loaded=loaded, task=task, meta=meta, work=work, resume=resume,
-                        fingerprint_parts={"weights": loaded.weights_sha256, "model": loaded.name,
-                                           "data": _task_digest(task), "max_length": max_length,
+        _train_variants(variants, plan, loaded=inputs.loaded, task=inputs.task, meta=inputs.meta, work=work, resume=resume,
+                        fingerprint_parts={"weights": inputs.loaded.weights_sha256, "model": inputs.loaded.name,
+                                           "data": _task_digest(inputs.task), "max_length": inputs.max_length,
                                            "prune": fingerprint_dict(cfg.prune), "kept": vocab.kept_ids.tolist()})
     if not is_main_process():   # under torchrun / accelerate: every rank trained; rank 0 exports and writes
         log.info("rank %d of %d: fine-tuning done; rank 0 writes the bundle", *process_rank())
         _leave_process_group()
         return out
 
-    stages = {"data": task.summary(), "prune": asdict(cfg.prune) | {"kept_rows": vocab.size},
-              "compress": {n: v["info"] for n, v in variants.items() if n != "unpruned"},
-              "finetune": {n: v["finetune"] for n, v in variants.items()} | {"enabled": ft_cfg.enabled},
-              "model": {"task": loaded.task, "head": "none" if not task_def.has_labels else "kept" if loaded.kept_head else "new"}
-              | ({"embedding": meta.embedding} if meta.embedding else {}),
-              "export": {"opset": cfg.opset, "exporter": "torch.onnx (TorchScript)"}}
+    stages = _stages_record(cfg, inputs, vocab, variants)
     with staged_bundle(out, force=force) as bundle:
         for name, v in variants.items():
             v["folder"] = bundle if name == cfg.chosen else work / _slug(name)
         with stage(4, total, "export to ONNX and check parity with PyTorch"):
             for i, (name, v) in enumerate(variants.items(), start=1):
                 log.info("export %d/%d: %s", i, len(variants), name)
-                v["artifacts"] = export_model(v["model"], loaded.tokenizer, v["folder"], meta=meta, opset=cfg.opset,
-                                              atol=cfg.validate.parity_atol, stages=stages)
-
+                v["artifacts"] = export_model(v["model"], inputs.loaded.tokenizer, v["folder"], meta=inputs.meta,
+                                              opset=cfg.opset, atol=cfg.validate.parity_atol, stages=stages)
         expose_manifest(bundle)   # the runtime loads the staged bundle from here on
         with stage(5, total, "validate under ONNX Runtime (accuracy, parity, latency, memory)"):
-            rows = []
-            for i, name in enumerate((["unpruned"] if "unpruned" in variants else []) + [n for n in variants if n != "unpruned"], start=1):
-                log.info("validate %d/%d: %s", i, len(variants), name)
-                v = variants[name]
-                if v["model"] is original and plan[name] is None and original_logits is not None:
-                    torch_logits = original_logits   # the given model, untrained: its eval logits are already here
-                else:
-                    torch_logits = predict_outputs(v["model"], loaded.tokenizer, task.eval.texts, task.eval.pairs,
-                                                   max_length=max_length, batch_size=cfg.validate.batch_size,
-                                                   output=task_def.primary_output)
-                metrics, outputs = validate_artifact(v["folder"], "model.onnx", task.eval, scorer=scorer, cfg=cfg.validate,
-                                                     torch_outputs=torch_logits, original_outputs=original_logits)
-                v["fp32"] = (outputs, metrics)   # the targets stage's reference for this variant's quantized files
-                check_parity(f"{name} model.onnx", metrics, cfg=cfg.validate, scorer=scorer)
-                rows.append(metrics | {
-                    "name": name, "precision": "fp32", "description": _describe(name, v["info"], keep=keep),
-                    "file": "model.onnx" if v["folder"] == bundle else str(v["folder"] / "model.onnx"),
-                    "total_params": sum(p.numel() for p in v["model"].parameters()),
-                    "embedding_params": embedding_params(v["model"]),
-                    "onnx_embedding_bytes": embedding_bytes(v["model"]),
-                    "reconstruction_error": v["info"].get("reconstruction_error"),
-                    "token_weighted_error": v["info"].get("token_weighted_error"),
-                })
-
+            rows = _validate_variants(cfg, inputs, variants, plan, bundle)
         with stage(6, total, f"quantize for {', '.join(cfg.targets.targets) or 'no targets'}"
                               + (" (every variant)" if cfg.targets.all_variants and cfg.targets.targets else "")):
-            rows += [r | {"name": f"{cfg.chosen} {r['name']}", "base": cfg.chosen} for r in
-                     build_targets(bundle, task.eval, scorer=scorer, cfg=cfg.targets,
-                                   validate=cfg.validate, work=work, original_outputs=original_logits,
-                                   fp32=variants[cfg.chosen]["fp32"], calibration=calibration_split(task))]
-            if cfg.targets.all_variants and cfg.targets.targets:
-                # the mixed file's byte budget is the bundle's: another variant's int8 body may not fit it
-                others = replace(cfg.targets, targets=cfg.targets.targets[:1], mobile=False, allow_drop=True,
-                                 mixed=False, max_bytes=None)
-                for name, v in variants.items():
-                    if v["folder"] != bundle:
-                        rows += [r | {"name": f"{name} {r['name']}", "base": name, "file": str(v["folder"] / r["file"])} for r in
-                                 build_targets(v["folder"], task.eval, scorer=scorer, cfg=others,
-                                               validate=cfg.validate, work=work / f"targets-{_slug(name)}",
-                                               original_outputs=original_logits, fp32=v["fp32"],
-                                               calibration=calibration_split(task))]
-
+            rows += _quantize_variants(cfg, inputs, variants, bundle, work)
         with stage(7, total, "write manifest and report"):
             artifacts = json.loads(manifest_path(bundle).read_text())["artifacts"]   # fp32 + what the targets added
-            write_manifest(bundle, meta=meta, pad_id=int(loaded.tokenizer.pad_token_id or 0), artifacts=artifacts,
-                           stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
+            write_manifest(bundle, meta=inputs.meta, pad_id=int(inputs.loaded.tokenizer.pad_token_id or 0),
+                           artifacts=artifacts, stages=stages | {"bundle_variant": cfg.chosen, "targets": asdict(cfg.targets)},
                            metrics={r["name"]: r for r in rows})
-            report = _report(cfg, task, loaded, vocab, vocab_stats, variants, rows, ft_cfg=ft_cfg, hidden=hidden,
-                             params_before=params_before, work=work, seconds=time.perf_counter() - t_start,
-                             probes=getattr(scorer, "probes", None))
+            report = _report(cfg, inputs, vocab, vocab_stats, variants, rows, work=work,
+                             seconds=time.perf_counter() - t_start)
             write_report(report, bundle)
-            write_card(bundle, report=report, source_dir=loaded.path)
+            write_card(bundle, report=report, source_dir=inputs.loaded.path)
     return out
 
 
-def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "PrunedVocab", vocab_stats: dict,
-            variants: dict[str, dict], rows: list[dict], *, ft_cfg: "FinetuneConfig", hidden: int, params_before: int,
-            work: Path, seconds: float, probes: Any = None) -> dict:
+def _report(cfg: RunConfig, inputs: _Inputs, vocab: "PrunedVocab", vocab_stats: dict, variants: dict[str, dict],
+            rows: list[dict], *, work: Path, seconds: float) -> dict:
     """report.json's content: the model, task, vocabulary, fine-tune settings, one row per artifact, notes."""
-    from embslim.pipeline.tasks import get_task
+    from embslim.pipeline.sentence import SentenceEncoder
 
-    task_def = get_task(loaded.task)
+    task, loaded, task_def, ft_cfg = inputs.task, inputs.loaded, inputs.task_def, inputs.ft_cfg
+    probes = getattr(inputs.scorer, "probes", None)
     ft = variants[cfg.chosen]["finetune"]
     corpus = (f"the training split ({len(task.train)} examples)" if len(task.train) else "") + (
         f"{' and ' if len(task.train) else ''}{len(task.texts)} --text lines" if task.texts else "")
-    spec = getattr(loaded.model, "spec", None)
-    model = {"name": loaded.name, "family": loaded.model.config.model_type, "hidden_size": hidden,
-             "vocab_size": vocab.original_size, "total_params": params_before, "task": loaded.task,
+    model = {"name": loaded.name, "family": loaded.model.config.model_type, "hidden_size": inputs.hidden,
+             "vocab_size": vocab.original_size, "total_params": inputs.params_before, "task": loaded.task,
              "head": "none" if not task_def.has_labels else "kept (its own labels)" if loaded.kept_head else "new"}
-    if spec is not None:
-        model |= {"pooling": spec.mode, "normalize": spec.normalize, "dense": len(spec.dense),
-                  "embedding_dim": loaded.model.embedding_dim}
+    if isinstance(loaded.model, SentenceEncoder):
+        model |= loaded.model.describe()
     return {
         "title": f"embslim footprint report: {task.name}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -653,7 +703,7 @@ def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "Prune
                     | ({"distill_loss": ft_cfg.distill_loss} if not task_def.has_labels else {}),
         "variants": rows,
         "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}."]
-                 + _metric_notes(cfg, task, task_def, probes, rows)
+                 + _metric_notes(cfg, inputs, rows)
                  + ([f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
                      f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
                      "peak RSS: VmHWM of that fresh process (model load + inference)."] if cfg.validate.measure else [])
@@ -661,9 +711,6 @@ def _report(cfg: RunConfig, task: TaskData, loaded: "LoadedModel", vocab: "Prune
                  + (["reconstruction error: ||E - E_hat||_F / ||E||_F of the compressed DEP matrix before fine-tuning."]
                     if any(r.get("reconstruction_error") is not None for r in rows) else [])
                  + [f"total wall time {seconds:.0f} s."]
-                 + (["fine-tuning off (--no-finetune): the given model's weights are kept; \"agrees with given model\" "
-                     "is each file's label agreement with the given PyTorch model on the eval texts, and \"max |Δlogit| "
-                     "vs given model\" the largest logit difference there."] if not ft_cfg.enabled and task_def.has_labels else [])
                  + method_picks(rows, {n: v["info"]["method"] for n, v in variants.items()}, key=scorer_key(rows)),
     }
 
@@ -675,41 +722,22 @@ def scorer_key(rows: list[dict]) -> str:
                 "accuracy")
 
 
-def _metric_notes(cfg: RunConfig, task: TaskData, task_def: Any, probes: Any, rows: list[dict]) -> list[str]:
-    if task_def.has_labels:
-        return [f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
-                f"{cfg.validate.batch_size} with per-batch padding"
-                + ("; the eval texts have no gold labels, so accuracy = agreement with the given model's labels."
-                   if task.eval_labels_source == "model" else ".")]
-    info = probes.describe() if probes is not None else {}
-    notes = [f"ONNX Runtime CPU, through embslim.runtime.Embedder (batch {cfg.validate.batch_size}, per-batch padding); "
-             f"cosine = cosine between each file's sentence embeddings and the given (unpruned, PyTorch) model's on the "
-             f"{len(task.eval)} held-out texts: mean, 1st percentile and min."]
-    if "knn" in info:
-        notes.append(f"kNN accuracy: nearest neighbour (k = 1, cosine) of each of {info['knn']['n_queries']} queries "
-                     f"among {info['knn']['n_index']} index texts, correct when it has the query's label; data "
-                     f"{info['knn']['source']}; classes left out: {', '.join(cfg.validate.knn_ignore_labels) or 'none'}.")
-    if "pairs" in info:
-        notes.append(f"pair AUC: ROC-AUC of the cosine of each of {info['pairs']['n_pairs']} text pairs against their "
-                     f"0/1 label ({info['pairs']['source']}).")
-    notes.append("no fine-tuning: a sentence encoder is kept as trained; variants marked +distill learn their compressed "
-                 "embedding from the given model's sentence embeddings on the corpus.")
-    return notes + _embedding_advice(rows)
+def _metric_notes(cfg: RunConfig, inputs: _Inputs, rows: list[dict]) -> list[str]:
+    """The report's notes on how the metrics were measured: labelled tasks here, sentence embeddings'
+    in `sentence.report_notes`."""
+    from embslim.pipeline.sentence import report_notes
 
-
-def _embedding_advice(rows: list[dict]) -> list[str]:
-    """A warning (logged, and a report note) for each fp32 embedder far from the original: usually
-    words of the held-out texts the corpus never used, read through another word's row."""
-    out = []
-    for r in rows:
-        if not r.get("base") and r["name"] != "unpruned" and r.get("cosine_mean", 1.0) < 0.99:
-            line = (f"{r['name']}: mean cosine to the original {r['cosine_mean']:.4f} (p1 {r['cosine_p1']:.4f}) on the "
-                    "held-out texts. Words the corpus never used read another word's row; keep a row of their own with "
-                    "--keep-top 30522 --variant messi:k=5,j=64,exact_seen=true (README, \"Sentence embeddings\"), or "
-                    "give a corpus closer to the app's text.")
-            log.warning(line)
-            out.append("WARNING " + line)
-    return out
+    task = inputs.task
+    if not inputs.task_def.has_labels:
+        return report_notes(getattr(inputs.scorer, "probes", None), rows, n_eval=len(task.eval),
+                            batch_size=cfg.validate.batch_size, knn_ignore_labels=cfg.validate.knn_ignore_labels)
+    return ([f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
+             f"{cfg.validate.batch_size} with per-batch padding"
+             + ("; the eval texts have no gold labels, so accuracy = agreement with the given model's labels."
+                if task.eval_labels_source == "model" else ".")]
+            + (["fine-tuning off (--no-finetune): the given model's weights are kept; \"agrees with given model\" "
+                "is each file's label agreement with the given PyTorch model on the eval texts, and \"max |Δlogit| "
+                "vs given model\" the largest logit difference there."] if not inputs.ft_cfg.enabled else []))
 
 
 def method_picks(rows: list[dict], methods: Mapping[str, str], *, key: str = "accuracy") -> list[str]:

@@ -19,13 +19,15 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 from transformers.utils import ModelOutput
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from embslim.pipeline.scoring import EmbeddingProbes
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +243,11 @@ class SentenceEncoder(torch.nn.Module):
     def embedding_dim(self) -> int:
         return self.spec.dense[-1].out_features if self.spec.dense else int(self.config.hidden_size)
 
+    def describe(self) -> dict:
+        """The report's model fields for the modules after the encoder."""
+        return {"pooling": self.spec.mode, "normalize": self.spec.normalize, "dense": len(self.spec.dense),
+                "embedding_dim": self.embedding_dim}
+
     def forward(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor",
                 token_type_ids: "torch.Tensor | None" = None, **_: object) -> SentenceOutput:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
@@ -288,3 +295,33 @@ def write_sentence_transformers_files(folder: str | Path, spec: PoolingSpec, *, 
     (folder / "config_sentence_transformers.json").write_text(json.dumps(
         {"__version__": {"embslim": "bundle"}, "similarity_fn_name": "cosine"}, indent=2))
     return written
+
+
+def report_notes(probes: "EmbeddingProbes | None", rows: Sequence[dict], *, n_eval: int, batch_size: int,
+                 knn_ignore_labels: Sequence[str] = ()) -> list[str]:
+    """The report's notes on how a sentence-embedding bundle's metrics were measured (cosine to the
+    given model, kNN accuracy, pair AUC), then a warning (logged too) for each fp32 file of `rows` whose
+    mean cosine to the original is under 0.99: usually words of the held-out texts the corpus never used,
+    read through another word's row."""
+    info = probes.describe() if probes is not None else {}
+    notes = [f"ONNX Runtime CPU, through embslim.runtime.Embedder (batch {batch_size}, per-batch padding); "
+             f"cosine = cosine between each file's sentence embeddings and the given (unpruned, PyTorch) model's on the "
+             f"{n_eval} held-out texts: mean, 1st percentile and min."]
+    if "knn" in info:
+        notes.append(f"kNN accuracy: nearest neighbour (k = 1, cosine) of each of {info['knn']['n_queries']} queries "
+                     f"among {info['knn']['n_index']} index texts, correct when it has the query's label; data "
+                     f"{info['knn']['source']}; classes left out: {', '.join(knn_ignore_labels) or 'none'}.")
+    if "pairs" in info:
+        notes.append(f"pair AUC: ROC-AUC of the cosine of each of {info['pairs']['n_pairs']} text pairs against their "
+                     f"0/1 label ({info['pairs']['source']}).")
+    notes.append("no fine-tuning: a sentence encoder is kept as trained; variants marked +distill learn their compressed "
+                 "embedding from the given model's sentence embeddings on the corpus.")
+    for r in rows:
+        if not r.get("base") and r["name"] != "unpruned" and r.get("cosine_mean", 1.0) < 0.99:
+            line = (f"{r['name']}: mean cosine to the original {r['cosine_mean']:.4f} (p1 {r['cosine_p1']:.4f}) on the "
+                    "held-out texts. Words the corpus never used read another word's row; keep a row of their own with "
+                    "--keep-top 30522 --variant messi:k=5,j=64,exact_seen=true (README, \"Sentence embeddings\"), or "
+                    "give a corpus closer to the app's text.")
+            log.warning(line)
+            notes.append("WARNING " + line)
+    return notes

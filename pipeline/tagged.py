@@ -52,6 +52,31 @@ _TAG = re.compile(r"^(?P<prefix>[BIESUL])-(?P<type>\S+)$")
 Sentence = tuple[tuple[str, ...], tuple[str, ...], str]
 
 
+def tagged_task(task: TaskData, requested: str | None) -> str | None:
+    """The task a run's data asks for: `requested` (--task), or token-classification for word-tagged
+    data (CoNLL / tagged JSONL), else None (inferred from the model). Raises DataError (one line) when
+    word-tagged data meets a task that takes whole texts."""
+    from embslim.pipeline.tasks import get_task
+
+    if task.eval.words is None:
+        return requested
+    if requested is not None and not get_task(requested).token_level:
+        raise DataError(f"the data is word-tagged (CoNLL / tagged JSONL), which --task {requested} does not take; "
+                        "pass --task token-classification")
+    return requested or "token-classification"
+
+
+def check_words(task: TaskData, task_name: str, *, model: str, asked: bool) -> None:
+    """DataError (one line) when `task_name` is token classification and the data holds whole texts.
+    `asked`: the task came from --task, not from the model's head."""
+    from embslim.pipeline.tasks import get_task
+
+    if get_task(task_name).token_level and task.eval.words is None:
+        raise DataError(f"{'--task token-classification' if asked else f'model {model!r} is a token classifier, which'} "
+                        "needs word-tagged data (CoNLL 'word<TAB>tag' lines, or JSONL with \"tokens\" and \"tags\"), but "
+                        "the data holds whole texts; pass .conll --train/--eval files, or another model / --task")
+
+
 def is_tagged_file(path: Path) -> bool:
     """True for a CoNLL file (by extension) or a JSONL file whose first record has "tokens"."""
     if path.suffix.lower() in TAGGED_EXTENSIONS:
