@@ -634,28 +634,30 @@ def _pack_int4(values: np.ndarray) -> bytes:
     return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
 
 
-def _int4_matmul_weights(original: "onnx.ModelProto", cfg: QuantizeConfig, exclude: Sequence[str]) -> dict[str, str]:
-    """MatMul node name -> float weight name of the MatMuls of `original` that take 4-bit under `cfg`
-    (all not excluded for bits=4, those in `int4_nodes` for a mixed file)."""
-    floats = {i.name for i in original.graph.initializer if i.data_type in _FLOAT_TYPES and len(i.dims) == 2}
-    skip = set(exclude)
-    wanted = None if cfg.int4_nodes is None else set(cfg.int4_nodes)
-    return {n.name: n.input[1] for n in original.graph.node
-            if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in floats and n.name not in skip
-            and (wanted is None or n.name in wanted)}
+def _matmul_weights(model: "onnx.ModelProto", *, only: "Sequence[str] | None" = None,
+                    skip: Sequence[str] = ()) -> dict[str, str]:
+    """MatMul node name -> float weight name, for the MatMuls of `model` whose second input is a 2-D float
+    initializer (`_float_weight_nodes`), in `only` (None: all) and not in `skip`: the weights kernel 'int8'
+    stores per output column."""
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    second = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    wanted, skipped = None if only is None else set(only), set(skip)
+    return {name: second[name] for name, (op, ws) in _float_weight_nodes(model).items()
+            if op == "MatMul" and second[name] in ws and ranks[second[name]] == 2 and name not in skipped
+            and (wanted is None or name in wanted)}
 
 
-def _int4_columns(path: Path, original: "onnx.ModelProto", weights: dict[str, str],
-                  columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """In the int8 file at `path` (quantize_dynamic's output of `original`, per channel, s8 weights), store
+def _int4_columns(model: "onnx.ModelProto", weights: dict[str, str],
+                  columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> "onnx.ModelProto":
+    """In `model` (quantize_dynamic's int8 output, per channel, s8 weights), store
     the int8 weights of `weights` (MatMul node -> float weight name in `original`) as 4-bit: an INT4
     initializer `<weight>_int4` of `columns[weight]` (`_column_weights`), a Cast to int8 whose
     output keeps the name MatMulInteger reads (`<weight>_quantized`), and the column scales in
-    `<weight>_scale`. The default opset goes to 21 (ONNX's version converter) for INT4. Rewrites `path`."""
+    `<weight>_scale`. The default opset goes to 21 (ONNX's version converter) for INT4. Returns the new
+    model (the input is modified too)."""
     import onnx
     from onnx import helper, numpy_helper, version_converter
 
-    model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     uses = Counter(x for n in model.graph.node for x in n.input)
     replaced: dict[str, "onnx.TensorProto"] = {}
@@ -686,7 +688,7 @@ def _int4_columns(path: Path, original: "onnx.ModelProto", weights: dict[str, st
         present = {o.domain for o in model.opset_import}
         model.opset_import.extend(o for o in others if o.domain not in present)
     model.ir_version = max(model.ir_version, 10)
-    onnx.save(model, str(path))
+    return model
 
 
 def fake_int4_columns(model: "onnx.ModelProto", nodes: Sequence[str], cfg: QuantizeConfig,
@@ -698,10 +700,7 @@ def fake_int4_columns(model: "onnx.ModelProto", nodes: Sequence[str], cfg: Quant
     import onnx
     from onnx import numpy_helper
 
-    wanted = set(nodes)
-    weights = {n.name: n.input[1] for n in model.graph.node if n.name in wanted and n.op_type == "MatMul"}
-    floats = {i.name for i in model.graph.initializer if i.data_type in _FLOAT_TYPES and len(i.dims) == 2}
-    weights = {n: w for n, w in weights.items() if w in floats}
+    weights = _matmul_weights(model, only=nodes)
     if not weights:
         return
     columns = _column_weights(model, weights, cfg, calibration, hessians)
@@ -773,15 +772,15 @@ def _int4_casts(model: "onnx.ModelProto") -> set[str]:
 
 
 def _check_output(original: "onnx.ModelProto", tmp: Path, tables: dict[str, str], *, what: str,
-                  hint: str) -> "onnx.ModelProto":
-    """The quantized file `tmp`, after the checks every quantizer's output passes: each integer index
-    table byte-for-byte as in `original`, and loadable by ONNX Runtime (QuantizationError naming
-    `what` otherwise, with `hint` for the latter). Made world-readable like the bundle's other files
-    (mkstemp created it 0600)."""
+                  hint: str, written: "onnx.ModelProto | None" = None) -> "onnx.ModelProto":
+    """The quantized file `tmp` (`written`: the model just saved there, when the caller has it), after the
+    checks every quantizer's output passes: each integer index table byte-for-byte as in `original`, and
+    loadable by ONNX Runtime (QuantizationError naming `what` otherwise, with `hint` for the latter).
+    Made world-readable like the bundle's other files (mkstemp created it 0600)."""
     import onnx
     import onnxruntime as ort
 
-    result = onnx.load(str(tmp))
+    result = written if written is not None else onnx.load(str(tmp))
     problems = _check_index_tables(original, result, tables)
     if problems:
         raise QuantizationError(f"{what} broke an integer index table: {'; '.join(problems)}; "
@@ -847,17 +846,20 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
             # int8: everything; 4-bit: the fallback for what MatMulNBits cannot take (fused Attention,
             # Gemm, tables it skipped). Nodes already 4-bit are no longer MatMul/Gather, so untouched.
             _quantize_int8(work, tmp, cfg=cfg, exclude=excluded)
+            written = None
             if (cfg.bits == 4 or cfg.mixed) and cfg.kernel == "int8":
-                four_bit = _int4_matmul_weights(original, cfg, excluded)
+                four_bit = _matmul_weights(original, only=cfg.int4_nodes, skip=excluded)
                 if four_bit:
-                    _int4_columns(tmp, original, four_bit, _column_weights(original, four_bit, cfg, calibration))
+                    written = _int4_columns(onnx.load(str(tmp)), four_bit,
+                                            _column_weights(original, four_bit, cfg, calibration))
+                    onnx.save(written, str(tmp))
         except QuantizationError:
             raise
         except Exception as e:
             raise QuantizationError(f"quantizing {model_in.name} ({cfg.variant}, {cfg.target}) failed: "
                                     f"{type(e).__name__}: {e}") from e
         result_model = _check_output(original, tmp, tables, what=f"quantized {model_in.name}",
-                                     hint="try bits=8, or include_embeddings=False")
+                                     hint="try bits=8, or include_embeddings=False", written=written)
         os.replace(tmp, model_out)
     finally:
         tmp.unlink(missing_ok=True)
