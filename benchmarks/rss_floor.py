@@ -6,6 +6,8 @@
 Prints one table, each figure the median of --rounds fresh processes:
 - the probe process before any session (`python -m embslim.pipeline.probe` imports numpy,
   onnxruntime and embslim.runtime, as an app would): what no model file can go below;
+- the probe on a graph with no weights (Cast + ReduceMean of input_ids): the process plus what any
+  onnxruntime CPU session costs, its code paged in, thread pool and allocator;
 - each file as it is (`embslim.pipeline.probe`: load, 20 warm-up and --runs timed runs at batch 1
   x 32 tokens, peak RSS = VmHWM);
 - the same file with its weights moved to an external data file (`onnx.save_model(...,
@@ -52,6 +54,21 @@ def external_copy(model: Path, folder: Path) -> Path:
     return out
 
 
+def empty_graph(folder: Path) -> Path:
+    """An ONNX file with no weights: input_ids -> Cast -> ReduceMean -> logits [batch, 1]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["ids"], ["logits"], axes=[1], keepdims=1)], "no_weights",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])])
+    out = folder / "no_weights.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from embslim.pipeline.probe import measure
 
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [("probe process, no session", None, base_rss(args.rounds), None)]
     with tempfile.TemporaryDirectory() as tmp:
+        rows.append(("a session on a graph with no weights", None, peak(empty_graph(Path(tmp))), None))
         for model in args.models:
             folder = Path(tmp) / str(len(rows))
             folder.mkdir()
