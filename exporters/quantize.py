@@ -47,7 +47,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -185,6 +185,10 @@ class QuantizeConfig:
                 raise ValueError(f"accuracy_level {self.accuracy_level} sets MatMulNBits' compute, and kernel 'int8' runs "
                                  "no MatMulNBits (its activations are int8 already); leave it out, or use kernel "
                                  "'matmulnbits'")
+            if (self.bits == 4 or self.int4_nodes is not None) and TARGETS[self.target].weight_type != "QInt8":
+                raise ValueError(f"kernel 'int8' runs 4-bit weights as s8 int8 ones, and target {self.target}'s int8 "
+                                 "weights are u8; build the 4-bit and mixed files for arm64 or avx512-vnni (first in "
+                                 "--targets), or use kernel 'matmulnbits'")
         if self.algorithm not in INT4_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(INT4_ALGORITHMS)}, got {self.algorithm!r}; "
                              "rtn needs no data and is the default")
@@ -429,9 +433,6 @@ def _gptq_matmuls(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: lis
 
     from onnxruntime.quantization.neural_compressor.weight_only import gptq_quantize
 
-    if not calibration:
-        raise QuantizationError("algorithm 'gptq' needs calibration feeds (quantize(..., calibration=[{input: "
-                                "array}, ...])); the targets stage makes them from the task's training text")
     skip = set(exclude)
     config = {n.name: ("fp32" if n.name in skip else
                        {"bits": 4, "group_size": cfg.block_size, "scheme": "sym" if cfg.symmetric else "asym",
@@ -574,11 +575,11 @@ def gptq_columns_4bit(weight: np.ndarray, hessian: np.ndarray, *, damp: float = 
     return out, scales
 
 
-def input_hessians(model: "onnx.ModelProto", tensors: Sequence[str],
-                   feeds: "Sequence[dict[str, np.ndarray]]") -> dict[str, np.ndarray]:
-    """For each float tensor name in `tensors` (MatMul inputs [..., K] of `model`), the sum of x x^T
-    ([K, K] float64) over its rows x on `feeds`, rows of padding tokens (attention_mask 0) left out:
-    GPTQ's Hessian up to a factor 2. One ORT pass per feed with the tensors as extra outputs."""
+def tensor_values(model: "onnx.ModelProto", tensors: Sequence[str],
+                  feeds: "Sequence[dict[str, np.ndarray]]") -> "Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]":
+    """For each feed of `feeds` (graph input name -> array; names the graph lacks are left out), the feed
+    and the values of `tensors` (names of float tensors of `model`) on it: one ONNX Runtime CPU pass per
+    feed on a copy of `model` with the tensors as extra outputs."""
     import onnx
     import onnxruntime as ort
 
@@ -590,9 +591,17 @@ def input_hessians(model: "onnx.ModelProto", tensors: Sequence[str],
     opts.log_severity_level = 3
     session = ort.InferenceSession(work.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    sums: dict[str, np.ndarray] = {}
     for feed in feeds:
-        got = session.run(list(tensors), {k: v for k, v in feed.items() if k in names})
+        yield feed, session.run(list(tensors), {k: v for k, v in feed.items() if k in names})
+
+
+def input_hessians(model: "onnx.ModelProto", tensors: Sequence[str],
+                   feeds: "Sequence[dict[str, np.ndarray]]") -> dict[str, np.ndarray]:
+    """For each float tensor name in `tensors` (MatMul inputs [..., K] of `model`), the sum of x x^T
+    ([K, K] float64) over its rows x on `feeds`, rows of padding tokens (attention_mask 0) left out:
+    GPTQ's Hessian up to a factor 2 (`tensor_values`)."""
+    sums: dict[str, np.ndarray] = {}
+    for feed, got in tensor_values(model, tensors, feeds):
         mask = feed.get("attention_mask")
         for name, x in zip(tensors, got):
             rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
@@ -600,6 +609,14 @@ def input_hessians(model: "onnx.ModelProto", tensors: Sequence[str],
                 rows = rows[mask.reshape(-1) > 0]
             sums[name] = sums.get(name, 0) + rows.T @ rows
     return sums
+
+
+def matmul_hessians(model: "onnx.ModelProto", feeds: "Sequence[dict[str, np.ndarray]]",
+                    nodes: "Sequence[str] | None" = None) -> dict[str, np.ndarray]:
+    """`input_hessians` of the inputs of `model`'s per-column MatMuls (`_matmul_weights`; `nodes`: only
+    those): what GPTQ per column needs, by MatMul input name, for every file built from `model`."""
+    weights = _matmul_weights(model, only=nodes)
+    return input_hessians(model, sorted({n.input[0] for n in model.graph.node if n.name in weights}), feeds)
 
 
 def _column_weights(model: "onnx.ModelProto", weights: dict[str, str], cfg: QuantizeConfig,
@@ -610,9 +627,6 @@ def _column_weights(model: "onnx.ModelProto", weights: dict[str, str], cfg: Quan
     them (`input_hessians`); "rtn": the weights alone)."""
     from onnx import numpy_helper
 
-    if cfg.algorithm == "gptq" and not calibration and hessians is None:
-        raise QuantizationError("algorithm 'gptq' needs calibration feeds (quantize(..., calibration=[{input: "
-                                "array}, ...])); the targets stage makes them from the task's training text")
     inits = {i.name: i for i in model.graph.initializer}
     inputs = {n.name: n.input[0] for n in model.graph.node if n.name in weights}
     if cfg.algorithm == "gptq" and hessians is None:
@@ -629,9 +643,7 @@ def _pack_int4(values: np.ndarray) -> bytes:
     """int values in -8..7, any shape -> ONNX INT4 raw data: two's complement nibbles, two per byte, the
     first element in the low nibble (a zero nibble pads an odd count)."""
     nibbles = (np.asarray(values).reshape(-1).astype(np.int16) & 15).astype(np.uint8)
-    if nibbles.size % 2:
-        nibbles = np.append(nibbles, np.uint8(0))
-    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+    return _pack_nibbles(np.pad(nibbles, (0, nibbles.size % 2))[None]).tobytes()
 
 
 def _matmul_weights(model: "onnx.ModelProto", *, only: "Sequence[str] | None" = None,
@@ -667,9 +679,6 @@ def _int4_columns(model: "onnx.ModelProto", weights: dict[str, str],
         if q not in inits or scale not in inits or uses[q] != 1 or uses[scale] != 1:
             raise QuantizationError(f"{node}: its int8 weight {q!r} is not one per-channel MatMulInteger input as "
                                     "quantize_dynamic writes it; quantize it with kernel 'matmulnbits'")
-        if inits[q].data_type != onnx.TensorProto.INT8:
-            raise QuantizationError(f"{node}: kernel 'int8' needs s8 weights (targets arm64, avx512-vnni), this file "
-                                    "has u8 ones (avx2); use kernel 'matmulnbits' for avx2")
         values, scales = columns[weight]
         replaced[q] = helper.make_tensor(f"{weight}_int4", onnx.TensorProto.INT4, list(values.shape),
                                          _pack_int4(values), raw=True)
@@ -765,12 +774,6 @@ def _int4_gathers(model: "onnx.ModelProto", *, cfg: QuantizeConfig, exclude: lis
     return model
 
 
-def _int4_casts(model: "onnx.ModelProto") -> set[str]:
-    """Outputs of the Casts that turn INT4 initializers into int8 weights (kernel 'int8' 4-bit MatMuls)."""
-    int4 = {i.name for i in model.graph.initializer if i.data_type == 22}   # INT4
-    return {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input and n.input[0] in int4}
-
-
 def _check_output(original: "onnx.ModelProto", tmp: Path, tables: dict[str, str], *, what: str,
                   hint: str, written: "onnx.ModelProto | None" = None) -> "onnx.ModelProto":
     """The quantized file `tmp` (`written`: the model just saved there, when the caller has it), after the
@@ -805,11 +808,14 @@ def _load(path: Path) -> "onnx.ModelProto":
 
 
 def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig,
-             calibration: "Sequence[dict[str, np.ndarray]] | None" = None) -> QuantizeResult:
+             calibration: "Sequence[dict[str, np.ndarray]] | None" = None,
+             hessians: dict[str, np.ndarray] | None = None) -> QuantizeResult:
     """Quantize `model_in` into `model_out` (weights inside the file); see the module docstring.
     `calibration`: feed dicts (graph input name -> int64 array [batch, sequence]) for
     algorithm="gptq", e.g. the task's training text through the bundle's tokenizer; other
-    algorithms ignore it. Raises QuantizationError when quantization fails or breaks an index table."""
+    algorithms ignore it. `hessians`: kernel 'int8' GPTQ's input statistics (`matmul_hessians` of
+    `model_in` on `calibration`), for a caller building several files from one graph. Raises
+    QuantizationError when quantization fails or breaks an index table."""
     import onnx
 
     from embslim.exporters.compare import compare_onnx
@@ -819,6 +825,9 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
         raise QuantizationError(f"{model_in} not found; pass an exported (or fused) model.onnx")
     if model_in.resolve() == model_out.resolve():
         raise QuantizationError(f"model_out must differ from model_in ({model_in}); e.g. {cfg.file_name}")
+    if cfg.algorithm == "gptq" and (cfg.bits == 4 or cfg.mixed) and not calibration and hessians is None:
+        raise QuantizationError("algorithm 'gptq' needs calibration feeds (quantize(..., calibration=[{input: "
+                                "array}, ...])); the targets stage makes them from the task's training text")
     t0 = time.perf_counter()
     original = _load(model_in)
     tables = index_tables(original)
@@ -846,12 +855,12 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
             # int8: everything; 4-bit: the fallback for what MatMulNBits cannot take (fused Attention,
             # Gemm, tables it skipped). Nodes already 4-bit are no longer MatMul/Gather, so untouched.
             _quantize_int8(work, tmp, cfg=cfg, exclude=excluded)
-            written = None
+            written, four_bit = None, {}   # four_bit: kernel 'int8' MatMuls stored 4-bit (node -> weight)
             if (cfg.bits == 4 or cfg.mixed) and cfg.kernel == "int8":
                 four_bit = _matmul_weights(original, only=cfg.int4_nodes, skip=excluded)
                 if four_bit:
                     written = _int4_columns(onnx.load(str(tmp)), four_bit,
-                                            _column_weights(original, four_bit, cfg, calibration))
+                                            _column_weights(original, four_bit, cfg, calibration, hessians))
                     onnx.save(written, str(tmp))
         except QuantizationError:
             raise
@@ -867,17 +876,16 @@ def quantize(model_in: str | Path, model_out: str | Path, *, cfg: QuantizeConfig
     left = _float_weight_nodes(result_model)
     left_weights = {w for _, ws in left.values() for w in ws}
     quantized = Counter(op for _, (op, ws) in candidates.items() if not any(w in left_weights for w in ws))
-    int4_casts = _int4_casts(result_model)
     int4 = Counter(n.op_type for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
-    if int4_casts:
-        int4["MatMulInteger"] = len(int4_casts)
+    if four_bit:
+        int4["MatMulInteger"] = len(four_bit)
     int4_outputs = {n.output[0] for n in result_model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
     for _ in range(2):   # a 4-bit table's Cast to float and Slice of its pad column
         int4_outputs |= {n.output[0] for n in result_model.graph.node
                          if n.op_type in ("Cast", "Slice") and n.input[0] in int4_outputs}
     int4_names = tuple(n.name for n in original.graph.node
                        if n.op_type in ("MatMul", "Gather") and n.output and n.output[0] in int4_outputs
-                       or n.op_type == "MatMul" and len(n.input) > 1 and f"{n.input[1]}_quantized" in int4_casts)
+                       or n.name in four_bit)
     try:
         comparison = compare_onnx(model_in, model_out, shapes=cfg.validation_shapes)
         snr, agreement = comparison.snr_db, comparison.agreement

@@ -170,23 +170,27 @@ def weight_groups(model: "onnx.ModelProto", *, block_size: int = 32, symmetric: 
     return out
 
 
+def _after_embeddings(parts: list[str]) -> list[str] | None:
+    """The components of a split name after its last `embeddings` one; None when no component but the
+    last is `embeddings`."""
+    if "embeddings" not in parts[:-1]:
+        return None
+    return parts[len(parts) - parts[::-1].index("embeddings"):]
+
+
 def _embedding_matmul_name(node: str, index: int) -> str:
     """An embedding-stage MatMul's short name from its node name, after its last `embeddings` component
     ("/model/bert/embeddings/word_embeddings/inner/MatMul" -> "word_embeddings.inner.matmul"), else
     "matmul<index + 1>"."""
-    parts = [p for p in re.split(r"[/.]", node) if p]
-    if "embeddings" in parts[:-1]:
-        rest = parts[len(parts) - parts[::-1].index("embeddings"):-1]
-        return ".".join(rest + ["matmul"])
-    return f"matmul{index + 1}"
+    rest = _after_embeddings([p for p in re.split(r"[/.]", node) if p])
+    return ".".join(rest[:-1] + ["matmul"]) if rest is not None else f"matmul{index + 1}"
 
 
 def _table_name(initializer: str) -> str:
     """A table's short name: its initializer name after the last `embeddings` component, without a
     trailing `weight` ("bert.embeddings.word_embeddings.weight" -> "word_embeddings")."""
     parts = initializer.split(".")
-    if "embeddings" in parts[:-1]:
-        parts = parts[len(parts) - parts[::-1].index("embeddings"):]
+    parts = _after_embeddings(parts) or parts
     if len(parts) > 1 and parts[-1] == "weight":
         parts = parts[:-1]
     return ".".join(parts) if parts != ["weight"] else initializer
@@ -235,16 +239,18 @@ def run_feeds(model: "onnx.ModelProto | str | Path", feeds: Sequence[dict[str, n
 
 
 def measure_sensitivity(model_path: str | Path, feeds: Sequence[dict[str, np.ndarray]], *, cfg: "QuantizeConfig",
-                        groups: Sequence[WeightGroup] | None = None) -> list[GroupSensitivity]:
+                        groups: Sequence[WeightGroup] | None = None,
+                        hessians: dict[str, np.ndarray] | None = None) -> list[GroupSensitivity]:
     """For each group of `model_path` (default `weight_groups`), quantize only that group to 4-bit
     with `cfg`'s algorithm / block size / symmetry / accuracy_level (everything else fp32), run
     `feeds` (graph input name -> int64 [batch, sequence]) and measure the SNR in dB of the task
     output against the fp32 graph's. Returned most sensitive (lowest SNR) first. Raises
-    QuantizationError when a group cannot be quantized."""
+    QuantizationError when a group cannot be quantized. `hessians`: kernel 'int8' GPTQ's input statistics
+    (`quantize.matmul_hessians` of the graph on `feeds`), computed here when not given."""
     import onnx
 
     from embslim.exporters.quantize import (QuantizationError, _load, _quantize_int4, fake_int4_columns, index_tables,
-                                            input_hessians)
+                                            matmul_hessians)
 
     if not feeds:
         raise ValueError("measure_sensitivity needs calibration feeds (a list of {input name: array}); got none")
@@ -255,10 +261,8 @@ def measure_sensitivity(model_path: str | Path, feeds: Sequence[dict[str, np.nda
                                kernel=cfg.kernel)
     reference = run_feeds(original, feeds)
     excluded = sorted(index_tables(original))
-    hessians = None
-    if cfg.kernel == "int8" and cfg.algorithm == "gptq":   # GPTQ's input statistics, once for every group
-        hessians = input_hessians(original, sorted({n.input[0] for n in original.graph.node if n.op_type == "MatMul"
-                                                    and any(n.name in g.nodes for g in groups)}), feeds)
+    if cfg.kernel == "int8" and cfg.algorithm == "gptq" and hessians is None:   # once for every group
+        hessians = matmul_hessians(original, feeds, nodes=[n for g in groups for n in g.nodes])
     results = []
     for group in groups:
         work = onnx.ModelProto()

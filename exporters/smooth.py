@@ -97,24 +97,12 @@ def activation_ranges(model: "onnx.ModelProto", feeds: Sequence[dict[str, np.nda
     """Per-channel range of each tensor in `tensors` over `feeds`: the mean over feeds of the max |x|
     over that feed's rows (all positions, padding included, as a dynamic scale sees them). Returns
     name -> float64 [channels]. Raises SmoothError when `feeds` is empty."""
-    import onnx
-    import onnxruntime as ort
+    from embslim.exporters.quantize import tensor_values
 
     if not feeds:
         raise SmoothError("activation ranges need at least one calibration feed")
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for name in tensors:
-        if name not in have:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
     total = {name: None for name in tensors}
-    for feed in feeds:
-        values = session.run(list(tensors), {k: v for k, v in feed.items() if k in names})
+    for _, values in tensor_values(model, tensors, feeds):
         for name, x in zip(tensors, values):
             peak = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0).astype(np.float64)
             total[name] = peak if total[name] is None else total[name] + peak

@@ -124,12 +124,6 @@ class TargetsConfig:
             raise TargetsError(f"{'int4' if self.int4 else 'mobile'} needs at least one target ({_TARGET_HINT})")
         if not 0 <= self.max_drop <= 1:
             raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
-        try:   # the 4-bit settings are checked where they are used, with the same words
-            from embslim.exporters.quantize import QuantizeConfig
-
-            QuantizeConfig(target="arm64", bits=4, **self.int4_settings)
-        except ValueError as e:
-            raise TargetsError(f"int4_{e}") from e
         if self.calibration_texts < 1:
             raise TargetsError(f"calibration_texts must be >= 1, got {self.calibration_texts}; 128 is the default")
         if self.max_bytes is not None:
@@ -139,10 +133,12 @@ class TargetsConfig:
             object.__setattr__(self, "mixed", True)
         if self.mixed and not self.targets:
             raise TargetsError(f"mixed and max_bytes need at least one target ({_TARGET_HINT})")
-        if self.int4_kernel == "int8" and (self.int4 or self.mixed) and TARGETS[self.targets[0]].weight_type != "QInt8":
-            raise TargetsError(f"int4_kernel 'int8' runs 4-bit weights as s8 int8 ones, and the 4-bit and mixed files are "
-                               f"built for the first target, {self.targets[0]}, whose int8 weights are u8; put arm64 or "
-                               "avx512-vnni first in --targets, or use --int4-kernel matmulnbits")
+        try:   # the 4-bit settings are checked where they are used, with the same words; 4-bit files are the first target's
+            from embslim.exporters.quantize import QuantizeConfig
+
+            QuantizeConfig(target=self.targets[0] if self.int4 or self.mixed else "arm64", bits=4, **self.int4_settings)
+        except ValueError as e:
+            raise TargetsError(f"int4_{e}") from e
         if self.smooth_alpha is not None:
             if not 0 < self.smooth_alpha <= 1:
                 raise TargetsError(f"smooth_alpha (SmoothQuant migration strength) must be in (0, 1], got "
@@ -385,7 +381,8 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     (report.md, report.html, plots), so it shows the new files' SmoothQuant and mixed-precision
     sections, not the ones they replaced. An .ort file converted from an int8 file that was rebuilt
     (and not converted again) is removed; other quantized files stay, named in a report note and in
-    `stages.targets.kept_from_earlier_runs` (their settings in `stages.targets_before`). Rows are named as `embslim run` names them ("<bundle
+    `stages.targets.kept_from_earlier_runs`, with the settings each was built with in
+    `stages.kept_built_with` (file -> targets settings). Rows are named as `embslim run` names them ("<bundle
     variant> int8-arm64", `base` = the bundle variant). Returns the renamed rows."""
     import json
     from dataclasses import asdict
@@ -412,8 +409,11 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     kept = [a["file"] for a in manifest["artifacts"] if a.get("variant") != "fp32" and a.get("file") not in files]
     files |= stale
     stages = manifest.setdefault("stages", {})
-    if kept and isinstance(stages.get("targets"), dict):   # the settings the kept files were built with
-        stages["targets_before"] = {k: v for k, v in stages["targets"].items() if k != "targets_before"}
+    # the settings each kept file was built with: an earlier quantize's record of it, else the last build's
+    last = {k: v for k, v in (stages.get("targets") or {}).items() if k != "kept_from_earlier_runs"}
+    history = stages.pop("kept_built_with", None) or {}
+    if kept:
+        stages["kept_built_with"] = {f: history.get(f, last) for f in kept}
     stages["targets"] = asdict(cfg) | {"kept_from_earlier_runs": kept}
     manifest["metrics"] = {k: v for k, v in (manifest.get("metrics") or {}).items()
                            if not (isinstance(v, dict) and v.get("file") in files)} | {r["name"]: r for r in rows}
@@ -461,7 +461,7 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
     within `cfg.max_drop` of fp32 on `split` (bisection over that order, each candidate built and
     scored on the task). Returns the report row with the per-group table. Raises TargetsError when
     even every group at 4-bit exceeds max_bytes."""
-    from embslim.exporters.quantize import QuantizeConfig, quantize
+    from embslim.exporters.quantize import QuantizeConfig, _load, matmul_hessians, quantize
     from embslim.exporters.sensitivity import choose_int4_groups, int4_order, measure_sensitivity
     from embslim.pipeline.bundle import add_artifacts, artifact_entry
     from embslim.pipeline.probe import measure
@@ -470,14 +470,17 @@ def build_mixed(bundle: Path, source: Path, split: Split, *, feeds: list[dict], 
     base_cfg = QuantizeConfig(target=target, per_channel=cfg.per_channel, include_embeddings=cfg.include_embeddings,
                               validation_shapes=shapes, int4_nodes=(), **cfg.int4_settings)
     log.info("mixed precision: 4-bit sensitivity of each weight group on %d calibration batches", len(feeds))
-    sens = measure_sensitivity(source, feeds, cfg=base_cfg)
+    hessians = None   # kernel 'int8' GPTQ's input statistics: once for the sensitivity pass and every candidate file
+    if base_cfg.kernel == "int8" and base_cfg.algorithm == "gptq":
+        hessians = matmul_hessians(_load(source), feeds)
+    sens = measure_sensitivity(source, feeds, cfg=base_cfg, hessians=hessians)
     order = int4_order(sens)
     by_name = {r.group.name: r for r in sens}
     file = base_cfg.file_name
 
     def build(names: list[str]) -> Any:
         nodes = tuple(n for g in names for n in by_name[g].group.nodes)
-        q = quantize(source, bundle / file, cfg=replace(base_cfg, int4_nodes=nodes), calibration=feeds)
+        q = quantize(source, bundle / file, cfg=replace(base_cfg, int4_nodes=nodes), calibration=feeds, hessians=hessians)
         add_artifacts(bundle, [artifact_entry(bundle, file, variant="mixed", target=target)])
         return q
 

@@ -261,9 +261,12 @@ def test_int8_kernel_mixed_file_and_its_sensitivity(noattn, feeds, tmp_path):
     assert mixed.quantized.get("MatMul", 0) == 12
 
 
-def test_int8_kernel_refuses_u8_weights(noattn, tmp_path):
-    with pytest.raises(QuantizationError, match=r"kernel 'int8' needs s8 weights .* avx2"):
-        quantize(noattn, tmp_path / "x.onnx", cfg=QuantizeConfig(target="avx2", bits=4, kernel="int8"))
+def test_int8_kernel_refuses_u8_weights():
+    with pytest.raises(ValueError, match=r"kernel 'int8' runs 4-bit weights as s8 .* target avx2's int8 weights are u8"):
+        QuantizeConfig(target="avx2", bits=4, kernel="int8")
+    with pytest.raises(ValueError, match=r"target avx2's int8 weights are u8"):
+        QuantizeConfig(target="avx2", int4_nodes=(), kernel="int8")
+    assert QuantizeConfig(target="avx2", bits=8, kernel="int8").bits == 8   # an int8 file has no 4-bit weights
 
 
 def test_gptq_without_calibration_is_one_line(noattn, tmp_path):

@@ -585,7 +585,8 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     bundle = _bundle_copy(Ctx(tmp_path, assets))
     base = [*"--train {} --eval {} --targets avx2 --allow-drop --no-measure".split()]
     base[1], base[3] = str(assets.train), str(assets.dev)
-    chosen = json.loads((bundle / "manifest.json").read_text())["stages"]["bundle_variant"]
+    stages = json.loads((bundle / "manifest.json").read_text())["stages"]
+    chosen, run_targets = stages["bundle_variant"], stages["targets"]
     assert main(["quantize", str(bundle), *base, "--smooth-alpha", "0.5", "--mobile"]) == 0
     assert (bundle / "model.int8-avx2.ort").is_file()
     report = json.loads((bundle / "report.json").read_text())
@@ -602,7 +603,9 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     assert "SmoothQuant" not in (bundle / "report.md").read_text()
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["stages"]["targets"]["smooth_quant"] is False
-    assert manifest["stages"]["targets_before"]["smooth_alpha"] == 0.5   # what the kept files were built with
+    kept = manifest["stages"]["targets"]["kept_from_earlier_runs"]
+    # what the kept files were built with: embslim run's settings, not the first quantize's (alpha 0.5)
+    assert kept and manifest["stages"]["kept_built_with"] == {f: run_targets for f in kept}
     # the .ort was converted from the int8 file just replaced: gone from the folder, manifest and report
     assert not (bundle / "model.int8-avx2.ort").exists() and not (bundle / "required_operators.config").exists()
     assert not any(str(a["file"]).endswith(".ort") for a in manifest["artifacts"])

@@ -208,3 +208,31 @@ def test_int4_weights_on_the_int8_kernels_for_an_embedder(run_dir: Path, tmp_pat
     assert main(["inspect", str(bundle)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "model.int4-arm64.onnx" in x)
     assert line.endswith("sha256 ok  (4-bit weights, run as int8: int8 speed and memory)")
+
+
+def test_mixed_gptq_on_the_int8_kernels_gathers_its_hessians_once(run_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`embslim quantize --mixed --int4-kernel int8 --int4-algorithm gptq`: GPTQ's input statistics come from one
+    pass over the calibration texts, shared by the sensitivity pass and every candidate file the bisection builds."""
+    import shutil
+
+    from embslim.exporters import quantize as quantize_module
+
+    passes = []
+    real = quantize_module.input_hessians
+
+    def counted(model, tensors, feeds):   # the real function, counted
+        passes.append(len(tensors))
+        return real(model, tensors, feeds)
+
+    monkeypatch.setattr(quantize_module, "input_hessians", counted)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir, bundle)
+    assert main(["quantize", str(bundle), "--train", str(run_dir.parent / "train.tsv"),
+                 "--eval", str(run_dir.parent / "eval.tsv"), "--targets", "arm64", "--mixed", "--int4-kernel", "int8",
+                 "--int4-algorithm", "gptq", "--allow-drop", "--no-measure"]) == 0
+    row = next(v for v in json.loads((bundle / "report.json").read_text())["variants"]
+               if v.get("file") == "model.mixed-arm64.onnx")
+    assert (row["int4"]["kernel"], row["int4"]["algorithm"]) == ("int8", "gptq")
+    assert len(row["mixed"]["groups"]) > 2                   # a bisection over them builds several files
+    assert len(passes) == 1 and passes[0] >= 8               # one pass, every MatMul input of the 2-layer graph
