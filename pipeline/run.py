@@ -442,9 +442,10 @@ def _teacher_fingerprint(teacher: "PreTrainedModel | None", variants: dict[str, 
 
 
 def _leave_process_group() -> None:
-    """Destroy this rank's torch.distributed process group, if any, before the process exits. A rank
-    that left with its gloo group alive aborted at exit now and then ("terminate called without an
-    active exception", SIGABRT) when the machine was busy, and torchrun then failed the run."""
+    """Destroy this rank's torch.distributed process group, if any, once fine-tuning is done (every rank,
+    rank 0 too). A rank that left with its gloo group alive aborted at exit now and then ("terminate
+    called without an active exception", SIGABRT) when the machine was busy, and torchrun then failed
+    the run."""
     try:
         import torch.distributed as dist
     except ImportError:
@@ -639,9 +640,9 @@ def run(cfg: RunConfig, *, out: str | Path, force: bool = False, data_root: str 
                         fingerprint_parts={"weights": inputs.loaded.weights_sha256, "model": inputs.loaded.name,
                                            "data": _task_digest(inputs.task), "max_length": inputs.max_length,
                                            "prune": fingerprint_dict(cfg.prune), "kept": vocab.kept_ids.tolist()})
+    _leave_process_group()   # nothing after fine-tuning talks to the other ranks
     if not is_main_process():   # under torchrun / accelerate: every rank trained; rank 0 exports and writes
         log.info("rank %d of %d: fine-tuning done; rank 0 writes the bundle", *process_rank())
-        _leave_process_group()
         return out
 
     stages = _stages_record(cfg, inputs, vocab, variants)
@@ -678,6 +679,7 @@ def _report(cfg: RunConfig, inputs: _Inputs, vocab: "PrunedVocab", vocab_stats: 
 
     task, loaded, task_def, ft_cfg = inputs.task, inputs.loaded, inputs.task_def, inputs.ft_cfg
     probes = getattr(inputs.scorer, "probes", None)
+    probe_info = probes.describe() if probes is not None else {}
     ft = variants[cfg.chosen]["finetune"]
     corpus = (f"the training split ({len(task.train)} examples)" if len(task.train) else "") + (
         f"{' and ' if len(task.train) else ''}{len(task.texts)} --text lines" if task.texts else "")
@@ -694,7 +696,7 @@ def _report(cfg: RunConfig, inputs: _Inputs, vocab: "PrunedVocab", vocab_stats: 
                  "n_labels": len(task.label_names) if task_def.has_labels else 0,
                  "labels": list(task.label_names)[:20] if task_def.has_labels else [], "n_train": len(task.train),
                  "n_texts": len(task.texts), "n_train_used": ft["train_examples"], "n_eval": len(task.eval),
-                 "eval_labels": task.eval_labels_source} | (probes.describe() if probes is not None else {}),
+                 "eval_labels": task.eval_labels_source} | probe_info,
         "vocab": vocab_stats,
         "finetune": {"enabled": ft_cfg.enabled, "epochs": ft_cfg.epochs, "max_steps": ft_cfg.max_steps,
                      "batch_size": ft_cfg.batch_size, "learning_rate": ft_cfg.learning_rate, "max_length": ft_cfg.max_length,
@@ -703,7 +705,7 @@ def _report(cfg: RunConfig, inputs: _Inputs, vocab: "PrunedVocab", vocab_stats: 
                     | ({"distill_loss": ft_cfg.distill_loss} if not task_def.has_labels else {}),
         "variants": rows,
         "notes": [f"bundle model.onnx = variant {cfg.chosen!r}; the other variants' ONNX files are in {work}."]
-                 + _metric_notes(cfg, inputs, rows)
+                 + _metric_notes(cfg, inputs, rows, probe_info)
                  + ([f"latency: batch 1, {cfg.validate.latency_seq_len} tokens, {cfg.validate.threads} thread(s), "
                      f"median and p95 of {cfg.validate.latency_runs} runs after warm-up, fresh process per model.",
                      "peak RSS: VmHWM of that fresh process (model load + inference)."] if cfg.validate.measure else [])
@@ -722,14 +724,14 @@ def scorer_key(rows: list[dict]) -> str:
                 "accuracy")
 
 
-def _metric_notes(cfg: RunConfig, inputs: _Inputs, rows: list[dict]) -> list[str]:
+def _metric_notes(cfg: RunConfig, inputs: _Inputs, rows: list[dict], probe_info: dict) -> list[str]:
     """The report's notes on how the metrics were measured: labelled tasks here, sentence embeddings'
     in `sentence.report_notes`."""
     from embslim.pipeline.sentence import report_notes
 
     task = inputs.task
     if not inputs.task_def.has_labels:
-        return report_notes(getattr(inputs.scorer, "probes", None), rows, n_eval=len(task.eval),
+        return report_notes(probe_info, rows, n_eval=len(task.eval),
                             batch_size=cfg.validate.batch_size, knn_ignore_labels=cfg.validate.knn_ignore_labels)
     return ([f"ONNX Runtime CPU; accuracy on the full eval split ({len(task.eval)} examples), batch "
              f"{cfg.validate.batch_size} with per-batch padding"

@@ -27,8 +27,6 @@ from transformers.utils import ModelOutput
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from embslim.pipeline.scoring import EmbeddingProbes
-
 log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls", "max"]
@@ -297,13 +295,12 @@ def write_sentence_transformers_files(folder: str | Path, spec: PoolingSpec, *, 
     return written
 
 
-def report_notes(probes: "EmbeddingProbes | None", rows: Sequence[dict], *, n_eval: int, batch_size: int,
+def report_notes(info: dict, rows: Sequence[dict], *, n_eval: int, batch_size: int,
                  knn_ignore_labels: Sequence[str] = ()) -> list[str]:
     """The report's notes on how a sentence-embedding bundle's metrics were measured (cosine to the
     given model, kNN accuracy, pair AUC), then a warning (logged too) for each fp32 file of `rows` whose
     mean cosine to the original is under 0.99: usually words of the held-out texts the corpus never used,
-    read through another word's row."""
-    info = probes.describe() if probes is not None else {}
+    read through another word's row. `info`: the probes' description (`EmbeddingProbes.describe`)."""
     notes = [f"ONNX Runtime CPU, through embslim.runtime.Embedder (batch {batch_size}, per-batch padding); "
              f"cosine = cosine between each file's sentence embeddings and the given (unpruned, PyTorch) model's on the "
              f"{n_eval} held-out texts: mean, 1st percentile and min."]
