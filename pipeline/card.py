@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embslim.pipeline.report import (MISSING, Column, _atomic_write, _cell, _fmt, _md_cell, _num, _per_type_section,
+                                     runs_int4_as_int8,
                                      entity_types)
 
 log = logging.getLogger(__name__)
@@ -447,7 +448,7 @@ def footprint_table(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[l
             row = by_file.get(file, {})
             smooth = row.get("smooth_quant") if isinstance(row.get("smooth_quant"), dict) else {}
             notes = ([f"SmoothQuant alpha {smooth['alpha']}"] if smooth.get("alpha") else []) + (
-                ["4-bit weights run as int8"] if (row.get("int4") or {}).get("kernel") == "int8" else [])
+                ["4-bit weights run as int8"] if runs_int4_as_int8(row) else [])
             precision = str(entry.get("variant", MISSING)) + (f" ({', '.join(notes)})" if notes else "")
             lines.append(([f"`{file}`", precision, str(entry.get("target", MISSING)), _fmt(entry.get("bytes"), "mb")],
                           row))
@@ -495,10 +496,9 @@ def _done_lines(manifest: dict[str, Any], report: dict[str, Any], source_name: s
     lines.append(f"**Export**: ONNX opset {export.get('opset', MISSING)} with {export.get('exporter', MISSING)}; "
                  "outputs checked against PyTorch before the bundle was written." + task.export_note)
     quantized = [a for a in manifest.get("artifacts") or []
-                 if a.get("variant") in ("int8", "int4", "mixed", "int8-static", "int8-ort")]
+                 if str(a.get("file", "")).endswith((".onnx", ".ort")) and a.get("variant") != "fp32"]
     if quantized:
-        kernels = {v.get("file") for v in report.get("variants") or []
-                   if isinstance(v, dict) and (v.get("int4") or {}).get("kernel") == "int8"}
+        kernels = {v.get("file") for v in report.get("variants") or [] if runs_int4_as_int8(v)}
         lines.append("**Quantization** (ONNX Runtime): " + ", ".join(
             f"`{a['file']}` ({a['variant']} for {a['target']}"
             + ("; its 4-bit weights are stored INT4, one scale per output column, and cast to int8 when ONNX Runtime "

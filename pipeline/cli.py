@@ -400,13 +400,13 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
-    read_manifest(a.bundle)   # a bundle, before any data is read or file written
+    manifest = read_manifest(a.bundle)   # a bundle, before any data is read or file written
     check_output(a.bundle, force=True, flag="bundle")   # the result is staged beside it
     options = _section(a, "targets")
     _check_switches(options)
     cfg = TargetsConfig(**options)
     check_byte_budget(Path(a.bundle) / "model.onnx", cfg)   # seconds, before the data and the scorer (minutes)
-    changed = rebuild_differences((read_manifest(a.bundle).get("stages") or {}).get("targets"), cfg)
+    changed = rebuild_differences((manifest.get("stages") or {}).get("targets"), cfg)
     if changed:
         log.warning("the files this run rebuilds will differ from the bundle's last build: %s; pass the flags (or "
                     "--config) of that build to keep them as they were", ", ".join(changed))
@@ -456,8 +456,9 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     task = manifest["task"]
     print(f"bundle {a.bundle}: task {task['name']} ({task.get('type') or 'text-classification'}: {_task_summary(task)}, "
           f"max_length {task['max_length']}); source {manifest['source_model']['name']}")
-    as_int8 = {m.get("file") for m in manifest.get("metrics", {}).values()
-               if isinstance(m, dict) and (m.get("int4") or {}).get("kernel") == "int8"}
+    from embslim.pipeline.report import runs_int4_as_int8
+
+    as_int8 = {m.get("file") for m in manifest.get("metrics", {}).values() if runs_int4_as_int8(m)}
     for entry in manifest["artifacts"]:
         print(f"  {entry['file']:<32} {entry['variant']:<11} {entry['target']:<11} {entry['bytes'] / 1e6:8.2f} MB  sha256 ok"
               + ("  (4-bit weights, run as int8: int8 speed and memory)" if entry["file"] in as_int8 else ""))

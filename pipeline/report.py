@@ -68,6 +68,12 @@ def _adaptive(value: float) -> str:
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def runs_int4_as_int8(row: Any) -> bool:
+    """Whether a report or manifest row is a file whose 4-bit MatMul weights run on the int8 kernels
+    (`int4.kernel` "int8": INT4 on disk, cast to int8 when ONNX Runtime loads the file)."""
+    return isinstance(row, dict) and (row.get("int4") or {}).get("kernel") == "int8"
+
+
 def _fmt(value: Any, kind: str) -> str:
     """Format one metric; `kind` is one of mb, params, pct, pct1, delta, ratio, sci, int, f4 (cosine,
     AUC), f6 (cosine near 1), delta4 (f4's differences), g3, adaptive."""
@@ -659,7 +665,7 @@ def _mixed_sections(variants: list[dict[str, Any]]) -> list[tuple[str, str, Any]
         else:
             limit = f"at most {cap / 1e6:.2f} MB ({cap:,} bytes)" if isinstance(cap, (int, float)) else \
                 f"at most {MISSING} MB"
-        if int4.get("kernel") == "int8":
+        if runs_int4_as_int8(v):
             matmuls = (f"{int4.get('algorithm', MISSING)}, one scale per output column, stored INT4 and run by the "
                        "int8 kernels")
         else:
