@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 log = logging.getLogger("embslim")
 
@@ -518,6 +518,11 @@ class _Parser(argparse.ArgumentParser):
     instead of a usage block of every flag above it; exit status 2 as argparse's."""
 
     argv: Sequence[str] = ()   # set by main: tells which command's --help to point at
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No prefixes of long flags: `embslim quantize --task feature-extraction` set --task-name, silently.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)

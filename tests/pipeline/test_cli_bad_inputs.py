@@ -636,6 +636,10 @@ def test_quantize_replaces_the_bundle_only_when_complete(tmp_path, assets):
     (["quantize", "b", "--max-bytes", "abc"], r"^embslim quantize: error: argument --max-bytes: 'abc' is not a size; .*"
                                               r"see embslim quantize --help$"),
     (["quantise", "b"], r"^embslim: error: argument command: invalid choice: 'quantise' .*; see embslim --help$"),
+    # a prefix is not a flag: quantize has --task-name, not --task (argparse took it for --task-name)
+    (["quantize", "b", "--task", "feature-extraction"],
+     r"^embslim quantize: error: unrecognized arguments: --task feature-extraction \(did you mean: --task -> "
+     r"--task-name\?\); see embslim quantize --help$"),
 ])
 def test_a_bad_flag_is_one_line_naming_the_command_help(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
