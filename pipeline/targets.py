@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -432,7 +433,8 @@ def record_targets(bundle: str | Path, rows: list[dict], cfg: TargetsConfig) -> 
     report["variants"] = kept_before + rows + kept_after
     notes = report.get("notes") if isinstance(report.get("notes"), list) else []
     report["notes"] = notes + [
-        f"embslim quantize rebuilt {', '.join(sorted(r['file'] for r in rows))}"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: embslim quantize rebuilt "
+        f"{', '.join(sorted(r['file'] for r in rows))}"
         + (f"; removed {', '.join(sorted(stale))} (converted from the int8 file it replaced)" if stale else "")
         + (f"; kept from an earlier run, still quantized from the same model.onnx: {', '.join(kept)}" if kept else "")
         + "."]

@@ -611,6 +611,7 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     assert not any(str(a["file"]).endswith(".ort") for a in manifest["artifacts"])
     assert not any(str(v.get("file")).endswith(".ort") for v in report["variants"])
     assert "removed model.int8-avx2.ort, required_operators.config (converted from the int8 file it replaced)" in report["notes"][-1]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC: embslim quantize rebuilt ", report["notes"][-1])   # dated: runs pile up
     assert main(["inspect", str(bundle)]) == 0
     assert_no_bundle_left(tmp_path)
 
