@@ -110,19 +110,14 @@ def _targets(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
 def _bytes(text: str) -> int:
-    """'8MB' -> 8000000, '7.5MiB' -> 7864320, '900000' -> 900000 (MB = 10^6 bytes, MiB = 2^20)."""
-    import re
+    """--max-bytes: `embslim.pipeline.targets.parse_bytes`, its error as argparse's."""
+    from embslim.pipeline.targets import TargetsError, parse_bytes
 
-    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
-    unit = found.group(2).lower() if found else None
-    if not found or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give bytes or a number with a unit: "
-                                         "8MB, 7.5MiB, 900KB, 9000000")
-    return int(float(found.group(1)) * _UNITS[unit])
+    try:
+        return parse_bytes(text)
+    except TargetsError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("size: ")) from e
 
 
 def _add_targets_args(p: argparse.ArgumentParser) -> None:
@@ -395,8 +390,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from embslim.pipeline.bundle import check_output, copy_bundle, staged_bundle
     from embslim.pipeline.card import write_card
     from embslim.pipeline.data import DataConfig, load_task
-    from embslim.pipeline.targets import (TargetsConfig, build_targets, calibration_split, check_byte_budget,
-                                          rebuild_differences, record_targets)
+    from embslim.pipeline.targets import (TargetsConfig, TargetsError, build_targets, calibration_split, check_byte_budget,
+                                          inherited_settings, rebuild_differences, record_targets)
     from embslim.pipeline.validate import ValidateConfig
     from embslim.runtime.manifest import read_manifest
 
@@ -404,12 +399,21 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     check_output(a.bundle, force=True, flag="bundle")   # the result is staged beside it
     options = _section(a, "targets")
     _check_switches(options)
-    cfg = TargetsConfig(**options)
-    check_byte_budget(Path(a.bundle) / "model.onnx", cfg)   # seconds, before the data and the scorer (minutes)
-    changed = rebuild_differences((manifest.get("stages") or {}).get("targets"), cfg)
+    last = (manifest.get("stages") or {}).get("targets")
+    kept = inherited_settings(last, options)   # how the last build made its files, unless a flag says otherwise
+    defaults = TargetsConfig()
+    named = ", ".join(f"{k} {json.dumps(v)}" for k, v in kept.items() if v != getattr(defaults, k))   # not the defaults
+    try:
+        cfg = TargetsConfig(**kept | options)
+    except TargetsError as e:   # a setting kept from the last build may be what the new flags do not fit
+        raise TargetsError(f"{e} (kept from the bundle's last build, a flag overrides each: {named})" if named else str(e)) from e
+    if named:
+        log.info("settings kept from the bundle's last build (flags override them): %s", named)
+    changed = rebuild_differences(last, cfg)
     if changed:
-        log.warning("the files this run rebuilds will differ from the bundle's last build: %s; pass the flags (or "
-                    "--config) of that build to keep them as they were", ", ".join(changed))
+        log.warning("the files this run rebuilds will differ from the bundle's last build, as the flags ask: %s",
+                    ", ".join(changed))
+    check_byte_budget(Path(a.bundle) / "model.onnx", cfg)   # seconds, before the data and the scorer (minutes)
     task = load_task(DataConfig(**_data_overrides(a)), data_root=a.data_root)
     validate = ValidateConfig(**_section(a, "validate"))
     scorer = _bundle_scorer(a.bundle, task, validate, data_root=a.data_root)

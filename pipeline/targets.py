@@ -53,6 +53,22 @@ STATIC_SOURCE: Literal["unfused", "fused-noattn"] = "unfused"
 _TARGET_HINT = "--targets arm64 on the command line, targets = [\"arm64\"] in a config"
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str, *, where: str = "size") -> int:
+    """'8MB' -> 8000000, '7.5MiB' -> 7864320, '900000' -> 900000 (MB = 10^6 bytes, MiB = 2^20), for
+    --max-bytes and max_bytes in a config file. Raises TargetsError (one line, naming `where`) otherwise."""
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
+    unit = found.group(2).lower() if found else None
+    if not found or unit not in _UNITS:
+        raise TargetsError(f"{where}: {text!r} is not a size; give bytes or a number with a unit: 8MB, 7.5MiB, "
+                           "900KB, 9000000")
+    return int(float(found.group(1)) * _UNITS[unit])
+
+
 @dataclass(frozen=True)
 class TargetsConfig:
     # int8 per CPU family: arm64 for phones and ARM boards; avx2 / avx512-vnni for x86 servers.
@@ -93,7 +109,7 @@ class TargetsConfig:
     # sensitive groups go 4-bit until the file fits; without it, as many as keep the eval-split drop
     # within max_drop (the same budget every quantized file is held to).
     mixed: bool = False
-    max_bytes: int | None = None       # bytes of the mixed ONNX file; implies mixed
+    max_bytes: int | str | None = None   # bytes of the mixed ONNX file ("8MB" and the like read as --max-bytes); implies mixed
     # Static (calibrated, QDQ) int8 for every target too: model.int8-static-<target>.onnx, manifest
     # variant "int8-static". Its activation scales are fixed from `calibration_size` training texts,
     # so a text's label does not depend on the texts batched with it (dynamic int8's do: issue #16).
@@ -127,6 +143,8 @@ class TargetsConfig:
             raise TargetsError(f"max_drop is a share in [0, 1] (0.01 = 1 point), got {self.max_drop}")
         if self.calibration_texts < 1:
             raise TargetsError(f"calibration_texts must be >= 1, got {self.calibration_texts}; 128 is the default")
+        if isinstance(self.max_bytes, str):
+            object.__setattr__(self, "max_bytes", parse_bytes(self.max_bytes, where="max_bytes"))
         if self.max_bytes is not None:
             if self.max_bytes < 1:
                 raise TargetsError(f"max_bytes is the mixed file's size in bytes (> 0), got {self.max_bytes}; "
@@ -197,6 +215,20 @@ def _int4_fields(cfg: TargetsConfig) -> list[str]:
 # Settings that change how a rebuilt file is made: int8 files (every run) and 4-bit / mixed files (with
 # int4 or mixed). `embslim quantize` takes them from its flags, not from the bundle's last build.
 _INT8_SETTINGS = ("smooth_quant", "smooth_alpha", "fuse", "per_channel", "include_embeddings")
+
+
+def inherited_settings(previous: dict | None, given: dict) -> dict:
+    """What `embslim quantize` keeps of the bundle's last build (`previous`: its manifest's stages.targets):
+    the settings of how files are made (SmoothQuant, fusion, per-channel, embeddings, every int4_* one) that
+    the flags (`given`, TargetsConfig field -> value) leave out. Not which files (targets, int4, mixed,
+    max_bytes, static_int8, mobile). A given smooth_quant or smooth_alpha takes the pair from the flags.
+    Empty when `previous` is missing (a bundle written before targets were recorded)."""
+    if not isinstance(previous, dict):
+        return {}
+    names = [n for n in (*_INT8_SETTINGS, *_int4_fields(TargetsConfig())) if n in previous and n not in given]
+    if "smooth_quant" in given or "smooth_alpha" in given:
+        names = [n for n in names if n not in ("smooth_quant", "smooth_alpha")]
+    return {n: tuple(previous[n]) if isinstance(previous[n], list) else previous[n] for n in names}
 
 
 def rebuild_differences(previous: dict | None, cfg: TargetsConfig) -> list[str]:

@@ -596,13 +596,11 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     assert manifest["stages"]["targets"]["targets"] == ["avx2"] and manifest["stages"]["targets"]["smooth_alpha"] == 0.5
     assert manifest["metrics"][f"{chosen} int8-avx2"]["smooth_quant"]["alpha"] == 0.5
     assert f"{chosen} int8-avx2: alpha 0.5" in (bundle / "report.md").read_text()
-    assert main(["quantize", str(bundle), *base]) == 0     # again, plain: the row is replaced, not added
+    assert main(["quantize", str(bundle), *base]) == 0     # again, no SmoothQuant flag: the last build's alpha is kept
     report = json.loads((bundle / "report.json").read_text())
     rows = [v for v in report["variants"] if v.get("file") == "model.int8-avx2.onnx"]
-    assert len(rows) == 1 and "smooth_quant" not in rows[0]
-    assert "SmoothQuant" not in (bundle / "report.md").read_text()
+    assert len(rows) == 1 and rows[0]["smooth_quant"]["alpha"] == 0.5   # the row is replaced, not added
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["stages"]["targets"]["smooth_quant"] is False
     kept = manifest["stages"]["targets"]["kept_from_earlier_runs"]
     # what the kept files were built with: embslim run's settings, not the first quantize's (alpha 0.5)
     assert kept and manifest["stages"]["kept_built_with"] == {f: run_targets for f in kept}
@@ -612,6 +610,12 @@ def test_quantize_rewrites_the_report_and_manifest_for_the_files_it_rebuilt(tmp_
     assert not any(str(v.get("file")).endswith(".ort") for v in report["variants"])
     assert "removed model.int8-avx2.ort, required_operators.config (converted from the int8 file it replaced)" in report["notes"][-1]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC: embslim quantize rebuilt ", report["notes"][-1])   # dated: runs pile up
+    assert main(["quantize", str(bundle), *base, "--no-smooth-quant"]) == 0     # plain, as the flag asks
+    report = json.loads((bundle / "report.json").read_text())
+    rows = [v for v in report["variants"] if v.get("file") == "model.int8-avx2.onnx"]
+    assert len(rows) == 1 and "smooth_quant" not in rows[0]
+    assert "SmoothQuant" not in (bundle / "report.md").read_text()
+    assert json.loads((bundle / "manifest.json").read_text())["stages"]["targets"]["smooth_quant"] is False
     assert main(["inspect", str(bundle)]) == 0
     assert_no_bundle_left(tmp_path)
 

@@ -60,8 +60,7 @@ def test_int4_settings_without_a_4_bit_file_are_named():
 
 
 def test_a_rebuild_that_drops_the_last_builds_settings_is_named():
-    """`embslim quantize` takes its settings from its flags: leaving out --smooth-quant would quietly replace a
-    smoothed int8 file with a plain one (a new-user trial, issue #16)."""
+    """The settings a rebuild changes from the bundle's last build are named (`embslim quantize` logs them)."""
     from dataclasses import asdict
 
     from embslim.pipeline.targets import rebuild_differences
@@ -76,9 +75,38 @@ def test_a_rebuild_that_drops_the_last_builds_settings_is_named():
     assert rebuild_differences({"targets": ["arm64"]}, TargetsConfig(smooth_quant=True)) == ["smooth_quant false -> true"]
 
 
+def test_quantize_keeps_how_the_last_build_made_its_files_unless_a_flag_says_otherwise():
+    """A new-user trial (issue #16): `embslim quantize --max-bytes 7MB` on a bundle built with int4_kernel "int8"
+    fell back to MatMulNBits, and leaving out --smooth-quant replaced a smoothed int8 file with a plain one."""
+    from dataclasses import asdict
+
+    from embslim.pipeline.targets import inherited_settings
+
+    last = asdict(TargetsConfig(targets=("arm64", "avx512-vnni"), smooth_quant=True, smooth_alpha=0.75, max_bytes=8_100_000,
+                                int4_kernel="int8", int4_algorithm="gptq", static_int8=True))
+    kept = inherited_settings(last, {"max_bytes": 7_000_000, "targets": ("arm64",)})
+    assert kept["int4_kernel"] == "int8" and kept["int4_algorithm"] == "gptq" and kept["smooth_alpha"] == 0.75
+    assert not {"targets", "max_bytes", "mixed", "static_int8", "int4", "mobile"} & set(kept)   # which files: the flags'
+    cfg = TargetsConfig(**kept | {"max_bytes": 7_000_000, "targets": ("arm64",)})
+    assert (cfg.int4_kernel, cfg.smooth_quant, cfg.static_int8) == ("int8", True, False)
+    assert inherited_settings(last, {"int4_kernel": "matmulnbits"})["int4_algorithm"] == "gptq"   # a flag wins
+    assert "int4_kernel" not in inherited_settings(last, {"int4_kernel": "matmulnbits"})
+    plain = inherited_settings(last, {"smooth_quant": False})   # the pair comes from the flags
+    assert "smooth_alpha" not in plain and "smooth_quant" not in plain
+    TargetsConfig(**plain | {"smooth_quant": False})   # no "smooth_alpha turns smooth_quant on" conflict
+    assert inherited_settings(None, {}) == {}
+
+
 def test_max_bytes_sizes():
     assert _bytes("8MB") == 8_000_000 and _bytes("7.5MiB") == 7_864_320 and _bytes("900000") == 900_000
     assert _bytes("900 kb") == 900_000
+    # a config file takes the same sizes as --max-bytes (a new-user trial: "8.1MB" was refused there)
+    cfg = config_from_dict({"model": "m", "data": {"dataset": "synthetic-sentiment"},
+                            "targets": {"targets": ["arm64"], "max_bytes": "8.1MB"}})
+    assert cfg.targets.max_bytes == 8_100_000 and cfg.targets.mixed
+    with pytest.raises(ValueError, match=r"max_bytes: '8.1XB' is not a size; give bytes or a number with a unit"):
+        config_from_dict({"model": "m", "data": {"dataset": "synthetic-sentiment"},
+                          "targets": {"targets": ["arm64"], "max_bytes": "8.1XB"}})
 
 
 def test_cli_flags_reach_the_config_and_bad_size_exits_2(capsys, tmp_path):
