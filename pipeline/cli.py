@@ -117,7 +117,7 @@ def _bytes(text: str) -> int:
     try:
         return parse_bytes(text)
     except TargetsError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("size: ")) from e
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _add_targets_args(p: argparse.ArgumentParser) -> None:

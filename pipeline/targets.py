@@ -56,16 +56,17 @@ _TARGET_HINT = "--targets arm64 on the command line, targets = [\"arm64\"] in a 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
-def parse_bytes(text: str, *, where: str = "size") -> int:
+def parse_bytes(text: str, *, where: str | None = None) -> int:
     """'8MB' -> 8000000, '7.5MiB' -> 7864320, '900000' -> 900000 (MB = 10^6 bytes, MiB = 2^20), for
-    --max-bytes and max_bytes in a config file. Raises TargetsError (one line, naming `where`) otherwise."""
+    --max-bytes and max_bytes in a config file. Raises TargetsError (one line, after `where: ` when given)
+    otherwise."""
     import re
 
     found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
     unit = found.group(2).lower() if found else None
     if not found or unit not in _UNITS:
-        raise TargetsError(f"{where}: {text!r} is not a size; give bytes or a number with a unit: 8MB, 7.5MiB, "
-                           "900KB, 9000000")
+        raise TargetsError(f"{where + ': ' if where else ''}{text!r} is not a size; give bytes or a number with a "
+                           "unit: 8MB, 7.5MiB, 900KB, 9000000")
     return int(float(found.group(1)) * _UNITS[unit])
 
 
@@ -217,6 +218,11 @@ def _int4_fields(cfg: TargetsConfig) -> list[str]:
 _INT8_SETTINGS = ("smooth_quant", "smooth_alpha", "fuse", "per_channel", "include_embeddings")
 
 
+def _build_settings(*, int4: bool = True) -> list[str]:
+    """The settings of how files are made (not which files): the int8 ones, then (`int4`) the int4_* ones."""
+    return list(_INT8_SETTINGS) + (_int4_fields(TargetsConfig()) if int4 else [])
+
+
 def inherited_settings(previous: dict | None, given: dict) -> dict:
     """What `embslim quantize` keeps of the bundle's last build (`previous`: its manifest's stages.targets):
     the settings of how files are made (SmoothQuant, fusion, per-channel, embeddings, every int4_* one) that
@@ -225,10 +231,8 @@ def inherited_settings(previous: dict | None, given: dict) -> dict:
     Empty when `previous` is missing (a bundle written before targets were recorded)."""
     if not isinstance(previous, dict):
         return {}
-    names = [n for n in (*_INT8_SETTINGS, *_int4_fields(TargetsConfig())) if n in previous and n not in given]
-    if "smooth_quant" in given or "smooth_alpha" in given:
-        names = [n for n in names if n not in ("smooth_quant", "smooth_alpha")]
-    return {n: tuple(previous[n]) if isinstance(previous[n], list) else previous[n] for n in names}
+    skip = set(given) | ({"smooth_quant", "smooth_alpha"} if {"smooth_quant", "smooth_alpha"} & set(given) else set())
+    return {n: previous[n] for n in _build_settings() if n in previous and n not in skip}
 
 
 def rebuild_differences(previous: dict | None, cfg: TargetsConfig) -> list[str]:
@@ -237,7 +241,7 @@ def rebuild_differences(previous: dict | None, cfg: TargetsConfig) -> list[str]:
     int4_* ones when a 4-bit or mixed file is rebuilt. Empty when `previous` is missing."""
     if not isinstance(previous, dict):
         return []
-    names = list(_INT8_SETTINGS) + (_int4_fields(cfg) if cfg.int4 or cfg.mixed else [])
+    names = _build_settings(int4=cfg.int4 or cfg.mixed)
     defaults = TargetsConfig()
     out = []
     for name in names:
